@@ -1,0 +1,1 @@
+//! Benchmarks live in this package's `benches` targets; see docs/performance.md.

@@ -1,0 +1,191 @@
+//! sheepdog's [`Runtime`] for smol.
+//!
+//! [`SmolRuntime`] spawns either on smol's global executor ([`SmolRuntime::global`], the
+//! default) or on an [`async_executor::Executor`](smol::Executor) the caller supplies
+//! ([`SmolRuntime::with_executor`]). Timers are async-io's, smol's own.
+//!
+//! It follows sheepdog's [`Runtime`] contract exactly: dropping a sheepdog
+//! [`JoinHandle`](sheepdog_core::JoinHandle) aborts the task, as dropping a smol `Task` does.
+//!
+//! # Examples
+//!
+//! ```
+//! use sheepdog_core::runtime::Runtime;
+//! use sheepdog_smol::SmolRuntime;
+//!
+//! let out = SmolRuntime::global().block_on(async {
+//!     sheepdog_core::runtime::spawn(async { 6 * 7 }).await.unwrap()
+//! });
+//! assert_eq!(out, 42);
+//! ```
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime};
+use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
+
+/// sheepdog's [`Runtime`] on smol.
+///
+/// Cloning is cheap. With a caller-supplied executor, the executor's tasks run while some
+/// thread drives it: [`block_on`](Runtime::block_on) does, for as long as it runs, and the
+/// caller may run it on more threads. Dropping the last `Arc` of the executor (the caller's
+/// and every `SmolRuntime` clone) drops every task it still holds; their sheepdog handles then
+/// report [`JoinError::Cancelled`](sheepdog_core::JoinError::Cancelled). smol's global executor
+/// is never dropped, so tasks spawned there live until they finish or are aborted.
+#[derive(Clone)]
+pub struct SmolRuntime {
+    /// Keeps a caller-supplied executor alive; `None` for the global executor.
+    executor: Option<Arc<smol::Executor<'static>>>,
+    handle: Arc<SmolHandle>,
+}
+
+impl fmt::Debug for SmolRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmolRuntime")
+            .field("global", &self.executor.is_none())
+            .finish()
+    }
+}
+
+impl Default for SmolRuntime {
+    fn default() -> Self {
+        Self::global()
+    }
+}
+
+/// The non-owning part; this is what sheepdog's ambient context and spawned tasks hold. It
+/// refers to a supplied executor weakly, so a task can never keep its own executor alive.
+#[derive(Debug, Clone)]
+enum SmolHandle {
+    Global,
+    Executor(Weak<smol::Executor<'static>>),
+}
+
+impl SmolRuntime {
+    /// Spawns on smol's global executor (driven by smol's own threads; set `SMOL_THREADS` to
+    /// choose how many).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::runtime::Runtime;
+    /// assert_eq!(sheepdog_smol::SmolRuntime::global().block_on(async { 1 }), 1);
+    /// ```
+    pub fn global() -> Self {
+        SmolRuntime {
+            executor: None,
+            handle: Arc::new(SmolHandle::Global),
+        }
+    }
+
+    /// Spawns on `executor`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::runtime::Runtime;
+    /// use sheepdog_smol::SmolRuntime;
+    ///
+    /// let executor = Arc::new(smol::Executor::new());
+    /// let rt = SmolRuntime::with_executor(Arc::clone(&executor));
+    /// let out = rt.block_on(async { rt.spawn(async { 5 }).await.unwrap() });
+    /// assert_eq!(out, 5);
+    /// ```
+    pub fn with_executor(executor: Arc<smol::Executor<'static>>) -> Self {
+        SmolRuntime {
+            handle: Arc::new(SmolHandle::Executor(Arc::downgrade(&executor))),
+            executor: Some(executor),
+        }
+    }
+
+    /// The supplied executor, or `None` for smol's global executor.
+    pub fn executor(&self) -> Option<&Arc<smol::Executor<'static>>> {
+        self.executor.as_ref()
+    }
+}
+
+impl SmolHandle {
+    fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self {
+            SmolHandle::Global => smol::spawn(task).detach(),
+            SmolHandle::Executor(executor) => match executor.upgrade() {
+                Some(executor) => executor.spawn(task).detach(),
+                // The executor is gone: dropping the task reports a cancellation.
+                None => drop(task),
+            },
+        }
+    }
+}
+
+impl Runtime for SmolRuntime {
+    fn spawn_boxed(&self, task: BoxTask) {
+        self.handle.spawn(task);
+    }
+
+    fn spawn_unboxed<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.handle.spawn(task);
+    }
+
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        Box::pin(AsyncIoTimer::at(deadline))
+    }
+
+    fn handle(&self) -> Arc<dyn Runtime> {
+        Arc::clone(&self.handle) as Arc<dyn Runtime>
+    }
+
+    /// Runs `future` on the current thread; with a supplied executor, also runs the
+    /// executor's tasks on this thread until `future` completes.
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let future = with_runtime(self, future);
+        match &self.executor {
+            None => smol::block_on(future),
+            Some(executor) => smol::block_on(executor.run(future)),
+        }
+    }
+}
+
+impl Runtime for SmolHandle {
+    fn spawn_boxed(&self, task: BoxTask) {
+        self.spawn(task);
+    }
+
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        Box::pin(AsyncIoTimer::at(deadline))
+    }
+
+    fn handle(&self) -> Arc<dyn Runtime> {
+        Arc::new(self.clone())
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let future = with_runtime(self, future);
+        match self {
+            SmolHandle::Global => smol::block_on(future),
+            SmolHandle::Executor(executor) => match executor.upgrade() {
+                Some(executor) => smol::block_on(executor.run(future)),
+                None => smol::block_on(future),
+            },
+        }
+    }
+}

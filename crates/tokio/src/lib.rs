@@ -1,0 +1,316 @@
+//! sheepdog's [`Runtime`] for tokio.
+//!
+//! [`TokioRuntime`] runs sheepdog on a tokio runtime: the one the caller is already inside
+//! ([`TokioRuntime::current`]), one given by handle ([`TokioRuntime::from_handle`]), or one it
+//! owns ([`TokioRuntime::new_current_thread`], [`TokioRuntime::new_multi_thread`],
+//! [`TokioRuntime::from_runtime`]). Current-thread and multi-thread runtimes both work.
+//!
+//! It follows sheepdog's [`Runtime`] contract exactly; in particular, dropping a sheepdog
+//! [`JoinHandle`](sheepdog_core::JoinHandle) aborts the task, although dropping a tokio
+//! `JoinHandle` would detach it.
+//!
+//! The tokio runtime must have its time driver enabled (`enable_time` or `enable_all` on the
+//! builder; `#[tokio::main]` does this). The constructors here enable it.
+//!
+//! # Examples
+//!
+//! ```
+//! use sheepdog_core::runtime::Runtime;
+//! use sheepdog_tokio::TokioRuntime;
+//!
+//! let rt = TokioRuntime::new_multi_thread(2).unwrap();
+//! let out = rt.block_on(async {
+//!     let child = sheepdog_core::runtime::spawn(async { 21 * 2 });
+//!     child.await.unwrap()
+//! });
+//! assert_eq!(out, 42);
+//! ```
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime};
+use sheepdog_core::time::{BoxTimer, Timer};
+
+/// There is no tokio runtime on this thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoTokioRuntime;
+
+impl fmt::Display for NoTokioRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "no tokio runtime is running on this thread: call `TokioRuntime::current()` from \
+             inside a tokio runtime (for example within `#[tokio::main]`), pass a handle with \
+             `TokioRuntime::from_handle`, or create one with `TokioRuntime::new_multi_thread`",
+        )
+    }
+}
+
+impl std::error::Error for NoTokioRuntime {}
+
+/// sheepdog's [`Runtime`] on tokio.
+///
+/// Cloning is cheap. A `TokioRuntime` made by one of the `new_*` constructors or by
+/// [`from_runtime`](TokioRuntime::from_runtime) owns its tokio runtime, which shuts down when
+/// the last clone is dropped (in the background if that happens inside an async context);
+/// one made by [`current`](TokioRuntime::current) or [`from_handle`](TokioRuntime::from_handle)
+/// only refers to it.
+#[derive(Clone)]
+pub struct TokioRuntime {
+    handle: Arc<TokioHandle>,
+    owner: Option<Arc<Owner>>,
+}
+
+impl fmt::Debug for TokioRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokioRuntime")
+            .field("flavor", &self.handle.handle.runtime_flavor())
+            .field("owned", &self.owner.is_some())
+            .finish()
+    }
+}
+
+/// The non-owning part; this is what sheepdog's ambient context and spawned tasks hold.
+#[derive(Debug)]
+struct TokioHandle {
+    handle: tokio::runtime::Handle,
+}
+
+struct Owner {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime from inside an async context panics in tokio; shut it down in
+            // the background instead.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                drop(runtime);
+            }
+        }
+    }
+}
+
+impl TokioRuntime {
+    /// Refers to the tokio runtime the calling thread is inside.
+    ///
+    /// # Errors
+    ///
+    /// [`NoTokioRuntime`] when called outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_tokio::TokioRuntime;
+    ///
+    /// assert!(TokioRuntime::current().is_err());
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// rt.block_on(async { assert!(TokioRuntime::current().is_ok()) });
+    /// ```
+    pub fn current() -> Result<Self, NoTokioRuntime> {
+        tokio::runtime::Handle::try_current()
+            .map(Self::from_handle)
+            .map_err(|_| NoTokioRuntime)
+    }
+
+    /// Refers to the tokio runtime behind `handle`, without owning it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::runtime::Runtime;
+    /// use sheepdog_tokio::TokioRuntime;
+    ///
+    /// let tokio_rt = tokio::runtime::Builder::new_multi_thread().enable_time().build().unwrap();
+    /// let rt = TokioRuntime::from_handle(tokio_rt.handle().clone());
+    /// assert_eq!(rt.block_on(async { 7 }), 7);
+    /// ```
+    pub fn from_handle(handle: tokio::runtime::Handle) -> Self {
+        TokioRuntime {
+            handle: Arc::new(TokioHandle { handle }),
+            owner: None,
+        }
+    }
+
+    /// Takes ownership of a tokio runtime; it shuts down when the last clone is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::runtime::Runtime;
+    /// use sheepdog_tokio::TokioRuntime;
+    ///
+    /// let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// let rt = TokioRuntime::from_runtime(tokio_rt);
+    /// assert_eq!(rt.block_on(async { 7 }), 7);
+    /// ```
+    pub fn from_runtime(runtime: tokio::runtime::Runtime) -> Self {
+        TokioRuntime {
+            handle: Arc::new(TokioHandle {
+                handle: runtime.handle().clone(),
+            }),
+            owner: Some(Arc::new(Owner {
+                runtime: Some(runtime),
+            })),
+        }
+    }
+
+    /// Creates and owns a current-thread tokio runtime with timers enabled.
+    ///
+    /// Its tasks run while some thread is inside [`block_on`](Runtime::block_on).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error tokio reports when it cannot build the runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::runtime::Runtime;
+    /// let rt = sheepdog_tokio::TokioRuntime::new_current_thread().unwrap();
+    /// assert_eq!(rt.block_on(async { 1 }), 1);
+    /// ```
+    pub fn new_current_thread() -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map(Self::from_runtime)
+    }
+
+    /// Creates and owns a multi-thread tokio runtime with `workers` worker threads and timers
+    /// enabled.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error tokio reports when it cannot build the runtime.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::runtime::Runtime;
+    /// let rt = sheepdog_tokio::TokioRuntime::new_multi_thread(2).unwrap();
+    /// assert_eq!(rt.block_on(async { 1 }), 1);
+    /// ```
+    #[track_caller]
+    pub fn new_multi_thread(workers: usize) -> std::io::Result<Self> {
+        assert!(
+            workers > 0,
+            "a multi-thread runtime needs at least one worker"
+        );
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_time()
+            .build()
+            .map(Self::from_runtime)
+    }
+
+    /// The tokio handle of the runtime.
+    pub fn tokio_handle(&self) -> &tokio::runtime::Handle {
+        &self.handle.handle
+    }
+}
+
+impl Runtime for TokioRuntime {
+    fn spawn_boxed(&self, task: BoxTask) {
+        self.handle.spawn_boxed(task);
+    }
+
+    fn spawn_unboxed<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        // tokio's own handle is dropped at once: it detaches, and sheepdog's handle rules.
+        drop(self.handle.handle.spawn(task));
+    }
+
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        self.handle.timer(deadline)
+    }
+
+    fn handle(&self) -> Arc<dyn Runtime> {
+        Arc::clone(&self.handle) as Arc<dyn Runtime>
+    }
+
+    /// Runs `future` on this runtime.
+    ///
+    /// On an owned runtime this is tokio's `Runtime::block_on`. On a runtime referred to by
+    /// handle it is `Handle::block_on`, which cannot drive a current-thread runtime's timers
+    /// unless another thread is inside that runtime's own `block_on`.
+    ///
+    /// # Panics
+    ///
+    /// Panics (in tokio) when called from inside an asynchronous context.
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let future = with_runtime(self, future);
+        match self.owner.as_ref().and_then(|owner| owner.runtime.as_ref()) {
+            Some(runtime) => runtime.block_on(future),
+            None => self.handle.handle.block_on(future),
+        }
+    }
+}
+
+impl Runtime for TokioHandle {
+    fn spawn_boxed(&self, task: BoxTask) {
+        drop(self.handle.spawn(task));
+    }
+
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        // Timers register with the runtime of the current context; enter ours.
+        let _entered = self.handle.enter();
+        Box::pin(TokioTimer {
+            sleep: tokio::time::sleep_until(deadline.into()),
+        })
+    }
+
+    fn handle(&self) -> Arc<dyn Runtime> {
+        Arc::new(TokioHandle {
+            handle: self.handle.clone(),
+        })
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.handle.block_on(with_runtime(self, future))
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct TokioTimer {
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl Future for TokioTimer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().sleep.poll(cx)
+    }
+}
+
+impl Timer for TokioTimer {
+    fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        self.project().sleep.reset(deadline.into());
+    }
+}
