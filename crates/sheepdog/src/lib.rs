@@ -150,3 +150,8 @@ pub fn default_runtime() -> DefaultRuntime {
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     Runtime::block_on(&default_runtime(), future)
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
