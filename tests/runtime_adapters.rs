@@ -58,6 +58,10 @@ fn smol_spawn_after_executor_dropped_is_cancelled() {
 
 /// Dropping an owned tokio runtime cancels its unfinished tasks.
 #[test]
+#[allow(
+    clippy::async_yields_async,
+    reason = "the handle is taken out of the runtime on purpose, to await it after shutdown"
+)]
 fn tokio_shutdown_cancels_tasks() {
     for rt in [
         TokioRuntime::new_current_thread().unwrap(),

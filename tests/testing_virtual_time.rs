@@ -1,7 +1,6 @@
 //! The virtual-time runtime: the clock moves only by `advance` or by jumping to the next timer
 //! when everything is idle; runs are deterministic; a deadlock fails instead of hanging.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,6 +160,10 @@ fn past_deadline_registers_no_timer() {
 
 /// Dropping the runtime drops every task it holds; their handles report `Cancelled`.
 #[test]
+#[allow(
+    clippy::async_yields_async,
+    reason = "the handle is taken out of the runtime on purpose, to await it after shutdown"
+)]
 fn dropping_the_runtime_cancels_its_tasks() {
     let rt = VirtualRuntime::new();
     let (signal, dropped) = DropSignal::new();

@@ -8,13 +8,13 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`runtime`] | the [`Runtime`](runtime::Runtime) contract that adapters implement, sheepdog's [`JoinHandle`](runtime::JoinHandle) and [`JoinError`](runtime::JoinError), the ambient runtime ([`runtime::current`], [`runtime::spawn`]) |
+//! | [`runtime`] | the [`Runtime`] contract that adapters implement, sheepdog's [`JoinHandle`] and [`JoinError`], the ambient runtime ([`runtime::current`], [`runtime::spawn`]) |
 //! | [`time`] | [`sleep`](time::sleep), [`sleep_until`](time::sleep_until), [`now`](time::now) through the ambient runtime, with async-io's timer as the fallback |
 //! | `testing` (feature `test-util`) | [`VirtualRuntime`](testing::VirtualRuntime): a deterministic runtime with virtual time |
 //!
 //! # Semantics every runtime shares
 //!
-//! | event | what the [`JoinHandle`](runtime::JoinHandle) reports |
+//! | event | what the [`JoinHandle`] reports |
 //! |---|---|
 //! | the task returns `v` | `Ok(v)` |
 //! | the task panics | `Err(JoinError::Panic(..))` with the payload; the awaiter does not panic |

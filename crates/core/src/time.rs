@@ -1,6 +1,6 @@
 //! Sleeping and reading the clock through the ambient runtime.
 //!
-//! [`sleep`], [`sleep_until`] and [`now`] use the ambient [`Runtime`](crate::runtime::Runtime)
+//! [`sleep`], [`sleep_until`] and [`now`] use the ambient [`Runtime`]
 //! (so they follow virtual time in tests). With no ambient runtime they fall back to the system
 //! clock and async-io's timer, which works under any executor, including
 //! `futures::executor::block_on`.

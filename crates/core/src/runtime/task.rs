@@ -221,6 +221,8 @@ impl<T> Completer<T> {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        // The task will not be polled again: release its waker (and whatever it keeps alive).
+        drop(self.header.task_waker.take());
         let waker = {
             let mut state = self.header.lock();
             match std::mem::replace(&mut *state, State::Done(outcome)) {
@@ -304,7 +306,7 @@ where
             task,
             JoinHandle {
                 header,
-                detached: false,
+                settled: false,
             },
         )
     }
@@ -377,7 +379,8 @@ fn drop_stage<F>(mut stage: Pin<&mut Stage<F>>) {
 #[must_use = "dropping a JoinHandle aborts its task; call `.detach()` to let it run"]
 pub struct JoinHandle<T> {
     header: Arc<Header<T>>,
-    detached: bool,
+    /// Nothing to abort on drop: the handle was detached, or it already returned the outcome.
+    settled: bool,
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
@@ -416,13 +419,13 @@ impl<T: Send + 'static> JoinHandle<T> {
     /// panics still runs the panic hook (which prints the message by default); its payload is
     /// then dropped.
     pub fn detach(mut self) {
-        self.detached = true;
+        self.settled = true;
     }
 }
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        if !self.detached {
+        if !self.settled {
             self.header.abort();
         }
     }
@@ -431,22 +434,26 @@ impl<T> Drop for JoinHandle<T> {
 impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.header.lock();
-        match &mut *state {
-            State::Running { join_waker } => {
-                match join_waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    _ => *join_waker = Some(cx.waker().clone()),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let outcome = {
+            let mut state = self.header.lock();
+            match &mut *state {
+                State::Running { join_waker } => {
+                    match join_waker {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        _ => *join_waker = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
                 }
-                Poll::Pending
+                State::Done(_) => match std::mem::replace(&mut *state, State::Taken) {
+                    State::Done(outcome) => outcome,
+                    State::Running { .. } | State::Taken => unreachable!("matched Done above"),
+                },
+                State::Taken => panic!("JoinHandle polled after it returned its output"),
             }
-            State::Done(_) => match std::mem::replace(&mut *state, State::Taken) {
-                State::Done(outcome) => Poll::Ready(outcome),
-                State::Running { .. } | State::Taken => unreachable!("matched Done above"),
-            },
-            State::Taken => panic!("JoinHandle polled after it returned its output"),
-        }
+        };
+        self.settled = true;
+        Poll::Ready(outcome)
     }
 }
 

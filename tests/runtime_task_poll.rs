@@ -1,0 +1,162 @@
+//! Poll-level checks of sheepdog's task wrapper and join handle, with counting wakers: no lost
+//! wake-ups, no spurious ones, and nothing kept alive after a task settles.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use futures::task::ArcWake;
+use sheepdog_core::runtime::{JoinError, TaskFuture};
+
+#[derive(Default)]
+struct CountingWaker {
+    wakes: AtomicUsize,
+}
+
+impl ArcWake for CountingWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.wakes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn counting() -> (Arc<CountingWaker>, Waker) {
+    let counter = Arc::new(CountingWaker::default());
+    let waker = futures::task::waker(Arc::clone(&counter));
+    (counter, waker)
+}
+
+fn wakes(counter: &CountingWaker) -> usize {
+    counter.wakes.load(Ordering::SeqCst)
+}
+
+/// Completing the task wakes the handle's waiter exactly once and hands over the output.
+#[test]
+fn completion_wakes_the_joiner_once() {
+    let (gate_tx, gate_rx) = futures::channel::oneshot::channel::<u8>();
+    let (task, handle) = TaskFuture::new(async move { gate_rx.await.unwrap() * 2 }, None);
+    let mut task = pin!(task);
+    let mut handle = pin!(handle);
+    let (task_count, task_waker) = counting();
+    let (join_count, join_waker) = counting();
+
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&task_waker))
+        .is_pending());
+    assert!(handle
+        .as_mut()
+        .poll(&mut Context::from_waker(&join_waker))
+        .is_pending());
+    // Polling the handle again with the same waker registers nothing new.
+    assert!(handle
+        .as_mut()
+        .poll(&mut Context::from_waker(&join_waker))
+        .is_pending());
+
+    gate_tx.send(21).unwrap();
+    assert_eq!(wakes(&task_count), 1, "the gate woke the task");
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&task_waker))
+        .is_ready());
+    assert_eq!(wakes(&join_count), 1, "completion wakes the joiner once");
+    match handle.as_mut().poll(&mut Context::from_waker(&join_waker)) {
+        Poll::Ready(Ok(42)) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(wakes(&join_count), 1);
+}
+
+/// Abort wakes the task once; the next poll drops the future and reports `Cancelled`.
+#[test]
+fn abort_wakes_the_task_and_cancels() {
+    let (task, handle) = TaskFuture::new(futures::future::pending::<()>(), None);
+    let mut task = pin!(task);
+    let (task_count, task_waker) = counting();
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&task_waker))
+        .is_pending());
+    handle.abort();
+    handle.abort();
+    assert_eq!(wakes(&task_count), 1, "a second abort does not wake again");
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&task_waker))
+        .is_ready());
+    let outcome = futures::executor::block_on(handle);
+    assert!(matches!(outcome, Err(JoinError::Cancelled)));
+}
+
+/// A task dropped by its runtime before completion reports `Cancelled` and wakes the joiner.
+#[test]
+fn dropped_task_reports_cancelled() {
+    let (task, handle) = TaskFuture::new(futures::future::pending::<()>(), None);
+    let mut handle = pin!(handle);
+    let (join_count, join_waker) = counting();
+    assert!(handle
+        .as_mut()
+        .poll(&mut Context::from_waker(&join_waker))
+        .is_pending());
+    drop(task);
+    assert_eq!(wakes(&join_count), 1);
+    assert!(matches!(
+        handle.as_mut().poll(&mut Context::from_waker(&join_waker)),
+        Poll::Ready(Err(JoinError::Cancelled))
+    ));
+}
+
+/// Once the handle has its output, dropping it does not wake (or abort) the finished task.
+#[test]
+fn dropping_a_settled_handle_does_not_wake_the_task() {
+    let (task, handle) = TaskFuture::new(async { 1 }, None);
+    let mut task = pin!(task);
+    let (task_count, task_waker) = counting();
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&task_waker))
+        .is_ready());
+    let mut handle = handle;
+    assert!(matches!(
+        std::pin::Pin::new(&mut handle)
+            .poll(&mut Context::from_waker(futures::task::noop_waker_ref())),
+        Poll::Ready(Ok(1))
+    ));
+    drop(handle);
+    assert_eq!(wakes(&task_count), 0);
+}
+
+/// A settled task keeps no waker alive: the wakers it was polled with are released.
+#[test]
+fn settled_task_releases_its_waker() {
+    let (task, handle) = TaskFuture::new(async { 1 }, None);
+    let mut task = pin!(task);
+    let (task_count, task_waker) = counting();
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&task_waker))
+        .is_ready());
+    drop(task_waker);
+    // Only our own reference to the counter is left: the header no longer holds the waker.
+    assert_eq!(Arc::strong_count(&task_count), 1);
+    drop(handle);
+}
+
+/// A panic during poll is caught, the future is dropped, and the joiner gets the payload.
+#[test]
+fn panic_is_caught_at_poll() {
+    let (task, handle) = TaskFuture::new(async { panic!("inside poll") }, None);
+    let mut task = pin!(task);
+    let poll = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        task.as_mut()
+            .poll(&mut Context::from_waker(futures::task::noop_waker_ref()))
+    }));
+    assert!(
+        matches!(poll, Ok(Poll::Ready(()))),
+        "the panic must not escape"
+    );
+    let err = futures::executor::block_on(handle).unwrap_err();
+    assert_eq!(err.panic_message(), Some("inside poll"));
+}
