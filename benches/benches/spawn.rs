@@ -1,1 +1,257 @@
-fn main() {}
+//! Spawn throughput: sheepdog's `Runtime::spawn` against each runtime's own spawn.
+//!
+//! Every benchmark spawns [`TASKS`] trivial tasks (task `i` returns `i as u64`), then awaits
+//! them all in spawn order and sums their outputs. Each group pairs the runtime's raw spawn
+//! (`raw`) with the same work spawned through sheepdog's adapter (`sheepdog`); the tokio groups
+//! also measure tokio's `JoinSet` (`joinset`), drained in completion order.
+//!
+//! Runtimes are built once, in statics, outside the timed region. Allocations are counted by
+//! divan's [`AllocProfiler`](divan::AllocProfiler); it only sees allocations made on the bench
+//! thread, which is where every spawn (and so every task allocation) happens here.
+//!
+//! Run with `cargo bench -p sheepdog-benches --bench spawn`; see `docs/performance.md`.
+
+use std::sync::{Arc, OnceLock};
+
+use divan::counter::ItemsCount;
+use divan::{black_box, Bencher};
+use sheepdog_core::runtime::Runtime;
+use sheepdog_smol::SmolRuntime;
+use sheepdog_tokio::TokioRuntime;
+
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+
+/// How many tasks each benchmark iteration spawns and awaits.
+const TASKS: u64 = 10_000;
+
+/// Size of the block [`main`] allocates and frees before any benchmark runs (see there).
+const HEAP_WARMUP_BYTES: usize = 8 << 20;
+
+fn main() {
+    // glibc's malloc returns freed memory at the top of the heap to the OS once more than
+    // `M_TRIM_THRESHOLD` (128 KiB by default) is free, so a benchmark that frees ~1 MB per
+    // iteration pays page faults on every iteration, or not, depending on which earlier
+    // allocation happened to raise the dynamic threshold. Freeing one large mmapped block first
+    // raises the mmap threshold to its size and the trim threshold to twice that (glibc's
+    // dynamic threshold), so every benchmark runs on an equally warm heap. Elsewhere this is a
+    // harmless allocation.
+    drop(black_box(vec![0_u8; HEAP_WARMUP_BYTES]));
+    divan::main();
+}
+
+/// A tokio runtime together with a sheepdog adapter that refers to it by handle.
+struct Tokio {
+    raw: tokio::runtime::Runtime,
+    sheepdog: TokioRuntime,
+}
+
+impl Tokio {
+    fn new(raw: tokio::runtime::Runtime) -> Self {
+        let sheepdog = TokioRuntime::from_handle(raw.handle().clone());
+        Tokio { raw, sheepdog }
+    }
+
+    /// `tokio::spawn` every task, then await the tokio handles in spawn order.
+    fn raw(&self) -> u64 {
+        self.raw.block_on(async {
+            let handles: Vec<_> = (0..TASKS).map(|i| tokio::spawn(async move { i })).collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.expect("tokio task finished");
+            }
+            sum
+        })
+    }
+
+    /// `Runtime::spawn` every task through sheepdog, then await the sheepdog handles in spawn
+    /// order, inside the same tokio `block_on` as [`raw`](Tokio::raw).
+    fn sheepdog(&self) -> u64 {
+        let rt = &self.sheepdog;
+        self.raw.block_on(async {
+            let handles: Vec<_> = (0..TASKS).map(|i| rt.spawn(async move { i })).collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.expect("sheepdog task finished");
+            }
+            sum
+        })
+    }
+
+    /// Spawn every task into a tokio `JoinSet`, then drain it (completion order).
+    fn joinset(&self) -> u64 {
+        self.raw.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..TASKS {
+                set.spawn(async move { i });
+            }
+            let mut sum = 0;
+            while let Some(output) = set.join_next().await {
+                sum += output.expect("tokio task finished");
+            }
+            sum
+        })
+    }
+}
+
+/// The expected sum, checked once per benchmark outside the timed region.
+fn check(sum: u64) {
+    assert_eq!(sum, TASKS * (TASKS - 1) / 2);
+}
+
+/// tokio's current-thread runtime; tasks run on the bench thread inside `block_on`.
+#[divan::bench_group(sample_count = 300)]
+mod tokio_current_thread {
+    use super::*;
+
+    fn rt() -> &'static Tokio {
+        static RT: OnceLock<Tokio> = OnceLock::new();
+        RT.get_or_init(|| {
+            Tokio::new(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("build tokio current-thread runtime"),
+            )
+        })
+    }
+
+    #[divan::bench]
+    fn raw(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.raw());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.raw()));
+    }
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.sheepdog());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.sheepdog()));
+    }
+
+    #[divan::bench]
+    fn joinset(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.joinset());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.joinset()));
+    }
+}
+
+/// tokio's multi-thread runtime with 2 workers; the bench thread spawns from `block_on` and the
+/// workers run the tasks.
+#[divan::bench_group(sample_count = 300)]
+mod tokio_multi_thread {
+    use super::*;
+
+    fn rt() -> &'static Tokio {
+        static RT: OnceLock<Tokio> = OnceLock::new();
+        RT.get_or_init(|| {
+            Tokio::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_time()
+                    .build()
+                    .expect("build tokio multi-thread runtime"),
+            )
+        })
+    }
+
+    #[divan::bench]
+    fn raw(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.raw());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.raw()));
+    }
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.sheepdog());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.sheepdog()));
+    }
+
+    #[divan::bench]
+    fn joinset(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.joinset());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.joinset()));
+    }
+}
+
+/// An owned `smol::Executor`, driven on the bench thread by `smol::block_on(ex.run(..))`.
+#[divan::bench_group(sample_count = 300)]
+mod smol_executor {
+    use super::*;
+
+    struct Smol {
+        executor: Arc<smol::Executor<'static>>,
+        sheepdog: SmolRuntime,
+    }
+
+    fn rt() -> &'static Smol {
+        static RT: OnceLock<Smol> = OnceLock::new();
+        RT.get_or_init(|| {
+            let executor = Arc::new(smol::Executor::new());
+            let sheepdog = SmolRuntime::with_executor(Arc::clone(&executor));
+            Smol { executor, sheepdog }
+        })
+    }
+
+    /// `Executor::spawn` every task, then await the smol `Task`s in spawn order.
+    fn run_raw(rt: &Smol) -> u64 {
+        let ex = &rt.executor;
+        smol::block_on(ex.run(async {
+            let tasks: Vec<_> = (0..TASKS).map(|i| ex.spawn(async move { i })).collect();
+            let mut sum = 0;
+            for task in tasks {
+                sum += task.await;
+            }
+            sum
+        }))
+    }
+
+    /// `Runtime::spawn` every task through sheepdog, then await the sheepdog handles in spawn
+    /// order, inside the same `smol::block_on(ex.run(..))` as [`run_raw`].
+    fn run_sheepdog(rt: &Smol) -> u64 {
+        let sd = &rt.sheepdog;
+        smol::block_on(rt.executor.run(async {
+            let handles: Vec<_> = (0..TASKS).map(|i| sd.spawn(async move { i })).collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.expect("sheepdog task finished");
+            }
+            sum
+        }))
+    }
+
+    #[divan::bench]
+    fn raw(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(run_raw(rt));
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(run_raw(rt)));
+    }
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(run_sheepdog(rt));
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(run_sheepdog(rt)));
+    }
+}
