@@ -132,17 +132,25 @@ fn tokio_from_handle_works() {
     assert_eq!(out, 3);
 }
 
-/// `#[tokio::main]`-style code enters sheepdog with `with_runtime`.
+/// `#[tokio::main]`-style code finds the tokio runtime without any wrapper once a
+/// `TokioRuntime` exists (its detector is registered), and `with_runtime` works as well.
 #[test]
-fn tokio_enter_with_runtime() {
+fn tokio_code_finds_the_runtime_without_a_wrapper() {
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     let out = tokio_rt.block_on(async {
-        assert!(runtime::current().is_none());
         let rt = TokioRuntime::current().unwrap();
-        runtime::with_runtime(&rt, async { runtime::spawn(async { 9 }).await.unwrap() }).await
+        assert!(
+            runtime::current().is_some(),
+            "the tokio detector finds the runtime"
+        );
+        time::sleep(Duration::from_millis(1)).await;
+        let direct = runtime::spawn(async { 4 }).await.unwrap();
+        let wrapped =
+            runtime::with_runtime(&rt, async { runtime::spawn(async { 5 }).await.unwrap() }).await;
+        direct + wrapped
     });
     assert_eq!(out, 9);
 }

@@ -17,13 +17,13 @@ struct CustomPayload(u32);
 conformance! {
     /// `spawn` returns the task's output through the handle, for one task and for many awaited
     /// in spawn order.
-    async fn spawn_and_await(rt, flavor) {
-        let one = runtime::spawn_on(&*rt, async { 40 + 2 });
+    async fn spawn_and_await(cx) {
+        let one = runtime::spawn_on(&*cx.rt, async { 40 + 2 });
         assert_eq!(one.await.unwrap(), 42);
 
         let handles: Vec<_> = (0..200u32)
             .map(|i| {
-                runtime::spawn(async move {
+                cx.spawn(async move {
                     if i % 3 == 0 {
                         yield_now().await;
                     }
@@ -38,9 +38,9 @@ conformance! {
 
     /// The runtime is ambient inside the entry future, inside spawned tasks, and inside tasks
     /// those tasks spawn.
-    async fn ambient_runtime_everywhere(rt, flavor) {
+    async fn ambient_runtime_everywhere(cx) {
         assert!(runtime::current().is_some());
-        let nested = runtime::spawn(async {
+        let nested = cx.spawn(async {
             assert!(runtime::current().is_some());
             runtime::spawn(async { runtime::current().is_some() }).await.unwrap()
         });
@@ -49,20 +49,20 @@ conformance! {
 
     /// A panic inside a task arrives as `JoinError::Panic` with the payload, string or not;
     /// the awaiter does not panic.
-    async fn panic_payload_is_preserved(rt, flavor) {
+    async fn panic_payload_is_preserved(cx) {
         let n = std::hint::black_box(7); // a run-time value, so the payload is a `String`
-        let err = runtime::spawn(async move { panic!("boom {n}") }).await.unwrap_err();
+        let err = cx.spawn(async move { panic!("boom {n}") }).await.unwrap_err();
         assert!(err.is_panic() && !err.is_cancelled());
         assert_eq!(err.panic_message(), Some("boom 7"));
         assert!(err.to_string().contains("boom 7"), "{err}");
         let payload = err.into_panic();
         assert_eq!(payload.downcast::<String>().ok().as_deref().map(String::as_str), Some("boom 7"));
 
-        let err = runtime::spawn(async { panic!("static") }).await.unwrap_err();
+        let err = cx.spawn(async { panic!("static") }).await.unwrap_err();
         assert_eq!(err.panic_message(), Some("static"));
         assert_eq!(err.into_panic().downcast::<&str>().ok().map(|p| *p), Some("static"));
 
-        let err = runtime::spawn(async { std::panic::panic_any(CustomPayload(9)) })
+        let err = cx.spawn(async { std::panic::panic_any(CustomPayload(9)) })
             .await
             .unwrap_err();
         assert_eq!(err.panic_message(), None);
@@ -70,13 +70,13 @@ conformance! {
         assert_eq!(payload.downcast::<CustomPayload>().ok().map(|p| *p), Some(CustomPayload(9)));
 
         // The runtime is still healthy after a task panicked.
-        assert_eq!(runtime::spawn(async { 1 }).await.unwrap(), 1);
+        assert_eq!(cx.spawn(async { 1 }).await.unwrap(), 1);
     }
 
     /// `abort` drops the task's future and the handle reports `Cancelled`.
-    async fn abort_cancels_a_pending_task(rt, flavor) {
+    async fn abort_cancels_a_pending_task(cx) {
         let (signal, dropped) = DropSignal::new();
-        let handle = runtime::spawn(async move {
+        let handle = cx.spawn(async move {
             let _signal = signal;
             futures::future::pending::<()>().await;
         });
@@ -91,8 +91,8 @@ conformance! {
     }
 
     /// Aborting a task that already finished keeps its output.
-    async fn abort_after_completion_keeps_output(rt, flavor) {
-        let handle = runtime::spawn(async { 5 });
+    async fn abort_after_completion_keeps_output(cx) {
+        let handle = cx.spawn(async { 5 });
         while !handle.is_finished() {
             yield_now().await;
         }
@@ -101,8 +101,8 @@ conformance! {
     }
 
     /// An `AbortHandle` cancels the task without owning its output.
-    async fn abort_handle_cancels(rt, flavor) {
-        let handle = runtime::spawn(futures::future::pending::<()>());
+    async fn abort_handle_cancels(cx) {
+        let handle = cx.spawn(futures::future::pending::<()>());
         let abort = handle.abort_handle();
         assert!(!abort.is_finished());
         abort.clone().abort();
@@ -111,9 +111,9 @@ conformance! {
     }
 
     /// Dropping a `JoinHandle` aborts its task, on every runtime (smol's rule, not tokio's).
-    async fn dropping_the_handle_aborts(rt, flavor) {
+    async fn dropping_the_handle_aborts(cx) {
         let (signal, dropped) = DropSignal::new();
-        let handle = runtime::spawn(async move {
+        let handle = cx.spawn(async move {
             let _signal = signal;
             futures::future::pending::<()>().await;
         });
@@ -122,9 +122,9 @@ conformance! {
     }
 
     /// A detached task runs to completion without its handle.
-    async fn detach_lets_the_task_finish(rt, flavor) {
+    async fn detach_lets_the_task_finish(cx) {
         let (tx, rx) = futures::channel::oneshot::channel();
-        runtime::spawn(async move {
+        cx.spawn(async move {
             for _ in 0..3 {
                 yield_now().await;
             }
@@ -136,9 +136,9 @@ conformance! {
 
     /// A handle can be awaited from a task other than the spawner, and a dropped `.await` on a
     /// handle loses nothing.
-    async fn handle_moves_between_tasks(rt, flavor) {
+    async fn handle_moves_between_tasks(cx) {
         let (go, wait) = futures::channel::oneshot::channel::<()>();
-        let mut inner = runtime::spawn(async move {
+        let mut inner = cx.spawn(async move {
             wait.await.unwrap();
             "payload"
         });
@@ -146,61 +146,61 @@ conformance! {
         let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut inner).poll(cx).is_pending())).await;
         assert!(first, "the task cannot finish before it is told to");
         go.send(()).unwrap();
-        let waiter = runtime::spawn(async move { inner.await.unwrap() });
+        let waiter = cx.spawn(async move { inner.await.unwrap() });
         assert_eq!(waiter.await.unwrap(), "payload");
     }
 
     /// Sleeps never end early, by the runtime's own clock, for zero, short and slightly longer
     /// durations, and for `sleep_until`.
-    async fn sleep_never_wakes_early(rt, flavor) {
+    async fn sleep_never_wakes_early(cx) {
         for millis in [0u64, 1, 3, 10] {
             let duration = Duration::from_millis(millis);
             let start = time::now();
             time::sleep(duration).await;
-            assert!(time::now() >= start + duration, "slept {millis} ms on {flavor:?}");
+            assert!(time::now() >= start + duration, "slept {millis} ms on {:?}", cx.flavor);
         }
-        let deadline = rt.now() + Duration::from_millis(4);
+        let deadline = cx.rt.now() + Duration::from_millis(4);
         time::sleep_until(deadline).await;
-        assert!(rt.now() >= deadline);
+        assert!(cx.rt.now() >= deadline);
         // A deadline in the past completes at once.
         time::sleep_until(deadline - Duration::from_millis(1)).await;
     }
 
     /// `now` never goes backwards, and the ambient clock is the runtime's clock.
-    async fn now_is_monotonic_and_agrees_with_the_runtime(rt, flavor) {
-        let mut last = rt.now();
+    async fn now_is_monotonic_and_agrees_with_the_runtime(cx) {
+        let mut last = cx.rt.now();
         for _ in 0..100 {
             let ambient = time::now();
-            let direct = rt.now();
+            let direct = cx.rt.now();
             assert!(last <= ambient && ambient <= direct);
             last = direct;
             yield_now().await;
         }
-        let before = rt.now();
+        let before = cx.rt.now();
         time::sleep(Duration::from_millis(2)).await;
-        assert!(rt.now() >= before + Duration::from_millis(2));
+        assert!(cx.rt.now() >= before + Duration::from_millis(2));
     }
 
     /// A runtime timer can be re-armed earlier while a task is parked on it.
-    async fn timer_reset_rearms(rt, flavor) {
-        let far = rt.now() + Duration::from_secs(3600);
-        let mut timer = rt.timer(far);
+    async fn timer_reset_rearms(cx) {
+        let far = cx.rt.now() + Duration::from_secs(3600);
+        let mut timer = cx.rt.timer(far);
         // Register the timer, then move its deadline close.
         assert!(poll_fn(|cx| Poll::Ready(timer.as_mut().poll(cx).is_pending())).await);
-        let near = rt.now() + Duration::from_millis(2);
+        let near = cx.rt.now() + Duration::from_millis(2);
         timer.as_mut().reset(near);
         timer.await;
-        assert!(rt.now() >= near);
-        assert!(rt.now() < far);
+        assert!(cx.rt.now() >= near);
+        assert!(cx.rt.now() < far);
     }
 
     /// The live counter sees every task's future dropped once its handle reported.
-    async fn no_future_outlives_its_outcome(rt, flavor) {
+    async fn no_future_outlives_its_outcome(cx) {
         let live = Live::new();
         let handles: Vec<_> = (0..50)
             .map(|i| {
                 let guard = live.guard();
-                runtime::spawn(async move {
+                cx.spawn(async move {
                     let _guard = guard;
                     if i % 2 == 0 {
                         futures::future::pending::<()>().await;

@@ -128,20 +128,48 @@ fn dropping_a_settled_handle_does_not_wake_the_task() {
     assert_eq!(wakes(&task_count), 0);
 }
 
-/// A settled task keeps no waker alive: the wakers it was polled with are released.
+/// A task registers its waker only when it waits, and the waker it registered is released
+/// once both the task and its handle are gone: nothing is kept alive by a settled task.
 #[test]
-fn settled_task_releases_its_waker() {
+fn wakers_are_registered_lazily_and_released() {
+    // Finished at the first poll: no waker is registered at all.
     let (task, handle) = TaskFuture::new(async { 1 }, None);
     let mut task = pin!(task);
-    let (task_count, task_waker) = counting();
+    let (count, waker) = counting();
     assert!(task
         .as_mut()
-        .poll(&mut Context::from_waker(&task_waker))
+        .poll(&mut Context::from_waker(&waker))
         .is_ready());
-    drop(task_waker);
-    // Only our own reference to the counter is left: the header no longer holds the waker.
-    assert_eq!(Arc::strong_count(&task_count), 1);
+    drop(waker);
+    assert_eq!(
+        Arc::strong_count(&count),
+        1,
+        "no waker kept for a task that never waited"
+    );
     drop(handle);
+
+    // Waited once: the waker is registered, then released with the task state.
+    let (gate_tx, gate_rx) = futures::channel::oneshot::channel::<()>();
+    let (task, handle) = TaskFuture::new(async move { gate_rx.await.ok() }, None);
+    let mut task = Box::pin(task);
+    let (count, waker) = counting();
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    gate_tx.send(()).unwrap();
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_ready());
+    drop(waker);
+    drop(task);
+    assert_eq!(futures::executor::block_on(handle).unwrap(), Some(()));
+    assert_eq!(
+        Arc::strong_count(&count),
+        1,
+        "the registered waker was released"
+    );
 }
 
 /// A panic during poll is caught, the future is dropped, and the joiner gets the payload.

@@ -1,10 +1,12 @@
 //! The shared harness of sheepdog's conformance suite.
 //!
-//! [`conformance!`] turns one async test body into one `#[test]` per runtime: tokio
+//! [`conformance!`] turns one async test body into two `#[test]`s per runtime — tokio
 //! current-thread, tokio multi-thread (2 workers), smol, async-std, and the virtual-time
-//! runtime. The body receives the runtime as an `Arc<dyn Runtime>` and also finds it as the
-//! ambient runtime. Every run sits under a watchdog, so a hang fails the test instead of
-//! stalling the suite.
+//! runtime — one spawning through the runtime's concrete type (`Runtime::spawn`, which an
+//! adapter may implement with its native join handle) and one through the ambient runtime
+//! (`runtime::spawn`, the type-erased path). The body receives a [`Cx`]; the runtime is also
+//! ambient. Every run sits under a watchdog, so a hang fails the test instead of stalling the
+//! suite.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,9 +14,57 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 pub use sheepdog_core::runtime::Runtime;
+use sheepdog_core::runtime::{self, JoinHandle, RuntimeHandle};
 
 /// The runtime a test body receives.
-pub type Rt = Arc<dyn Runtime>;
+pub type Rt = RuntimeHandle;
+
+/// How a test body spawns its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnPath {
+    /// `Runtime::spawn` on the adapter's concrete type.
+    Concrete,
+    /// `sheepdog_core::runtime::spawn`, through the ambient `dyn Runtime`.
+    Ambient,
+}
+
+/// What a test body receives: the runtime, its flavor, and a spawner for the chosen path.
+#[derive(Debug, Clone)]
+pub struct Cx {
+    /// The runtime (also ambient while the body runs).
+    pub rt: Rt,
+    /// Which runtime this is.
+    pub flavor: Flavor,
+    /// Which spawn path [`Cx::spawn`] takes.
+    pub path: SpawnPath,
+    concrete: Concrete,
+}
+
+#[derive(Debug, Clone)]
+enum Concrete {
+    Tokio(sheepdog_tokio::TokioRuntime),
+    Smol(sheepdog_smol::SmolRuntime),
+    AsyncStd(sheepdog_async_std::AsyncStdRuntime),
+    Virtual,
+}
+
+impl Cx {
+    /// Spawns `future` through this test's spawn path.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match (self.path, &self.concrete) {
+            (SpawnPath::Ambient, _) | (SpawnPath::Concrete, Concrete::Virtual) => {
+                runtime::spawn(future)
+            }
+            (SpawnPath::Concrete, Concrete::Tokio(rt)) => rt.spawn(future),
+            (SpawnPath::Concrete, Concrete::Smol(rt)) => rt.spawn(future),
+            (SpawnPath::Concrete, Concrete::AsyncStd(rt)) => rt.spawn(future),
+        }
+    }
+}
 
 /// How long one test may run (in real time) before the watchdog fails it.
 pub const WATCHDOG: Duration = Duration::from_secs(60);
@@ -55,17 +105,17 @@ impl Flavor {
 /// # Panics
 ///
 /// Re-raises a panic of the body, and panics if the body has not finished within [`WATCHDOG`].
-pub fn run<B, Fut>(flavor: Flavor, body: B)
+pub fn run<B, Fut>(flavor: Flavor, path: SpawnPath, body: B)
 where
-    B: FnOnce(Rt) -> Fut + Send + 'static,
+    B: FnOnce(Cx) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     let (done_tx, done_rx) = mpsc::channel();
     let worker = std::thread::Builder::new()
-        .name(format!("conformance-{flavor:?}"))
+        .name(format!("conformance-{flavor:?}-{path:?}"))
         .spawn(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                block_on_flavor(flavor, body)
+                block_on_flavor(flavor, path, body)
             }));
             let _ = done_tx.send(outcome);
         })
@@ -77,94 +127,98 @@ where
     }
 }
 
-fn block_on_flavor<B, Fut>(flavor: Flavor, body: B)
+fn block_on_flavor<B, Fut>(flavor: Flavor, path: SpawnPath, body: B)
 where
-    B: FnOnce(Rt) -> Fut,
+    B: FnOnce(Cx) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let cx = |rt: Rt, concrete| Cx {
+        rt,
+        flavor,
+        path,
+        concrete,
+    };
     match flavor {
-        Flavor::TokioCurrentThread => {
-            let rt = sheepdog_tokio::TokioRuntime::new_current_thread().expect("tokio runtime");
-            let handle = rt.handle();
-            rt.block_on(body(handle));
-        }
-        Flavor::TokioMultiThread => {
-            let rt = sheepdog_tokio::TokioRuntime::new_multi_thread(2).expect("tokio runtime");
-            let handle = rt.handle();
-            rt.block_on(body(handle));
+        Flavor::TokioCurrentThread | Flavor::TokioMultiThread => {
+            let rt = if flavor == Flavor::TokioCurrentThread {
+                sheepdog_tokio::TokioRuntime::new_current_thread()
+            } else {
+                sheepdog_tokio::TokioRuntime::new_multi_thread(2)
+            }
+            .expect("tokio runtime");
+            rt.block_on(body(cx(rt.handle(), Concrete::Tokio(rt.clone()))));
         }
         Flavor::Smol => {
             let rt = sheepdog_smol::SmolRuntime::global();
-            let handle = rt.handle();
-            rt.block_on(body(handle));
+            rt.block_on(body(cx(rt.handle(), Concrete::Smol(rt.clone()))));
         }
         Flavor::AsyncStd => {
             let rt = sheepdog_async_std::AsyncStdRuntime;
-            let handle = rt.handle();
-            rt.block_on(body(handle));
+            rt.block_on(body(cx(rt.handle(), Concrete::AsyncStd(rt))));
         }
         Flavor::Virtual => {
             let rt = sheepdog_core::testing::VirtualRuntime::new();
-            let handle = rt.handle();
-            rt.block_on(body(handle));
+            rt.block_on(body(cx(rt.handle(), Concrete::Virtual)));
         }
     }
 }
 
-/// Defines one test per runtime flavor from a single async body.
+/// Defines two tests per runtime flavor (concrete and ambient spawn path) from one async body.
 ///
 /// ```ignore
 /// conformance! {
 ///     /// What the test proves.
-///     async fn spawn_returns_output(rt) {
-///         let handle = sheepdog_core::runtime::spawn(async { 1 });
+///     async fn spawn_returns_output(cx) {
+///         let handle = cx.spawn(async { 1 });
 ///         assert_eq!(handle.await.unwrap(), 1);
 ///     }
 /// }
 /// ```
 ///
-/// The body may use `flavor` (a [`Flavor`]) as well as `rt`.
+/// The body receives `cx`, a [`Cx`] (`cx.rt`, `cx.flavor`, `cx.path`, `cx.spawn(..)`).
 #[macro_export]
 macro_rules! conformance {
     ($(
         $(#[$attr:meta])*
-        async fn $name:ident($rt:ident, $flavor:ident) $body:block
+        async fn $name:ident($cx:ident) $body:block
     )*) => {$(
         $(#[$attr])*
         mod $name {
             #[allow(unused_imports, reason = "the body may use anything the test file imports")]
             use super::*;
 
-            #[allow(unused_variables, reason = "not every body looks at the flavor")]
-            async fn body($rt: $crate::Rt, $flavor: $crate::Flavor) $body
+            #[allow(unused_variables, reason = "not every body looks at its context")]
+            async fn body($cx: $crate::Cx) $body
 
+            $crate::conformance!(@tests
+                tokio_current_thread: TokioCurrentThread,
+                tokio_multi_thread: TokioMultiThread,
+                smol: Smol,
+                async_std: AsyncStd,
+                virtual_time: Virtual,
+            );
+        }
+    )*};
+    (@tests $($test:ident: $flavor:ident,)*) => {
+        $crate::paste_tests! { $($test: $flavor,)* }
+    };
+}
+
+/// Expands each `name: Flavor` pair into a concrete-path test `name` and an ambient-path test
+/// `name_ambient` (an implementation detail of [`conformance!`]).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! paste_tests {
+    ($($test:ident: $flavor:ident,)*) => {$(
+        mod $test {
             #[test]
-            fn tokio_current_thread() {
-                $crate::run($crate::Flavor::TokioCurrentThread, |rt| {
-                    body(rt, $crate::Flavor::TokioCurrentThread)
-                });
+            fn concrete() {
+                $crate::run($crate::Flavor::$flavor, $crate::SpawnPath::Concrete, super::body);
             }
 
             #[test]
-            fn tokio_multi_thread() {
-                $crate::run($crate::Flavor::TokioMultiThread, |rt| {
-                    body(rt, $crate::Flavor::TokioMultiThread)
-                });
-            }
-
-            #[test]
-            fn smol() {
-                $crate::run($crate::Flavor::Smol, |rt| body(rt, $crate::Flavor::Smol));
-            }
-
-            #[test]
-            fn async_std() {
-                $crate::run($crate::Flavor::AsyncStd, |rt| body(rt, $crate::Flavor::AsyncStd));
-            }
-
-            #[test]
-            fn virtual_time() {
-                $crate::run($crate::Flavor::Virtual, |rt| body(rt, $crate::Flavor::Virtual));
+            fn ambient() {
+                $crate::run($crate::Flavor::$flavor, $crate::SpawnPath::Ambient, super::body);
             }
         }
     )*};

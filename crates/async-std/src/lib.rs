@@ -31,10 +31,9 @@
 #![doc(test(attr(deny(warnings))))]
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime};
+use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime, RuntimeHandle};
 use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
 
 /// sheepdog's [`Runtime`] on async-std's global executor.
@@ -60,9 +59,8 @@ impl Runtime for AsyncStdRuntime {
         Box::pin(AsyncIoTimer::at(deadline))
     }
 
-    fn handle(&self) -> Arc<dyn Runtime> {
-        static HANDLE: OnceLock<Arc<AsyncStdRuntime>> = OnceLock::new();
-        Arc::clone(HANDLE.get_or_init(|| Arc::new(AsyncStdRuntime))) as Arc<dyn Runtime>
+    fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle::from_static(&AsyncStdRuntime)
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {

@@ -63,7 +63,8 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere but in `runtime::inline` (see its SAFETY comments and tests).
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 

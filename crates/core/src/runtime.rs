@@ -17,17 +17,24 @@
 //! deadlines also work under `futures::executor::block_on` or any other executor.
 
 pub(crate) mod context;
+mod handle;
+mod inline;
 mod task;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub use context::{current, spawn, try_current, try_spawn, with_runtime, NoRuntime, WithRuntime};
-pub use task::{AbortHandle, JoinError, JoinHandle, TaskFuture};
+pub use context::{
+    current, register_detector, spawn, try_current, try_spawn, with_handle, with_runtime,
+    with_static_runtime, NoRuntime, StaticRuntime, WithRuntime, WithStaticRuntime,
+};
+pub use handle::RuntimeHandle;
+pub use task::{
+    AbortHandle, JoinError, JoinHandle, Panic, RawAbortHandle, RawJoinHandle, TaskFuture,
+};
 
 use crate::time::BoxTimer;
 
@@ -74,16 +81,16 @@ pub type BoxTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///
 /// # Handles and ownership
 ///
-/// [`handle`](Runtime::handle) returns a handle that does **not** keep the runtime alive.
-/// sheepdog stores that handle in the ambient context and in every spawned task; if it owned
-/// the runtime, a task that never finishes would keep its own executor alive forever.
+/// [`handle`](Runtime::handle) returns a [`RuntimeHandle`] that does **not** keep the runtime
+/// alive and that works from any thread. sheepdog stores handles in the ambient context and in
+/// every spawned task; if they owned the runtime, a task that never finishes would keep its own
+/// executor alive forever.
 ///
 /// # Implementing
 ///
 /// ```
-/// use std::sync::Arc;
 /// use std::time::Instant;
-/// use sheepdog_core::runtime::{BoxTask, Runtime};
+/// use sheepdog_core::runtime::{BoxTask, Runtime, RuntimeHandle};
 /// use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
 ///
 /// /// Runs every task on a fresh OS thread (a toy; do not use this).
@@ -97,8 +104,8 @@ pub type BoxTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///     fn timer(&self, deadline: Instant) -> BoxTimer {
 ///         Box::pin(AsyncIoTimer::at(deadline))
 ///     }
-///     fn handle(&self) -> Arc<dyn Runtime> {
-///         Arc::new(self.clone())
+///     fn handle(&self) -> RuntimeHandle {
+///         RuntimeHandle::from_static(&ThreadPerTask)
 ///     }
 ///     fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
 ///         futures::executor::block_on(sheepdog_core::runtime::with_runtime(self, future))
@@ -142,10 +149,12 @@ pub trait Runtime: Send + Sync + 'static {
         Instant::now()
     }
 
-    /// Returns a handle to this runtime that does not keep the runtime alive.
+    /// Returns a handle to this runtime that does not keep the runtime alive and that works
+    /// from any thread.
     ///
-    /// This is what sheepdog stores in the ambient context and in spawned tasks.
-    fn handle(&self) -> Arc<dyn Runtime>;
+    /// This is what [`current`] returns, and what sheepdog stores in the ambient context and in
+    /// spawned tasks unless the adapter chooses a cheaper one for its own tasks.
+    fn handle(&self) -> RuntimeHandle;
 
     /// Runs `future` to completion on this runtime, blocking the current thread, with this
     /// runtime as the ambient runtime.
@@ -211,7 +220,20 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let (task, handle) = TaskFuture::new(future, Some(runtime.handle()));
+    spawn_on_handle(runtime, runtime.handle(), future)
+}
+
+/// Spawns `future` on `runtime` with `ambient` as the task's ambient runtime.
+pub(crate) fn spawn_on_handle<F>(
+    runtime: &dyn Runtime,
+    ambient: RuntimeHandle,
+    future: F,
+) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (task, handle) = TaskFuture::new(future, Some(ambient));
     runtime.spawn_boxed(Box::pin(task));
     handle
 }

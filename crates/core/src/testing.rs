@@ -36,7 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::runtime::{BoxTask, Runtime, WithRuntime};
+use crate::runtime::{BoxTask, Runtime, RuntimeHandle, WithRuntime};
 use crate::time::{BoxTimer, Timer};
 
 const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -364,8 +364,8 @@ impl Runtime for VirtualRuntime {
         self.shared.now()
     }
 
-    fn handle(&self) -> Arc<dyn Runtime> {
-        Arc::clone(&self.handle) as Arc<dyn Runtime>
+    fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle::from_arc(Arc::clone(&self.handle) as Arc<dyn Runtime>)
     }
 
     /// Runs `future` to completion, running spawned tasks and moving virtual time as described
@@ -462,10 +462,10 @@ impl Runtime for VirtualHandle {
         self.shared.now()
     }
 
-    fn handle(&self) -> Arc<dyn Runtime> {
-        Arc::new(VirtualHandle {
+    fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle::from_arc(Arc::new(VirtualHandle {
             shared: Arc::clone(&self.shared),
-        })
+        }))
     }
 
     /// # Panics

@@ -8,11 +8,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, RuntimeHandle};
 
 /// A resettable timer, as a [`Runtime`] provides it.
 ///
@@ -78,7 +77,7 @@ impl Timer for AsyncIoTimer {
 /// assert!(b >= a);
 /// ```
 pub fn now() -> std::time::Instant {
-    runtime::context::with_current(|rt| rt.map_or_else(Instant::now, |rt| rt.now()))
+    runtime::context::current_raw().map_or_else(Instant::now, |rt| rt.now())
 }
 
 /// An instant so far ahead that it is never reached, used to saturate additions that would
@@ -154,7 +153,7 @@ pub struct Sleep {
     deadline: Instant,
     timer: Option<BoxTimer>,
     /// The runtime whose clock the timer follows; `None` means the system clock.
-    clock: Option<Arc<dyn Runtime>>,
+    clock: Option<RuntimeHandle>,
 }
 
 impl fmt::Debug for Sleep {
@@ -191,7 +190,7 @@ impl Future for Sleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         if this.timer.is_none() {
-            this.clock = runtime::current();
+            this.clock = runtime::context::current_raw();
             if this.clock_now() >= this.deadline {
                 return Poll::Ready(());
             }

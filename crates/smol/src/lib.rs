@@ -34,7 +34,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime};
+use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime, RuntimeHandle};
 use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
 
 /// sheepdog's [`Runtime`] on smol.
@@ -49,7 +49,7 @@ use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
 pub struct SmolRuntime {
     /// Keeps a caller-supplied executor alive; `None` for the global executor.
     executor: Option<Arc<smol::Executor<'static>>>,
-    handle: Arc<SmolHandle>,
+    handle: RuntimeHandle,
 }
 
 impl fmt::Debug for SmolRuntime {
@@ -74,6 +74,8 @@ enum SmolHandle {
     Executor(Weak<smol::Executor<'static>>),
 }
 
+static GLOBAL: SmolHandle = SmolHandle::Global;
+
 impl SmolRuntime {
     /// Spawns on smol's global executor (driven by smol's own threads; set `SMOL_THREADS` to
     /// choose how many).
@@ -87,7 +89,7 @@ impl SmolRuntime {
     pub fn global() -> Self {
         SmolRuntime {
             executor: None,
-            handle: Arc::new(SmolHandle::Global),
+            handle: RuntimeHandle::from_static(&GLOBAL),
         }
     }
 
@@ -107,7 +109,9 @@ impl SmolRuntime {
     /// ```
     pub fn with_executor(executor: Arc<smol::Executor<'static>>) -> Self {
         SmolRuntime {
-            handle: Arc::new(SmolHandle::Executor(Arc::downgrade(&executor))),
+            handle: RuntimeHandle::from_arc(Arc::new(SmolHandle::Executor(Arc::downgrade(
+                &executor,
+            )))),
             executor: Some(executor),
         }
     }
@@ -115,6 +119,18 @@ impl SmolRuntime {
     /// The supplied executor, or `None` for smol's global executor.
     pub fn executor(&self) -> Option<&Arc<smol::Executor<'static>>> {
         self.executor.as_ref()
+    }
+}
+
+impl SmolRuntime {
+    fn spawn_task<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.executor {
+            None => smol::spawn(task).detach(),
+            Some(executor) => executor.spawn(task).detach(),
+        }
     }
 }
 
@@ -136,22 +152,22 @@ impl SmolHandle {
 
 impl Runtime for SmolRuntime {
     fn spawn_boxed(&self, task: BoxTask) {
-        self.handle.spawn(task);
+        self.spawn_task(task);
     }
 
     fn spawn_unboxed<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.handle.spawn(task);
+        self.spawn_task(task);
     }
 
     fn timer(&self, deadline: Instant) -> BoxTimer {
         Box::pin(AsyncIoTimer::at(deadline))
     }
 
-    fn handle(&self) -> Arc<dyn Runtime> {
-        Arc::clone(&self.handle) as Arc<dyn Runtime>
+    fn handle(&self) -> RuntimeHandle {
+        self.handle.clone()
     }
 
     /// Runs `future` on the current thread; with a supplied executor, also runs the
@@ -174,8 +190,11 @@ impl Runtime for SmolHandle {
         Box::pin(AsyncIoTimer::at(deadline))
     }
 
-    fn handle(&self) -> Arc<dyn Runtime> {
-        Arc::new(self.clone())
+    fn handle(&self) -> RuntimeHandle {
+        match self {
+            SmolHandle::Global => RuntimeHandle::from_static(&GLOBAL),
+            SmolHandle::Executor(_) => RuntimeHandle::from_arc(Arc::new(self.clone())),
+        }
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {

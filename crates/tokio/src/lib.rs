@@ -43,7 +43,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime};
+use sheepdog_core::runtime::{
+    register_detector, with_handle, AbortHandle, BoxTask, JoinError, JoinHandle, RawAbortHandle,
+    RawJoinHandle, Runtime, RuntimeHandle, StaticRuntime,
+};
 use sheepdog_core::time::{BoxTimer, Timer};
 
 /// There is no tokio runtime on this thread.
@@ -143,6 +146,7 @@ impl TokioRuntime {
     /// assert_eq!(rt.block_on(async { 7 }), 7);
     /// ```
     pub fn from_handle(handle: tokio::runtime::Handle) -> Self {
+        register_tokio_detector();
         TokioRuntime {
             handle: Arc::new(TokioHandle { handle }),
             owner: None,
@@ -162,6 +166,7 @@ impl TokioRuntime {
     /// assert_eq!(rt.block_on(async { 7 }), 7);
     /// ```
     pub fn from_runtime(runtime: tokio::runtime::Runtime) -> Self {
+        register_tokio_detector();
         TokioRuntime {
             handle: Arc::new(TokioHandle {
                 handle: runtime.handle().clone(),
@@ -248,8 +253,8 @@ impl Runtime for TokioRuntime {
         self.handle.timer(deadline)
     }
 
-    fn handle(&self) -> Arc<dyn Runtime> {
-        Arc::clone(&self.handle) as Arc<dyn Runtime>
+    fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle::from_arc(Arc::clone(&self.handle) as Arc<dyn Runtime>)
     }
 
     /// Runs `future` on this runtime.
@@ -262,11 +267,26 @@ impl Runtime for TokioRuntime {
     ///
     /// Panics (in tokio) when called from inside an asynchronous context.
     fn block_on<F: Future>(&self, future: F) -> F::Output {
-        let future = with_runtime(self, future);
+        // Both of tokio's `block_on`s poll inside the runtime's context.
+        let future = with_handle(in_context(), future);
         match self.owner.as_ref().and_then(|owner| owner.runtime.as_ref()) {
             Some(runtime) => runtime.block_on(future),
             None => self.handle.handle.block_on(future),
         }
+    }
+
+    /// Spawns `future` as a tokio task and adapts tokio's own join handle, so sheepdog adds no
+    /// allocation and no shared state of its own: tokio catches the panic, aborts, and reports
+    /// shutdown; the adapter maps those to sheepdog's [`JoinError`] and aborts on drop.
+    fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        // No ambient wrapper: inside a tokio task the registered detector finds this runtime,
+        // which keeps the task (and so tokio's allocation for it) as small as the raw one.
+        let task = self.handle.handle.spawn(future);
+        JoinHandle::from_raw(TokioJoin(task))
     }
 }
 
@@ -283,14 +303,113 @@ impl Runtime for TokioHandle {
         })
     }
 
-    fn handle(&self) -> Arc<dyn Runtime> {
-        Arc::new(TokioHandle {
+    fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle::from_arc(Arc::new(TokioHandle {
             handle: self.handle.clone(),
-        })
+        }))
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.handle.block_on(with_runtime(self, future))
+        self.handle.block_on(with_handle(in_context(), future))
+    }
+}
+
+/// "The tokio runtime whose context the caller is in": the ambient handle of every future
+/// sheepdog polls inside a tokio runtime (tasks and `block_on`). Being a static, it costs
+/// nothing to install or clone; it is only ever used from inside that context, and
+/// [`Runtime::handle`] turns it into a portable handle when code asks for the runtime.
+#[derive(Debug)]
+struct InContext;
+
+impl StaticRuntime for InContext {
+    const RUNTIME: &'static dyn Runtime = &InContext;
+}
+
+fn in_context() -> RuntimeHandle {
+    RuntimeHandle::from_static(InContext::RUNTIME)
+}
+
+/// Lets sheepdog find the tokio runtime of the current thread when no ambient runtime is
+/// installed (see `sheepdog_core::runtime::register_detector`). Done once, by the first
+/// `TokioRuntime` constructed.
+fn register_tokio_detector() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        register_detector(|| {
+            tokio::runtime::Handle::try_current()
+                .is_ok()
+                .then(in_context)
+        });
+    });
+}
+
+impl InContext {
+    fn current() -> TokioHandle {
+        TokioHandle {
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Runtime for InContext {
+    fn spawn_boxed(&self, task: BoxTask) {
+        drop(tokio::spawn(task));
+    }
+
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        Box::pin(TokioTimer {
+            sleep: tokio::time::sleep_until(deadline.into()),
+        })
+    }
+
+    fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle::from_arc(Arc::new(Self::current()))
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        Self::current().block_on(future)
+    }
+}
+
+/// tokio's join handle with sheepdog's semantics.
+struct TokioJoin<T>(tokio::task::JoinHandle<T>);
+
+fn join_error(err: tokio::task::JoinError) -> JoinError {
+    match err.try_into_panic() {
+        Ok(payload) => JoinError::from_panic(payload),
+        Err(_) => JoinError::Cancelled,
+    }
+}
+
+impl<T: Send + 'static> RawJoinHandle<T> for TokioJoin<T> {
+    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(join_error))
+    }
+
+    fn abort(&self) {
+        self.0.abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    fn abort_handle(&self) -> AbortHandle {
+        AbortHandle::from_raw(TokioAbort(self.0.abort_handle()))
+    }
+}
+
+struct TokioAbort(tokio::task::AbortHandle);
+
+impl RawAbortHandle for TokioAbort {
+    fn abort(&self) {
+        self.0.abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
     }
 }
 

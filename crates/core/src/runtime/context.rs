@@ -3,13 +3,13 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
-use super::{JoinHandle, Runtime};
+use super::{JoinHandle, Runtime, RuntimeHandle};
 
 thread_local! {
-    static CURRENT: Cell<Option<Arc<dyn Runtime>>> = const { Cell::new(None) };
+    static CURRENT: Cell<Option<RuntimeHandle>> = const { Cell::new(None) };
 }
 
 /// There is no ambient runtime: the code is not running inside a future that sheepdog drives.
@@ -22,20 +22,68 @@ thread_local! {
 )]
 pub struct NoRuntime;
 
-/// Returns the ambient runtime, if the calling code runs inside a future that sheepdog drives.
+/// Returns the ambient runtime, if the calling code runs inside a future that sheepdog drives
+/// (or inside a runtime whose adapter registered a detector; see [`register_detector`]).
 ///
 /// # Examples
 ///
 /// ```
 /// assert!(sheepdog_core::runtime::current().is_none());
 /// ```
-pub fn current() -> Option<Arc<dyn Runtime>> {
-    CURRENT.with(|cell| {
-        let rt = cell.take();
-        let copy = rt.clone();
-        cell.set(rt);
-        copy
-    })
+pub fn current() -> Option<RuntimeHandle> {
+    current_raw().map(|handle| handle.portable())
+}
+
+/// The ambient handle exactly as installed (it may be tied to the polling context), or else
+/// what a registered detector reports.
+pub(crate) fn current_raw() -> Option<RuntimeHandle> {
+    CURRENT
+        .with(|cell| {
+            let rt = cell.take();
+            let copy = rt.clone();
+            cell.set(rt);
+            copy
+        })
+        .or_else(detect)
+}
+
+/// How many context detectors can be registered; there is one per adapter at most.
+const DETECTOR_SLOTS: usize = 8;
+
+/// A function that reports the runtime the calling thread is inside, if any.
+type Detector = fn() -> Option<RuntimeHandle>;
+
+static DETECTORS: [OnceLock<Detector>; DETECTOR_SLOTS] =
+    [const { OnceLock::new() }; DETECTOR_SLOTS];
+
+/// Registers a function that reports the runtime the calling thread is inside, for runtimes
+/// that track that themselves (tokio does). It is consulted when no ambient runtime is
+/// installed, so sheepdog code finds such a runtime even in futures it did not wrap — for
+/// example inside `#[tokio::main]`, or in tasks an adapter spawns without a wrapper.
+///
+/// For adapters; each registers once. Returns `false` if every slot is taken (eight
+/// detectors), in which case `detect` is not consulted.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::runtime::{self, register_detector, RuntimeHandle};
+///
+/// fn nothing_here() -> Option<RuntimeHandle> {
+///     None
+/// }
+/// assert!(register_detector(nothing_here));
+/// assert!(runtime::current().is_none());
+/// ```
+pub fn register_detector(detect: Detector) -> bool {
+    DETECTORS.iter().any(|slot| slot.set(detect).is_ok())
+}
+
+fn detect() -> Option<RuntimeHandle> {
+    DETECTORS
+        .iter()
+        .map_while(OnceLock::get)
+        .find_map(|detect| detect())
 }
 
 /// Returns the ambient runtime, or [`NoRuntime`] with a message that says how to provide one.
@@ -50,29 +98,8 @@ pub fn current() -> Option<Arc<dyn Runtime>> {
 /// let err = sheepdog_core::runtime::try_current().unwrap_err();
 /// assert!(err.to_string().contains("block_on"));
 /// ```
-pub fn try_current() -> Result<Arc<dyn Runtime>, NoRuntime> {
+pub fn try_current() -> Result<RuntimeHandle, NoRuntime> {
     current().ok_or(NoRuntime)
-}
-
-/// Runs `f` with the ambient runtime borrowed, without touching its reference count.
-///
-/// The ambient slot is empty while `f` runs, so `f` must not spawn or poll futures.
-pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Arc<dyn Runtime>>) -> R) -> R {
-    CURRENT.with(|cell| {
-        let rt = cell.take();
-        // Put the runtime back even if `f` panics.
-        struct Restore<'a> {
-            cell: &'a Cell<Option<Arc<dyn Runtime>>>,
-            rt: Option<Arc<dyn Runtime>>,
-        }
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                self.cell.set(self.rt.take());
-            }
-        }
-        let restore = Restore { cell, rt };
-        f(restore.rt.as_ref())
-    })
 }
 
 /// Spawns `future` on the ambient runtime.
@@ -127,10 +154,8 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let rt = current().ok_or(NoRuntime)?;
-    let (task, handle) = super::TaskFuture::new(future, Some(Arc::clone(&rt)));
-    rt.spawn_boxed(Box::pin(task));
-    Ok(handle)
+    let rt = current_raw().ok_or(NoRuntime)?;
+    Ok(super::spawn_on_handle(&*rt, rt.clone(), future))
 }
 
 /// Runs `future` with `runtime` as its ambient runtime.
@@ -159,18 +184,43 @@ where
     WithRuntime::new(Some(runtime.handle()), future)
 }
 
+/// Runs `future` with `handle` installed as its ambient runtime, exactly as given.
+///
+/// For adapters: a handle installed this way may be tied to the context the future is polled
+/// in (for example "the tokio runtime of the current thread"), as long as the adapter only
+/// polls the future in that context. [`current`] hands out [`Runtime::handle`] of it instead,
+/// which works anywhere. Users call [`with_runtime`].
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use sheepdog_core::runtime::{self, with_handle, Runtime};
+/// use sheepdog_core::testing::VirtualRuntime;
+///
+/// let rt = VirtualRuntime::new();
+/// let inside = futures::executor::block_on(with_handle(rt.handle(), async {
+///     runtime::current().is_some()
+/// }));
+/// assert!(inside);
+/// # }
+/// ```
+pub fn with_handle<F: Future>(handle: RuntimeHandle, future: F) -> WithRuntime<F> {
+    WithRuntime::new(Some(handle), future)
+}
+
 pin_project_lite::pin_project! {
     /// The future returned by [`with_runtime`].
     #[must_use = "futures do nothing unless awaited"]
     pub struct WithRuntime<F> {
         #[pin]
         future: F,
-        runtime: Option<Arc<dyn Runtime>>,
+        runtime: Option<RuntimeHandle>,
     }
 }
 
 impl<F> WithRuntime<F> {
-    pub(crate) fn new(runtime: Option<Arc<dyn Runtime>>, future: F) -> Self {
+    pub(crate) fn new(runtime: Option<RuntimeHandle>, future: F) -> Self {
         WithRuntime { future, runtime }
     }
 }
@@ -192,17 +242,98 @@ impl<F: Future> Future for WithRuntime<F> {
     }
 }
 
+/// A runtime value that exists once per process (or once per polling context), so a future
+/// can carry it as a type instead of a value (for adapters; see [`with_static_runtime`]).
+pub trait StaticRuntime: 'static {
+    /// The runtime to install as ambient.
+    const RUNTIME: &'static dyn Runtime;
+}
+
+/// Runs `future` with `S::RUNTIME` as its ambient runtime, adding nothing to the future's size.
+///
+/// For adapters: a spawned task's size decides the size of the runtime's task allocation, so
+/// carrying the ambient runtime as a type instead of a value can halve it (tokio rounds task
+/// cells to 128 bytes). As with [`with_handle`], the runtime may be tied to the context the
+/// future is polled in.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Instant;
+/// use sheepdog_core::runtime::{self, with_static_runtime, BoxTask, Runtime, RuntimeHandle, StaticRuntime};
+/// use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
+///
+/// #[derive(Debug)]
+/// struct Inline;
+///
+/// impl Runtime for Inline {
+///     fn spawn_boxed(&self, task: BoxTask) {
+///         std::thread::spawn(move || futures::executor::block_on(task));
+///     }
+///     fn timer(&self, deadline: Instant) -> BoxTimer {
+///         Box::pin(AsyncIoTimer::at(deadline))
+///     }
+///     fn handle(&self) -> RuntimeHandle {
+///         RuntimeHandle::from_static(&Inline)
+///     }
+///     fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+///         futures::executor::block_on(with_static_runtime::<Inline, _>(future))
+///     }
+/// }
+///
+/// impl StaticRuntime for Inline {
+///     const RUNTIME: &'static dyn Runtime = &Inline;
+/// }
+///
+/// assert!(Inline.block_on(async { runtime::current().is_some() }));
+/// ```
+pub fn with_static_runtime<S: StaticRuntime, F: Future>(future: F) -> WithStaticRuntime<S, F> {
+    WithStaticRuntime {
+        future,
+        _runtime: std::marker::PhantomData,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`with_static_runtime`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct WithStaticRuntime<S, F> {
+        #[pin]
+        future: F,
+        _runtime: std::marker::PhantomData<fn() -> S>,
+    }
+}
+
+impl<S, F: std::fmt::Debug> std::fmt::Debug for WithStaticRuntime<S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithStaticRuntime")
+            .field("future", &self.future)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StaticRuntime, F: Future> Future for WithStaticRuntime<S, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let future = self.project().future;
+        enter(&mut Some(RuntimeHandle::from_static(S::RUNTIME)), || {
+            future.poll(cx)
+        })
+    }
+}
+
 /// Makes `slot` the ambient runtime while `f` runs, then moves it back into `slot`.
 ///
-/// Moving the `Arc` in and out (rather than cloning it) keeps each poll free of reference-count
+/// Moving the handle in and out (rather than cloning it) keeps each poll free of reference-count
 /// traffic. A `None` slot leaves the current ambient runtime in place.
-pub(crate) fn enter<R>(slot: &mut Option<Arc<dyn Runtime>>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn enter<R>(slot: &mut Option<RuntimeHandle>, f: impl FnOnce() -> R) -> R {
     if slot.is_none() {
         return f();
     }
     struct Swap<'a> {
-        slot: &'a mut Option<Arc<dyn Runtime>>,
-        previous: Option<Arc<dyn Runtime>>,
+        slot: &'a mut Option<RuntimeHandle>,
+        previous: Option<RuntimeHandle>,
     }
     impl Drop for Swap<'_> {
         fn drop(&mut self) {

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 
-use super::Runtime;
+use super::RuntimeHandle;
 
 /// Why a task did not produce its output.
 ///
@@ -108,6 +108,12 @@ impl fmt::Debug for JoinError {
 }
 
 impl JoinError {
+    /// The error for a task that panicked with `payload` (for adapters converting their
+    /// runtime's own join errors).
+    pub fn from_panic(payload: Box<dyn Any + Send + 'static>) -> Self {
+        JoinError::Panic(Panic::new(payload))
+    }
+
     /// Whether the task was cancelled (aborted, or dropped by its runtime).
     pub fn is_cancelled(&self) -> bool {
         matches!(self, JoinError::Cancelled)
@@ -195,12 +201,15 @@ impl<T> Header<T> {
     }
 }
 
-trait Abort: Send + Sync {
+/// A runtime's own abort handle, adapted to sheepdog (for adapters; see [`AbortHandle::from_raw`]).
+pub trait RawAbortHandle: Send + Sync + 'static {
+    /// Requests cancellation of the task.
     fn abort(&self);
+    /// Whether the task has finished.
     fn is_finished(&self) -> bool;
 }
 
-impl<T: Send> Abort for Header<T> {
+impl<T: Send + 'static> RawAbortHandle for Header<T> {
     fn abort(&self) {
         Header::abort(self);
     }
@@ -221,8 +230,6 @@ impl<T> Completer<T> {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        // The task will not be polled again: release its waker (and whatever it keeps alive).
-        drop(self.header.task_waker.take());
         let waker = {
             let mut state = self.header.lock();
             match std::mem::replace(&mut *state, State::Done(outcome)) {
@@ -263,7 +270,7 @@ pin_project_lite::pin_project! {
         // so whoever awaits the handle sees the future's destructors as already run.
         #[pin]
         stage: Stage<F>,
-        runtime: Option<Arc<dyn Runtime>>,
+        runtime: Option<RuntimeHandle>,
         completer: Completer<F::Output>,
     }
 }
@@ -287,7 +294,7 @@ where
     /// runtime the task is spawned on.
     pub fn new(
         future: F,
-        runtime: Option<Arc<dyn Runtime>>,
+        runtime: Option<RuntimeHandle>,
     ) -> (TaskFuture<F>, JoinHandle<F::Output>) {
         let header = Arc::new(Header {
             aborted: AtomicBool::new(false),
@@ -305,7 +312,7 @@ where
         (
             task,
             JoinHandle {
-                header,
+                repr: Repr::Header(header),
                 settled: false,
             },
         )
@@ -317,13 +324,8 @@ impl<F: Future> Future for TaskFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        let header = &this.completer.header;
-        // Register before reading the flag, so an abort between the two still wakes us.
-        header.task_waker.register(cx.waker());
-        if header.aborted.load(Ordering::Acquire) {
-            drop_stage(this.stage);
-            this.completer.complete(Err(JoinError::Cancelled));
-            return Poll::Ready(());
+        if this.completer.header.aborted.load(Ordering::Acquire) {
+            return finish(this.stage, this.completer, Err(JoinError::Cancelled));
         }
         let future = match this.stage.as_mut().project() {
             StageProj::Running { future } => future,
@@ -333,14 +335,33 @@ impl<F: Future> Future for TaskFuture<F> {
             catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
         });
         let outcome = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Pending) => {
+                // Only a task that waits needs to be woken by `abort`; register, then look at
+                // the flag again so an abort that raced the registration is not missed.
+                let header = &this.completer.header;
+                header.task_waker.register(cx.waker());
+                if !header.aborted.load(Ordering::Acquire) {
+                    return Poll::Pending;
+                }
+                Err(JoinError::Cancelled)
+            }
             Ok(Poll::Ready(output)) => Ok(output),
             Err(payload) => Err(JoinError::Panic(Panic::new(payload))),
         };
-        drop_stage(this.stage);
-        this.completer.complete(outcome);
-        Poll::Ready(())
+        finish(this.stage, this.completer, outcome)
     }
+}
+
+/// Drops the user future, then reports the outcome: whoever awaits the handle sees the
+/// future's destructors as already run.
+fn finish<F: Future>(
+    stage: Pin<&mut Stage<F>>,
+    completer: &mut Completer<F::Output>,
+    outcome: Result<F::Output, JoinError>,
+) -> Poll<()> {
+    drop_stage(stage);
+    completer.complete(outcome);
+    Poll::Ready(())
 }
 
 /// Drops the user future. A panic from its destructor is contained: the task's outcome is
@@ -378,16 +399,76 @@ fn drop_stage<F>(mut stage: Pin<&mut Stage<F>>) {
 /// ```
 #[must_use = "dropping a JoinHandle aborts its task; call `.detach()` to let it run"]
 pub struct JoinHandle<T> {
-    header: Arc<Header<T>>,
+    repr: Repr<T>,
     /// Nothing to abort on drop: the handle was detached, or it already returned the outcome.
     settled: bool,
 }
 
+enum Repr<T> {
+    /// sheepdog's own task state, shared with a [`TaskFuture`].
+    Header(Arc<Header<T>>),
+    /// A runtime's own join handle, adapted by its adapter, stored inline (the common case).
+    Inline(super::inline::InlineRaw<T>),
+    /// The same, when it is too big to store inline.
+    Boxed(Box<dyn RawJoinHandle<T>>),
+}
+
+/// A runtime's own join handle, adapted to sheepdog's semantics (for adapters).
+///
+/// An adapter that can give sheepdog's [`JoinHandle`] semantics with its runtime's native
+/// handle (saving sheepdog's own task state) implements this and builds the handle with
+/// [`JoinHandle::from_raw`]. The implementation must report a panic as
+/// [`JoinError::from_panic`] with the original payload, report a task that was aborted or
+/// dropped by its runtime as [`JoinError::Cancelled`], and deliver an output that was ready
+/// before an abort.
+pub trait RawJoinHandle<T>: Send + Sync {
+    /// Polls for the task's outcome.
+    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>>;
+    /// Requests cancellation of the task; the future is dropped at the runtime's next chance.
+    fn abort(&self);
+    /// Whether the task has finished.
+    fn is_finished(&self) -> bool;
+    /// A cloneable handle that aborts the task.
+    fn abort_handle(&self) -> AbortHandle;
+}
+
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let finished = match &self.repr {
+            Repr::Header(header) => header.is_finished(),
+            Repr::Inline(raw) => raw.is_finished(),
+            Repr::Boxed(raw) => raw.is_finished(),
+        };
         f.debug_struct("JoinHandle")
-            .field("finished", &self.header.is_finished())
+            .field("finished", &finished)
             .finish_non_exhaustive()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// Wraps a runtime's own join handle (for adapters; see [`RawJoinHandle`]).
+    ///
+    /// A handle of up to two machine words is stored inline, without an allocation.
+    pub fn from_raw(raw: impl RawJoinHandle<T> + 'static) -> Self
+    where
+        T: 'static,
+    {
+        let repr = match super::inline::InlineRaw::new(raw) {
+            Ok(inline) => Repr::Inline(inline),
+            Err(raw) => Repr::Boxed(Box::new(raw)),
+        };
+        JoinHandle {
+            repr,
+            settled: false,
+        }
+    }
+
+    fn request_abort(&self) {
+        match &self.repr {
+            Repr::Header(header) => header.abort(),
+            Repr::Inline(raw) => raw.abort(),
+            Repr::Boxed(raw) => raw.abort(),
+        }
     }
 }
 
@@ -398,19 +479,27 @@ impl<T: Send + 'static> JoinHandle<T> {
     /// handle then gives [`JoinError::Cancelled`], unless the task had already finished, in which
     /// case its output is still delivered. Aborting twice is harmless.
     pub fn abort(&self) {
-        self.header.abort();
+        self.request_abort();
     }
 
     /// Returns a cloneable handle that can abort the task without owning its output.
     pub fn abort_handle(&self) -> AbortHandle {
-        AbortHandle {
-            header: Arc::clone(&self.header) as Arc<dyn Abort>,
+        match &self.repr {
+            Repr::Header(header) => AbortHandle {
+                raw: Arc::clone(header) as Arc<dyn RawAbortHandle>,
+            },
+            Repr::Inline(raw) => raw.abort_handle(),
+            Repr::Boxed(raw) => raw.abort_handle(),
         }
     }
 
     /// Whether the task has finished (produced an output, panicked, or been cancelled).
     pub fn is_finished(&self) -> bool {
-        self.header.is_finished()
+        match &self.repr {
+            Repr::Header(header) => header.is_finished(),
+            Repr::Inline(raw) => raw.is_finished(),
+            Repr::Boxed(raw) => raw.is_finished(),
+        }
     }
 
     /// Lets the task run to completion without this handle; its output is discarded.
@@ -423,10 +512,13 @@ impl<T: Send + 'static> JoinHandle<T> {
     }
 }
 
+// sheepdog never pins anything inside a `JoinHandle`.
+impl<T> Unpin for JoinHandle<T> {}
+
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
         if !self.settled {
-            self.header.abort();
+            self.request_abort();
         }
     }
 }
@@ -435,22 +527,34 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let outcome = {
-            let mut state = self.header.lock();
-            match &mut *state {
-                State::Running { join_waker } => {
-                    match join_waker {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        _ => *join_waker = Some(cx.waker().clone()),
+        let outcome = match &mut self.repr {
+            Repr::Header(header) => {
+                let mut state = header.lock();
+                match &mut *state {
+                    State::Running { join_waker } => {
+                        match join_waker {
+                            Some(waker) if waker.will_wake(cx.waker()) => {}
+                            _ => *join_waker = Some(cx.waker().clone()),
+                        }
+                        return Poll::Pending;
                     }
-                    return Poll::Pending;
+                    State::Done(_) => match std::mem::replace(&mut *state, State::Taken) {
+                        State::Done(outcome) => outcome,
+                        State::Running { .. } | State::Taken => {
+                            unreachable!("matched Done above")
+                        }
+                    },
+                    State::Taken => panic!("JoinHandle polled after it returned its output"),
                 }
-                State::Done(_) => match std::mem::replace(&mut *state, State::Taken) {
-                    State::Done(outcome) => outcome,
-                    State::Running { .. } | State::Taken => unreachable!("matched Done above"),
-                },
-                State::Taken => panic!("JoinHandle polled after it returned its output"),
             }
+            Repr::Inline(raw) => match raw.poll_join(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(outcome) => outcome,
+            },
+            Repr::Boxed(raw) => match raw.poll_join(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(outcome) => outcome,
+            },
         };
         self.settled = true;
         Poll::Ready(outcome)
@@ -478,25 +582,30 @@ impl<T> Future for JoinHandle<T> {
 /// ```
 #[derive(Clone)]
 pub struct AbortHandle {
-    header: Arc<dyn Abort>,
+    raw: Arc<dyn RawAbortHandle>,
 }
 
 impl fmt::Debug for AbortHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AbortHandle")
-            .field("finished", &self.header.is_finished())
+            .field("finished", &self.raw.is_finished())
             .finish()
     }
 }
 
 impl AbortHandle {
+    /// Wraps a runtime's own abort handle (for adapters; see [`RawAbortHandle`]).
+    pub fn from_raw(raw: impl RawAbortHandle) -> Self {
+        AbortHandle { raw: Arc::new(raw) }
+    }
+
     /// Requests cancellation of the task; see [`JoinHandle::abort`].
     pub fn abort(&self) {
-        self.header.abort();
+        self.raw.abort();
     }
 
     /// Whether the task has finished.
     pub fn is_finished(&self) -> bool {
-        self.header.is_finished()
+        self.raw.is_finished()
     }
 }
