@@ -33,7 +33,8 @@ pub use context::{
 };
 pub use handle::RuntimeHandle;
 pub use task::{
-    AbortHandle, JoinError, JoinHandle, Panic, RawAbortHandle, RawJoinHandle, TaskFuture,
+    AbortHandle, CatchPanic, JoinError, JoinHandle, Panic, RawAbortHandle, RawJoinHandle,
+    TaskFuture,
 };
 
 use crate::time::BoxTimer;

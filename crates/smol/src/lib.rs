@@ -31,10 +31,15 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use sheepdog_core::runtime::{with_runtime, BoxTask, Runtime, RuntimeHandle};
+use sheepdog_core::runtime::{
+    with_handle, with_runtime, with_static_runtime, AbortHandle, BoxTask, CatchPanic, JoinError,
+    JoinHandle, RawAbortHandle, RawJoinHandle, Runtime, RuntimeHandle, StaticRuntime,
+};
 use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
 
 /// sheepdog's [`Runtime`] on smol.
@@ -75,6 +80,10 @@ enum SmolHandle {
 }
 
 static GLOBAL: SmolHandle = SmolHandle::Global;
+
+impl StaticRuntime for SmolHandle {
+    const RUNTIME: &'static dyn Runtime = &SmolHandle::Global;
+}
 
 impl SmolRuntime {
     /// Spawns on smol's global executor (driven by smol's own threads; set `SMOL_THREADS` to
@@ -178,6 +187,160 @@ impl Runtime for SmolRuntime {
             None => smol::block_on(future),
             Some(executor) => smol::block_on(executor.run(future)),
         }
+    }
+
+    /// Spawns `future` as a smol task and adapts smol's own `Task`, so sheepdog adds no
+    /// allocation of its own: the panic is caught inside the task, and the adapter maps abort
+    /// and drop onto smol's cancellation.
+    fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let task = match &self.executor {
+            None => smol::spawn(with_static_runtime::<SmolHandle, _>(CatchPanic::new(
+                future,
+            ))),
+            Some(executor) => {
+                executor.spawn(with_handle(self.handle.clone(), CatchPanic::new(future)))
+            }
+        };
+        JoinHandle::from_raw(SmolJoin {
+            slot: Mutex::new(Slot::Running(task)),
+        })
+    }
+}
+
+/// The outcome of a cancelled smol task: its output if it finished first, else `None`.
+type Cancelling<T> = Pin<Box<dyn Future<Output = Option<Result<T, JoinError>>> + Send>>;
+
+/// smol's `Task` with sheepdog's semantics: abort through `&self`, and an abort reported only
+/// once the task's future has been dropped.
+struct SmolJoin<T> {
+    slot: Mutex<Slot<T>>,
+}
+
+enum Slot<T> {
+    Running(smol::Task<Result<T, JoinError>>),
+    /// Aborted: smol's `Task::cancel` future, which resolves once the task is gone.
+    Cancelling(Cancelling<T>),
+    /// Moved out so an `AbortHandle` can share it (never nested).
+    Shared(Arc<Mutex<Slot<T>>>),
+    /// The outcome was delivered.
+    Taken,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T: Send + 'static> Slot<T> {
+    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+        let outcome = match self {
+            Slot::Running(task) => match Pin::new(task).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(outcome) => outcome,
+            },
+            Slot::Cancelling(cancel) => match cancel.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The task finished before the abort reached it: its output is kept.
+                Poll::Ready(Some(outcome)) => outcome,
+                Poll::Ready(None) => Err(JoinError::Cancelled),
+            },
+            Slot::Shared(shared) => return lock(shared).poll_join(cx),
+            Slot::Taken => panic!("JoinHandle polled after it returned its output"),
+        };
+        *self = Slot::Taken;
+        Poll::Ready(outcome)
+    }
+
+    fn abort(&mut self) {
+        match self {
+            Slot::Running(task) if !task.is_finished() => {}
+            Slot::Shared(shared) => return lock(shared).abort(),
+            // Finished (the output is kept), already aborted, or delivered.
+            _ => return,
+        }
+        let Slot::Running(task) = std::mem::replace(self, Slot::Taken) else {
+            unreachable!("matched Running above")
+        };
+        // `Task::cancel` starts cancelling at its first poll; make that happen now.
+        let mut cancel: Cancelling<T> = Box::pin(task.cancel());
+        *self = match cancel
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Pending => Slot::Cancelling(cancel),
+            Poll::Ready(outcome) => Slot::Cancelling(Box::pin(std::future::ready(outcome))),
+        };
+    }
+
+    fn detach(&mut self) {
+        match std::mem::replace(self, Slot::Taken) {
+            Slot::Running(task) => task.detach(),
+            Slot::Shared(shared) => lock(&shared).detach(),
+            // An aborted task stays aborted.
+            slot @ Slot::Cancelling(_) => *self = slot,
+            Slot::Taken => {}
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        match self {
+            Slot::Running(task) => task.is_finished(),
+            Slot::Cancelling(_) => false,
+            Slot::Shared(shared) => lock(shared).is_finished(),
+            Slot::Taken => true,
+        }
+    }
+}
+
+impl<T: Send + 'static> RawJoinHandle<T> for SmolJoin<T> {
+    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+        self.slot
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .poll_join(cx)
+    }
+
+    fn abort(&self) {
+        lock(&self.slot).abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        lock(&self.slot).is_finished()
+    }
+
+    fn abort_handle(&self) -> AbortHandle {
+        let mut slot = lock(&self.slot);
+        let shared = match &*slot {
+            Slot::Shared(shared) => Arc::clone(shared),
+            _ => {
+                let shared = Arc::new(Mutex::new(std::mem::replace(&mut *slot, Slot::Taken)));
+                *slot = Slot::Shared(Arc::clone(&shared));
+                shared
+            }
+        };
+        AbortHandle::from_raw(SmolAbort(shared))
+    }
+
+    fn detach(&mut self) {
+        self.slot
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .detach();
+    }
+}
+
+struct SmolAbort<T>(Arc<Mutex<Slot<T>>>);
+
+impl<T: Send + 'static> RawAbortHandle for SmolAbort<T> {
+    fn abort(&self) {
+        lock(&self.0).abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        lock(&self.0).is_finished()
     }
 }
 

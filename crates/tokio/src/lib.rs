@@ -399,6 +399,10 @@ impl<T: Send + 'static> RawJoinHandle<T> for TokioJoin<T> {
     fn abort_handle(&self) -> AbortHandle {
         AbortHandle::from_raw(TokioAbort(self.0.abort_handle()))
     }
+
+    fn detach(&mut self) {
+        // Dropping tokio's handle detaches the task; nothing to do before that.
+    }
 }
 
 struct TokioAbort(tokio::task::AbortHandle);

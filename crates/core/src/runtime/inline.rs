@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use super::task::{AbortHandle, JoinError, RawJoinHandle};
 
 /// How many machine words a handle may occupy to be stored inline.
-const WORDS: usize = 2;
+const WORDS: usize = 4;
 
 type Storage = [MaybeUninit<usize>; WORDS];
 
@@ -41,6 +41,7 @@ struct VTable<T> {
     abort: unsafe fn(*const ()),
     is_finished: unsafe fn(*const ()) -> bool,
     abort_handle: unsafe fn(*const ()) -> AbortHandle,
+    detach: unsafe fn(*mut ()),
     drop: unsafe fn(*mut ()),
 }
 
@@ -53,6 +54,7 @@ impl<T, H: RawJoinHandle<T>> VTableOf<T, H> {
         abort: Self::abort,
         is_finished: Self::is_finished,
         abort_handle: Self::abort_handle,
+        detach: Self::detach,
         drop: Self::drop,
     };
 
@@ -86,6 +88,14 @@ impl<T, H: RawJoinHandle<T>> VTableOf<T, H> {
     unsafe fn abort_handle(ptr: *const ()) -> AbortHandle {
         // SAFETY: guaranteed by the caller (an `InlineRaw` holding an `H`, borrowed shared).
         unsafe { (*ptr.cast::<H>()).abort_handle() }
+    }
+
+    /// # Safety
+    ///
+    /// `ptr` points to a live, properly aligned `H` that nothing else accesses during the call.
+    unsafe fn detach(ptr: *mut ()) {
+        // SAFETY: guaranteed by the caller (an `InlineRaw` holding an `H`, borrowed mutably).
+        unsafe { (*ptr.cast::<H>()).detach() }
     }
 
     /// # Safety
@@ -152,6 +162,11 @@ impl<T> InlineRaw<T> {
         // SAFETY: as in `abort`.
         unsafe { (self.vtable().abort_handle)(self.ptr()) }
     }
+
+    pub(crate) fn detach(&mut self) {
+        // SAFETY: as in `poll_join`.
+        unsafe { (self.vtable().detach)(self.ptr_mut()) }
+    }
 }
 
 impl<T> Drop for InlineRaw<T> {
@@ -186,6 +201,7 @@ mod tests {
     #[derive(Default)]
     struct Log {
         aborts: AtomicUsize,
+        detaches: AtomicUsize,
         drops: AtomicUsize,
     }
 
@@ -204,6 +220,9 @@ mod tests {
         }
         fn abort_handle(&self) -> AbortHandle {
             AbortHandle::from_raw(Finished)
+        }
+        fn detach(&mut self) {
+            self.log.detaches.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -236,6 +255,7 @@ mod tests {
         fn abort_handle(&self) -> AbortHandle {
             AbortHandle::from_raw(Finished)
         }
+        fn detach(&mut self) {}
     }
 
     fn fake(log: &Arc<Log>) -> Fake {
@@ -259,6 +279,8 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(moved.poll_join(&mut cx), Poll::Ready(Ok(42))));
         assert!(moved.is_finished());
+        moved.detach();
+        assert_eq!(log.detaches.load(Ordering::SeqCst), 1);
         assert_eq!(log.drops.load(Ordering::SeqCst), 0);
         drop(moved);
         assert_eq!(log.drops.load(Ordering::SeqCst), 1);

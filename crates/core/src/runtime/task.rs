@@ -45,36 +45,41 @@ pub enum JoinError {
 /// The payload sits in a mutex only to make [`JoinError`] `Sync` (so it fits in `anyhow::Error`
 /// and friends); it is only ever moved out by value. The message, when the payload is a string,
 /// is copied out once so it can be read through `&self`.
-pub struct Panic {
+pub struct Panic(Box<PanicInner>);
+
+/// Boxed so that a `JoinError` (and so every `Result<T, JoinError>` a task produces) stays one
+/// word: panics are rare, task outputs are not.
+struct PanicInner {
     payload: Mutex<Box<dyn Any + Send + 'static>>,
     message: Option<String>,
 }
 
 impl Panic {
     pub(crate) fn new(payload: Box<dyn Any + Send + 'static>) -> Self {
-        Panic {
+        Panic(Box::new(PanicInner {
             message: payload_str(&*payload).map(str::to_owned),
             payload: Mutex::new(payload),
-        }
+        }))
     }
 
     /// Returns the payload, ready for [`std::panic::resume_unwind`].
     pub fn into_payload(self) -> Box<dyn Any + Send + 'static> {
-        self.payload
+        self.0
+            .payload
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Returns the panic message, if the payload is a string (as `panic!` produces).
     pub fn message(&self) -> Option<&str> {
-        self.message.as_deref()
+        self.0.message.as_deref()
     }
 }
 
 impl fmt::Debug for Panic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.message {
-            Some(message) => f.debug_tuple("Panic").field(message).finish(),
+        match self.message() {
+            Some(message) => f.debug_tuple("Panic").field(&message).finish(),
             None => f.write_str("Panic(..)"),
         }
     }
@@ -84,7 +89,7 @@ struct PanicMessage<'a>(&'a Panic);
 
 impl fmt::Display for PanicMessage<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0.message {
+        match self.0.message() {
             Some(message) => write!(f, ": {message}"),
             None => Ok(()),
         }
@@ -370,6 +375,70 @@ fn drop_stage<F>(mut stage: Pin<&mut Stage<F>>) {
     let _ = catch_unwind(AssertUnwindSafe(|| stage.set(Stage::Finished)));
 }
 
+pin_project_lite::pin_project! {
+    /// Runs a future with its panics contained, for adapters that spawn with their runtime's
+    /// native join handle (see [`RawJoinHandle`]).
+    ///
+    /// A panic while polling becomes `Err(JoinError::Panic(..))` with the payload, and the
+    /// future is dropped at once; a panic in the future's destructor (on completion, on
+    /// cancellation, or when the runtime drops the task) is swallowed. Either way nothing
+    /// unwinds into the executor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::runtime::CatchPanic;
+    ///
+    /// let out = futures::executor::block_on(CatchPanic::new(async { panic!("contained") }));
+    /// assert_eq!(out.unwrap_err().panic_message(), Some("contained"));
+    /// ```
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct CatchPanic<F> {
+        #[pin]
+        stage: Stage<F>,
+    }
+
+    impl<F> PinnedDrop for CatchPanic<F> {
+        fn drop(this: Pin<&mut Self>) {
+            drop_stage(this.project().stage);
+        }
+    }
+}
+
+impl<F> CatchPanic<F> {
+    /// Wraps `future`.
+    pub fn new(future: F) -> Self {
+        CatchPanic {
+            stage: Stage::Running { future },
+        }
+    }
+}
+
+impl<F> fmt::Debug for CatchPanic<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatchPanic").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut stage = self.project().stage;
+        let future = match stage.as_mut().project() {
+            StageProj::Running { future } => future,
+            StageProj::Finished => panic!("CatchPanic polled after completion"),
+        };
+        let outcome = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => Ok(output),
+            Err(payload) => Err(JoinError::from_panic(payload)),
+        };
+        drop_stage(stage);
+        Poll::Ready(outcome)
+    }
+}
+
 /// An owned permission to await a spawned task's output.
 ///
 /// Awaiting it gives `Ok(output)`, or [`JoinError`] if the task panicked (the payload is kept)
@@ -430,6 +499,8 @@ pub trait RawJoinHandle<T>: Send + Sync {
     fn is_finished(&self) -> bool;
     /// A cloneable handle that aborts the task.
     fn abort_handle(&self) -> AbortHandle;
+    /// Lets the task run to completion without this handle, which is dropped right after.
+    fn detach(&mut self);
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
@@ -448,7 +519,7 @@ impl<T> fmt::Debug for JoinHandle<T> {
 impl<T> JoinHandle<T> {
     /// Wraps a runtime's own join handle (for adapters; see [`RawJoinHandle`]).
     ///
-    /// A handle of up to two machine words is stored inline, without an allocation.
+    /// A handle of up to four machine words is stored inline, without an allocation.
     pub fn from_raw(raw: impl RawJoinHandle<T> + 'static) -> Self
     where
         T: 'static,
@@ -508,6 +579,11 @@ impl<T: Send + 'static> JoinHandle<T> {
     /// panics still runs the panic hook (which prints the message by default); its payload is
     /// then dropped.
     pub fn detach(mut self) {
+        match &mut self.repr {
+            Repr::Header(_) => {}
+            Repr::Inline(raw) => raw.detach(),
+            Repr::Boxed(raw) => raw.detach(),
+        }
         self.settled = true;
     }
 }
@@ -607,5 +683,19 @@ impl AbortHandle {
     /// Whether the task has finished.
     pub fn is_finished(&self) -> bool {
         self.raw.is_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's `Result<T, JoinError>` costs one word over `T`.
+    #[test]
+    fn join_error_is_one_word() {
+        assert_eq!(
+            std::mem::size_of::<JoinError>(),
+            std::mem::size_of::<usize>()
+        );
     }
 }
