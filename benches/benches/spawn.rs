@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
-use sheepdog_core::runtime::Runtime;
+use sheepdog_core::runtime::{self, with_runtime, Runtime};
 use sheepdog_smol::SmolRuntime;
 use sheepdog_tokio::TokioRuntime;
 
@@ -78,6 +78,21 @@ impl Tokio {
         })
     }
 
+    /// `sheepdog::runtime::spawn` (the ambient, type-erased path) every task, then await the
+    /// sheepdog handles in spawn order, inside the same tokio `block_on`.
+    fn ambient(&self) -> u64 {
+        self.raw.block_on(with_runtime(&self.sheepdog, async {
+            let handles: Vec<_> = (0..TASKS)
+                .map(|i| runtime::spawn(async move { i }))
+                .collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.expect("sheepdog task finished");
+            }
+            sum
+        }))
+    }
+
     /// Spawn every task into a tokio `JoinSet`, then drain it (completion order).
     fn joinset(&self) -> u64 {
         self.raw.block_on(async {
@@ -135,6 +150,15 @@ mod tokio_current_thread {
     }
 
     #[divan::bench]
+    fn ambient(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.ambient());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.ambient()));
+    }
+
+    #[divan::bench]
     fn joinset(bencher: Bencher<'_, '_>) {
         let rt = rt();
         check(rt.joinset());
@@ -179,6 +203,15 @@ mod tokio_multi_thread {
         bencher
             .counter(ItemsCount::new(TASKS))
             .bench_local(|| black_box(rt.sheepdog()));
+    }
+
+    #[divan::bench]
+    fn ambient(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(rt.ambient());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(rt.ambient()));
     }
 
     #[divan::bench]
@@ -237,6 +270,30 @@ mod smol_executor {
         }))
     }
 
+    /// `sheepdog::runtime::spawn` (the ambient, type-erased path) every task, then await the
+    /// handles in spawn order.
+    fn run_ambient(rt: &Smol) -> u64 {
+        smol::block_on(rt.executor.run(with_runtime(&rt.sheepdog, async {
+            let handles: Vec<_> = (0..TASKS)
+                .map(|i| runtime::spawn(async move { i }))
+                .collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.expect("sheepdog task finished");
+            }
+            sum
+        })))
+    }
+
+    #[divan::bench]
+    fn ambient(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        check(run_ambient(rt));
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(run_ambient(rt)));
+    }
+
     #[divan::bench]
     fn raw(bencher: Bencher<'_, '_>) {
         let rt = rt();
@@ -253,5 +310,52 @@ mod smol_executor {
         bencher
             .counter(ItemsCount::new(TASKS))
             .bench_local(|| black_box(run_sheepdog(rt)));
+    }
+}
+
+/// smol's global executor (its own worker thread runs the tasks; the bench thread spawns and
+/// awaits from `smol::block_on`). sheepdog's handle to it is `'static`, so tasks carry no
+/// runtime handle of their own.
+#[divan::bench_group(sample_count = 300)]
+mod smol_global {
+    use super::*;
+
+    fn run_raw() -> u64 {
+        smol::block_on(async {
+            let tasks: Vec<_> = (0..TASKS).map(|i| smol::spawn(async move { i })).collect();
+            let mut sum = 0;
+            for task in tasks {
+                sum += task.await;
+            }
+            sum
+        })
+    }
+
+    fn run_sheepdog() -> u64 {
+        let sd = SmolRuntime::global();
+        smol::block_on(async {
+            let handles: Vec<_> = (0..TASKS).map(|i| sd.spawn(async move { i })).collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.expect("sheepdog task finished");
+            }
+            sum
+        })
+    }
+
+    #[divan::bench]
+    fn raw(bencher: Bencher<'_, '_>) {
+        check(run_raw());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(run_raw()));
+    }
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        check(run_sheepdog());
+        bencher
+            .counter(ItemsCount::new(TASKS))
+            .bench_local(|| black_box(run_sheepdog()));
     }
 }

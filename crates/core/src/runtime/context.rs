@@ -8,8 +8,20 @@ use std::task::{Context, Poll};
 
 use super::{JoinHandle, Runtime, RuntimeHandle};
 
+/// Which ambient runtime is installed on this thread. Kept apart from the shared handle so
+/// that installing a `'static` runtime (the common case: tokio tasks, smol's and async-std's
+/// global executors) moves two words in a plain `Copy` cell and nothing else.
+#[derive(Clone, Copy)]
+enum Kind {
+    None,
+    Static(&'static dyn Runtime),
+    /// The handle in `SHARED`.
+    Shared,
+}
+
 thread_local! {
-    static CURRENT: Cell<Option<RuntimeHandle>> = const { Cell::new(None) };
+    static KIND: Cell<Kind> = const { Cell::new(Kind::None) };
+    static SHARED: Cell<Option<RuntimeHandle>> = const { Cell::new(None) };
 }
 
 /// There is no ambient runtime: the code is not running inside a future that sheepdog drives.
@@ -37,14 +49,16 @@ pub fn current() -> Option<RuntimeHandle> {
 /// The ambient handle exactly as installed (it may be tied to the polling context), or else
 /// what a registered detector reports.
 pub(crate) fn current_raw() -> Option<RuntimeHandle> {
-    CURRENT
-        .with(|cell| {
+    match KIND.with(Cell::get) {
+        Kind::None => detect(),
+        Kind::Static(runtime) => Some(RuntimeHandle::from_static(runtime)),
+        Kind::Shared => SHARED.with(|cell| {
             let rt = cell.take();
             let copy = rt.clone();
             cell.set(rt);
             copy
-        })
-        .or_else(detect)
+        }),
+    }
 }
 
 /// How many context detectors can be registered; there is one per adapter at most.
@@ -317,9 +331,7 @@ impl<S: StaticRuntime, F: Future> Future for WithStaticRuntime<S, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let future = self.project().future;
-        enter(&mut Some(RuntimeHandle::from_static(S::RUNTIME)), || {
-            future.poll(cx)
-        })
+        enter_static(S::RUNTIME, || future.poll(cx))
     }
 }
 
@@ -328,20 +340,41 @@ impl<S: StaticRuntime, F: Future> Future for WithStaticRuntime<S, F> {
 /// Moving the handle in and out (rather than cloning it) keeps each poll free of reference-count
 /// traffic. A `None` slot leaves the current ambient runtime in place.
 pub(crate) fn enter<R>(slot: &mut Option<RuntimeHandle>, f: impl FnOnce() -> R) -> R {
-    if slot.is_none() {
+    let Some(handle) = slot.as_ref() else {
         return f();
+    };
+    if let Some(runtime) = handle.as_static() {
+        return enter_static(runtime, f);
     }
     struct Swap<'a> {
         slot: &'a mut Option<RuntimeHandle>,
+        previous_kind: Kind,
         previous: Option<RuntimeHandle>,
     }
     impl Drop for Swap<'_> {
         fn drop(&mut self) {
-            let ours = CURRENT.with(|cell| cell.replace(self.previous.take()));
-            *self.slot = ours;
+            *self.slot = SHARED.with(|cell| cell.replace(self.previous.take()));
+            KIND.with(|cell| cell.set(self.previous_kind));
         }
     }
-    let previous = CURRENT.with(|cell| cell.replace(slot.take()));
-    let _swap = Swap { slot, previous };
+    let previous = SHARED.with(|cell| cell.replace(slot.take()));
+    let previous_kind = KIND.with(|cell| cell.replace(Kind::Shared));
+    let _swap = Swap {
+        slot,
+        previous_kind,
+        previous,
+    };
+    f()
+}
+
+/// Makes `runtime` the ambient runtime while `f` runs.
+pub(crate) fn enter_static<R>(runtime: &'static dyn Runtime, f: impl FnOnce() -> R) -> R {
+    struct Restore(Kind);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KIND.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(KIND.with(|cell| cell.replace(Kind::Static(runtime))));
     f()
 }

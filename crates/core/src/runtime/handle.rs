@@ -46,6 +46,14 @@ impl RuntimeHandle {
         RuntimeHandle(Repr::Static(runtime))
     }
 
+    /// The runtime, if this handle refers to a `'static` one.
+    pub(crate) fn as_static(&self) -> Option<&'static dyn Runtime> {
+        match self.0 {
+            Repr::Static(runtime) => Some(runtime),
+            Repr::Shared(_) => None,
+        }
+    }
+
     /// A handle that works from any thread: shared handles already do; a static one may be
     /// tied to its polling context, so it is asked for its [`Runtime::handle`].
     pub(crate) fn portable(self) -> Self {
