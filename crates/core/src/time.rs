@@ -1,6 +1,6 @@
 //! Sleeping and reading the clock through the ambient runtime.
 //!
-//! [`sleep`], [`sleep_until`] and [`now`] use the ambient [`Runtime`]
+//! [`sleep`], [`sleep_until`] and [`now`] use the ambient [`Runtime`](crate::runtime::Runtime)
 //! (so they follow virtual time in tests). With no ambient runtime they fall back to the system
 //! clock and async-io's timer, which works under any executor, including
 //! `futures::executor::block_on`.
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::{self, RuntimeHandle};
 
-/// A resettable timer, as a [`Runtime`] provides it.
+/// A resettable timer, as a [`Runtime`](crate::runtime::Runtime) provides it.
 ///
 /// It completes once its deadline has been reached. Implementations wrap the runtime's own
 /// timer; [`AsyncIoTimer`] is the portable one.
@@ -22,7 +22,7 @@ pub trait Timer: Future<Output = ()> + Send {
     fn reset(self: Pin<&mut Self>, deadline: Instant);
 }
 
-/// A boxed [`Timer`], as returned by [`Runtime::timer`].
+/// A boxed [`Timer`], as returned by [`Runtime::timer`](crate::runtime::Runtime::timer).
 pub type BoxTimer = Pin<Box<dyn Timer>>;
 
 /// The portable timer: async-io's `Timer`, driven by async-io's reactor thread when no other

@@ -5,7 +5,7 @@
 //! ([`SmolRuntime::with_executor`]). Timers are async-io's, smol's own.
 //!
 //! It follows sheepdog's [`Runtime`] contract exactly: dropping a sheepdog
-//! [`JoinHandle`](sheepdog_core::JoinHandle) aborts the task, as dropping a smol `Task` does.
+//! [`JoinHandle`] aborts the task, as dropping a smol `Task` does.
 //!
 //! # Examples
 //!
@@ -48,7 +48,7 @@ use sheepdog_core::time::{AsyncIoTimer, BoxTimer};
 /// thread drives it: [`block_on`](Runtime::block_on) does, for as long as it runs, and the
 /// caller may run it on more threads. Dropping the last `Arc` of the executor (the caller's
 /// and every `SmolRuntime` clone) drops every task it still holds; their sheepdog handles then
-/// report [`JoinError::Cancelled`](sheepdog_core::JoinError::Cancelled). smol's global executor
+/// report [`JoinError::Cancelled`]. smol's global executor
 /// is never dropped, so tasks spawned there live until they finish or are aborted.
 #[derive(Clone)]
 pub struct SmolRuntime {

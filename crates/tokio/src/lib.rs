@@ -6,11 +6,17 @@
 //! [`TokioRuntime::from_runtime`]). Current-thread and multi-thread runtimes both work.
 //!
 //! It follows sheepdog's [`Runtime`] contract exactly; in particular, dropping a sheepdog
-//! [`JoinHandle`](sheepdog_core::JoinHandle) aborts the task, although dropping a tokio
+//! [`JoinHandle`] aborts the task, although dropping a tokio
 //! `JoinHandle` would detach it.
 //!
 //! The tokio runtime must have its time driver enabled (`enable_time` or `enable_all` on the
 //! builder; `#[tokio::main]` does this). The constructors here enable it.
+//!
+//! Building any `TokioRuntime` registers a detector with sheepdog, after which sheepdog code
+//! running inside *any* tokio runtime (a `#[tokio::main]` function, a `tokio::spawn`ed task)
+//! finds that runtime as its ambient runtime, with no wrapper. [`TokioRuntime::spawn`] spawns
+//! the future as a plain tokio task and adapts tokio's own `JoinHandle`, so it costs what
+//! `tokio::spawn` costs.
 //!
 //! # Examples
 //!
