@@ -114,6 +114,14 @@ fn check(sum: u64) {
     assert_eq!(sum, TASKS * (TASKS - 1) / 2);
 }
 
+/// Checks `iteration` once, then times it, counting `TASKS` items per iteration.
+fn bench(bencher: Bencher<'_, '_>, iteration: impl Fn() -> u64 + Sync) {
+    check(iteration());
+    bencher
+        .counter(ItemsCount::new(TASKS))
+        .bench_local(|| black_box(iteration()));
+}
+
 /// tokio's current-thread runtime; tasks run on the bench thread inside `block_on`.
 #[divan::bench_group(sample_count = 300)]
 mod tokio_current_thread {
@@ -134,37 +142,25 @@ mod tokio_current_thread {
     #[divan::bench]
     fn raw(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.raw());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.raw()));
+        bench(bencher, || rt.raw());
     }
 
     #[divan::bench]
     fn sheepdog(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.sheepdog());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.sheepdog()));
+        bench(bencher, || rt.sheepdog());
     }
 
     #[divan::bench]
     fn ambient(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.ambient());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.ambient()));
+        bench(bencher, || rt.ambient());
     }
 
     #[divan::bench]
     fn joinset(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.joinset());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.joinset()));
+        bench(bencher, || rt.joinset());
     }
 }
 
@@ -190,37 +186,25 @@ mod tokio_multi_thread {
     #[divan::bench]
     fn raw(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.raw());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.raw()));
+        bench(bencher, || rt.raw());
     }
 
     #[divan::bench]
     fn sheepdog(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.sheepdog());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.sheepdog()));
+        bench(bencher, || rt.sheepdog());
     }
 
     #[divan::bench]
     fn ambient(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.ambient());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.ambient()));
+        bench(bencher, || rt.ambient());
     }
 
     #[divan::bench]
     fn joinset(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(rt.joinset());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(rt.joinset()));
+        bench(bencher, || rt.joinset());
     }
 }
 
@@ -288,28 +272,19 @@ mod smol_executor {
     #[divan::bench]
     fn ambient(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(run_ambient(rt));
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(run_ambient(rt)));
+        bench(bencher, || run_ambient(rt));
     }
 
     #[divan::bench]
     fn raw(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(run_raw(rt));
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(run_raw(rt)));
+        bench(bencher, || run_raw(rt));
     }
 
     #[divan::bench]
     fn sheepdog(bencher: Bencher<'_, '_>) {
         let rt = rt();
-        check(run_sheepdog(rt));
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(run_sheepdog(rt)));
+        bench(bencher, || run_sheepdog(rt));
     }
 }
 
@@ -345,17 +320,11 @@ mod smol_global {
 
     #[divan::bench]
     fn raw(bencher: Bencher<'_, '_>) {
-        check(run_raw());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(run_raw()));
+        bench(bencher, run_raw);
     }
 
     #[divan::bench]
     fn sheepdog(bencher: Bencher<'_, '_>) {
-        check(run_sheepdog());
-        bencher
-            .counter(ItemsCount::new(TASKS))
-            .bench_local(|| black_box(run_sheepdog()));
+        bench(bencher, run_sheepdog);
     }
 }

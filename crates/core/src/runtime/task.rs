@@ -115,6 +115,13 @@ impl fmt::Debug for JoinError {
 impl JoinError {
     /// The error for a task that panicked with `payload` (for adapters converting their
     /// runtime's own join errors).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let err = sheepdog_core::JoinError::from_panic(Box::new("lost"));
+    /// assert_eq!(err.panic_message(), Some("lost"));
+    /// ```
     pub fn from_panic(payload: Box<dyn Any + Send + 'static>) -> Self {
         JoinError::Panic(Panic::new(payload))
     }
@@ -490,6 +497,43 @@ enum Repr<T> {
 /// [`JoinError::from_panic`] with the original payload, report a task that was aborted or
 /// dropped by its runtime as [`JoinError::Cancelled`], and deliver an output that was ready
 /// before an abort.
+///
+/// # Examples
+///
+/// A handle for an output that is already known (a real adapter wraps its runtime's handle):
+///
+/// ```
+/// use std::task::{Context, Poll};
+/// use sheepdog_core::runtime::{AbortHandle, JoinError, JoinHandle, RawAbortHandle, RawJoinHandle};
+///
+/// struct Ready(Option<u32>);
+/// struct Done;
+///
+/// impl RawAbortHandle for Done {
+///     fn abort(&self) {}
+///     fn is_finished(&self) -> bool {
+///         true
+///     }
+/// }
+///
+/// impl RawJoinHandle<u32> for Ready {
+///     fn poll_join(&mut self, _cx: &mut Context<'_>) -> Poll<Result<u32, JoinError>> {
+///         Poll::Ready(self.0.take().ok_or(JoinError::Cancelled))
+///     }
+///     fn abort(&self) {}
+///     fn is_finished(&self) -> bool {
+///         true
+///     }
+///     fn abort_handle(&self) -> AbortHandle {
+///         AbortHandle::from_raw(Done)
+///     }
+///     fn detach(&mut self) {}
+/// }
+///
+/// let handle = JoinHandle::from_raw(Ready(Some(7)));
+/// assert!(handle.is_finished());
+/// assert_eq!(futures::executor::block_on(handle).unwrap(), 7);
+/// ```
 pub trait RawJoinHandle<T>: Send + Sync {
     /// Polls for the task's outcome.
     fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>>;
