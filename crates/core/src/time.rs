@@ -121,6 +121,9 @@ pub fn sleep(duration: Duration) -> Sleep {
 
 /// Waits until the ambient clock reaches `deadline`; never completes earlier.
 ///
+/// Inside an effectively cancelled [cancel scope](crate::cancel) it never completes at all:
+/// the scope that catches the cancellation drops it.
+///
 /// A deadline already reached completes at the first poll, without registering a timer.
 ///
 /// # Cancel safety
@@ -141,6 +144,15 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
         deadline,
         timer: None,
         clock: None,
+        cancellable: true,
+    }
+}
+
+/// A sleep that ignores cancel scopes, for sheepdog's own deadline timers.
+pub(crate) fn timer_until(deadline: Instant) -> Sleep {
+    Sleep {
+        cancellable: false,
+        ..sleep_until(deadline)
     }
 }
 
@@ -154,6 +166,9 @@ pub struct Sleep {
     timer: Option<BoxTimer>,
     /// The runtime whose clock the timer follows; `None` means the system clock.
     clock: Option<RuntimeHandle>,
+    /// Whether the sleep refuses to end inside a cancelled scope (user sleeps do; a scope's
+    /// own deadline timer must not).
+    cancellable: bool,
 }
 
 impl fmt::Debug for Sleep {
@@ -188,6 +203,11 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.cancellable && crate::cancel::is_cancelled() {
+            // Inside a cancelled scope a sleep never ends: the catching scope, already woken,
+            // drops the sleeping code instead.
+            return Poll::Pending;
+        }
         let this = &mut *self;
         if this.timer.is_none() {
             this.clock = runtime::context::current_raw();

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use sheepdog_core::cancel::InheritScope;
 use sheepdog_core::runtime::{
     with_handle, with_runtime, with_static_runtime, AbortHandle, BoxTask, CatchPanic, JoinError,
     JoinHandle, RawAbortHandle, RawJoinHandle, Runtime, RuntimeHandle, StaticRuntime,
@@ -197,13 +198,11 @@ impl Runtime for SmolRuntime {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        // Bound to the current cancel scope, if any, so cancelling it cancels the task.
+        let future = CatchPanic::new(InheritScope::new(future));
         let task = match &self.executor {
-            None => smol::spawn(with_static_runtime::<SmolHandle, _>(CatchPanic::new(
-                future,
-            ))),
-            Some(executor) => {
-                executor.spawn(with_handle(self.handle.clone(), CatchPanic::new(future)))
-            }
+            None => smol::spawn(with_static_runtime::<SmolHandle, _>(future)),
+            Some(executor) => executor.spawn(with_handle(self.handle.clone(), future)),
         };
         JoinHandle::from_raw(SmolJoin {
             slot: Mutex::new(Slot::Running(task)),
@@ -211,8 +210,16 @@ impl Runtime for SmolRuntime {
     }
 }
 
-/// The outcome of a cancelled smol task: its output if it finished first, else `None`.
-type Cancelling<T> = Pin<Box<dyn Future<Output = Option<Result<T, JoinError>>> + Send>>;
+/// What a smol task of sheepdog's produces: the output, `Ok(None)` if its cancel scope
+/// cancelled it, or the caught panic.
+type Outcome<T> = Result<Option<T>, JoinError>;
+
+/// The outcome of an aborted smol task: its outcome if it finished first, else `None`.
+type Cancelling<T> = Pin<Box<dyn Future<Output = Option<Outcome<T>>> + Send>>;
+
+fn flatten<T>(outcome: Outcome<T>) -> Result<T, JoinError> {
+    outcome.and_then(|output| output.ok_or(JoinError::Cancelled))
+}
 
 /// smol's `Task` with sheepdog's semantics: abort through `&self`, and an abort reported only
 /// once the task's future has been dropped.
@@ -221,7 +228,7 @@ struct SmolJoin<T> {
 }
 
 enum Slot<T> {
-    Running(smol::Task<Result<T, JoinError>>),
+    Running(smol::Task<Outcome<T>>),
     /// Aborted: smol's `Task::cancel` future, which resolves once the task is gone.
     Cancelling(Cancelling<T>),
     /// Moved out so an `AbortHandle` can share it (never nested).
@@ -239,12 +246,12 @@ impl<T: Send + 'static> Slot<T> {
         let outcome = match self {
             Slot::Running(task) => match Pin::new(task).poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(outcome) => outcome,
+                Poll::Ready(outcome) => flatten(outcome),
             },
             Slot::Cancelling(cancel) => match cancel.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 // The task finished before the abort reached it: its output is kept.
-                Poll::Ready(Some(outcome)) => outcome,
+                Poll::Ready(Some(outcome)) => flatten(outcome),
                 Poll::Ready(None) => Err(JoinError::Cancelled),
             },
             Slot::Shared(shared) => return lock(shared).poll_join(cx),

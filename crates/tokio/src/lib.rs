@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use sheepdog_core::cancel::InheritScope;
 use sheepdog_core::runtime::{
     register_detector, with_handle, AbortHandle, BoxTask, JoinError, JoinHandle, RawAbortHandle,
     RawJoinHandle, Runtime, RuntimeHandle, StaticRuntime,
@@ -290,9 +291,12 @@ impl Runtime for TokioRuntime {
         F::Output: Send + 'static,
     {
         // No ambient wrapper: inside a tokio task the registered detector finds this runtime,
-        // which keeps the task (and so tokio's allocation for it) as small as the raw one.
-        let task = self.handle.handle.spawn(future);
-        JoinHandle::from_raw(TokioJoin(task))
+        // which keeps the task (and so tokio's allocation for it) as small as the raw one. Only
+        // a task spawned inside a cancel scope is wrapped, to belong to that scope.
+        match InheritScope::capture(future) {
+            Err(future) => JoinHandle::from_raw(TokioJoin(self.handle.handle.spawn(future))),
+            Ok(bound) => JoinHandle::from_raw(TokioScopedJoin(self.handle.handle.spawn(bound))),
+        }
     }
 }
 
@@ -409,6 +413,33 @@ impl<T: Send + 'static> RawJoinHandle<T> for TokioJoin<T> {
     fn detach(&mut self) {
         // Dropping tokio's handle detaches the task; nothing to do before that.
     }
+}
+
+/// tokio's join handle of a task bound to a cancel scope: `None` means the scope cancelled it.
+struct TokioScopedJoin<T>(tokio::task::JoinHandle<Option<T>>);
+
+impl<T: Send + 'static> RawJoinHandle<T> for TokioScopedJoin<T> {
+    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(Some(output)) => Ok(output),
+            Ok(None) => Err(JoinError::Cancelled),
+            Err(err) => Err(join_error(err)),
+        })
+    }
+
+    fn abort(&self) {
+        self.0.abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    fn abort_handle(&self) -> AbortHandle {
+        AbortHandle::from_raw(TokioAbort(self.0.abort_handle()))
+    }
+
+    fn detach(&mut self) {}
 }
 
 struct TokioAbort(tokio::task::AbortHandle);

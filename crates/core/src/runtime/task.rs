@@ -12,6 +12,7 @@ use std::task::{Context, Poll, Waker};
 use futures::task::AtomicWaker;
 
 use super::RuntimeHandle;
+use crate::cancel::InheritScope;
 
 /// Why a task did not produce its output.
 ///
@@ -281,7 +282,7 @@ pin_project_lite::pin_project! {
         // Field order is drop order: the user future is dropped before the outcome is reported,
         // so whoever awaits the handle sees the future's destructors as already run.
         #[pin]
-        stage: Stage<F>,
+        stage: Stage<InheritScope<F>>,
         runtime: Option<RuntimeHandle>,
         completer: Completer<F::Output>,
     }
@@ -303,7 +304,8 @@ where
     /// Wraps `future` for spawning and returns it with the handle to its result.
     ///
     /// `runtime` becomes the ambient runtime while the task is polled; pass the handle of the
-    /// runtime the task is spawned on.
+    /// runtime the task is spawned on. The task belongs to the cancel scope current at this
+    /// call: cancelling that scope cancels the task.
     pub fn new(
         future: F,
         runtime: Option<RuntimeHandle>,
@@ -314,7 +316,9 @@ where
             state: Mutex::new(State::Running { join_waker: None }),
         });
         let task = TaskFuture {
-            stage: Stage::Running { future },
+            stage: Stage::Running {
+                future: InheritScope::new(future),
+            },
             runtime,
             completer: Completer {
                 header: Arc::clone(&header),
@@ -357,7 +361,9 @@ impl<F: Future> Future for TaskFuture<F> {
                 }
                 Err(JoinError::Cancelled)
             }
-            Ok(Poll::Ready(output)) => Ok(output),
+            Ok(Poll::Ready(Some(output))) => Ok(output),
+            // Its cancel scope was cancelled.
+            Ok(Poll::Ready(None)) => Err(JoinError::Cancelled),
             Err(payload) => Err(JoinError::Panic(Panic::new(payload))),
         };
         finish(this.stage, this.completer, outcome)
@@ -367,7 +373,7 @@ impl<F: Future> Future for TaskFuture<F> {
 /// Drops the user future, then reports the outcome: whoever awaits the handle sees the
 /// future's destructors as already run.
 fn finish<F: Future>(
-    stage: Pin<&mut Stage<F>>,
+    stage: Pin<&mut Stage<InheritScope<F>>>,
     completer: &mut Completer<F::Output>,
     outcome: Result<F::Output, JoinError>,
 ) -> Poll<()> {

@@ -1,0 +1,916 @@
+//! Cancel scopes: Trio/AnyIO-style cancellation with deadlines and shields, for Rust futures.
+//!
+//! Rust cancels a future by dropping it. sheepdog keeps that and adds a tree of scopes on top:
+//!
+//! - a [`CancelScope`] owns a *region* — the future passed to [`CancelScope::run`] — and can be
+//!   cancelled through any clone of it, from any thread, before or while the region runs;
+//! - scopes nest: a region started inside another region's future is its child, and so is
+//!   every task spawned through sheepdog from inside it. Cancelling a scope cancels everything
+//!   below it, except what a **shielded** scope protects;
+//! - the **outermost** effectively cancelled scope *catches*: its region drops its future and
+//!   completes with `None`, and reports [`cancelled_caught`](CancelScope::cancelled_caught);
+//!   inner regions never complete on their own once an ancestor is cancelled;
+//! - a scope can have a **deadline** (readable and movable while it runs); reaching it cancels
+//!   the scope. [`fail_after`] turns that into an [`Elapsed`] error, [`move_on_after`] into
+//!   `None`.
+//!
+//! Cancellation takes effect where the code waits: every time a task is polled, the catching
+//! region checks before polling its future, so cancelled work never runs past its next
+//! `Pending`. sheepdog's own waits ([`checkpoint`], [`time::sleep`](crate::time::sleep)) also
+//! refuse to complete inside a cancelled scope. Code that never waits cannot be interrupted —
+//! Rust has no preemption.
+//!
+//! | AnyIO / Trio | sheepdog |
+//! |---|---|
+//! | `with CancelScope() as s:` | `let s = CancelScope::new(); s.run(fut).await` |
+//! | `s.cancel()` | `s.cancel()` (any clone, any thread, also before `run`) |
+//! | `s.cancel_called`, `s.cancelled_caught` | `s.cancel_called()`, `s.cancelled_caught()` |
+//! | `s.deadline = t` | `s.set_deadline(t)` |
+//! | `CancelScope(shield=True)`, `s.shield = x` | `CancelScope::new().shielded(true)`, `s.set_shield(x)` |
+//! | `with fail_after(d):` | `fail_after(d, fut).await` → `Result<T, Elapsed>` |
+//! | `with move_on_after(d):` | `move_on_after(d, fut).await` → `Option<T>` |
+//! | `fail_at`, `move_on_at` | `fail_at`, `move_on_at` |
+//! | `current_effective_deadline()` | `current_effective_deadline()` → `Option<Instant>` |
+//! | `checkpoint()` | `checkpoint().await` |
+//! | `try: … finally: with CancelScope(shield=True): await cleanup()` | `with_cleanup(body, timeout, cleanup)` |
+//!
+//! See `docs/cancellation.md` for the full model and what shielding can and cannot protect.
+
+mod node;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use node::{Deadline, Node};
+
+use crate::time::{self, Sleep};
+
+/// A deadline passed before the future completed.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::fail_after;
+///
+/// let out = futures::executor::block_on(fail_after(
+///     Duration::from_millis(1),
+///     futures::future::pending::<()>(),
+/// ));
+/// assert!(out.is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline elapsed")]
+pub struct Elapsed {
+    deadline: Instant,
+}
+
+impl Elapsed {
+    /// The deadline that passed.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+/// A cancel scope: a cheap, cloneable handle to one node of the scope tree.
+///
+/// Create it, configure it, then run one region in it with [`run`](CancelScope::run); keep a
+/// clone to cancel it, move its deadline or read its state. A scope can run only one region.
+///
+/// # Examples
+///
+/// The seed's `with move_on_after(10) as scope: … if scope.cancelled_caught:`:
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::CancelScope;
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// VirtualRuntime::new().block_on(async {
+///     let scope = CancelScope::new().with_timeout(Duration::from_secs(10));
+///     let result = scope
+///         .run(async {
+///             time::sleep(Duration::from_secs(60)).await; // a slow "quick check"
+///             "answer"
+///         })
+///         .await;
+///     let result = if scope.cancelled_caught() { "timed out, using fallback" } else { result.unwrap() };
+///     assert_eq!(result, "timed out, using fallback");
+/// });
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CancelScope {
+    node: Arc<Node>,
+}
+
+impl fmt::Debug for CancelScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelScope")
+            .field("cancel_called", &self.cancel_called())
+            .field("cancelled_caught", &self.cancelled_caught())
+            .field("shield", &self.shield())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CancelScope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CancelScope {
+    /// A scope with no deadline and no shield; it is still cancellable.
+    pub fn new() -> Self {
+        CancelScope {
+            node: Node::new(Deadline::None, false),
+        }
+    }
+
+    /// Sets an absolute deadline (builder form of [`set_deadline`](CancelScope::set_deadline)).
+    #[must_use]
+    pub fn with_deadline(self, deadline: Instant) -> Self {
+        self.set_deadline(deadline);
+        self
+    }
+
+    /// Sets a deadline `timeout` after the region first waits (or after the deadline is first
+    /// read, if that comes earlier). A region that completes without waiting reads no clock.
+    #[must_use]
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.node.set_deadline(Deadline::After(timeout));
+        self
+    }
+
+    /// Shields (or unshields) the scope (builder form of [`set_shield`](CancelScope::set_shield)).
+    #[must_use]
+    pub fn shielded(self, shield: bool) -> Self {
+        self.set_shield(shield);
+        self
+    }
+
+    /// Cancels the scope and everything below it that is not shielded. Idempotent; honoured
+    /// even before the region starts; callable from any thread.
+    pub fn cancel(&self) {
+        self.node.cancel();
+    }
+
+    /// Whether the scope was cancelled, by [`cancel`](CancelScope::cancel) or by reaching its
+    /// deadline.
+    pub fn cancel_called(&self) -> bool {
+        self.node.cancel_called()
+    }
+
+    /// Whether this scope caught a cancellation: its region was dropped and completed with
+    /// `None`. An inner scope whose ancestor was cancelled never catches.
+    pub fn cancelled_caught(&self) -> bool {
+        self.node.caught()
+    }
+
+    /// The scope's deadline, if it has one. Reading a relative deadline (set with
+    /// [`with_timeout`](CancelScope::with_timeout)) fixes it from now.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.node.resolve_deadline(time::now)
+    }
+
+    /// Sets or moves the deadline, earlier or later, also while the region runs (its timer is
+    /// re-armed). A deadline already past cancels the scope at its region's next poll.
+    pub fn set_deadline(&self, deadline: Instant) {
+        self.node.set_deadline(Deadline::At(deadline));
+    }
+
+    /// Removes the deadline.
+    pub fn clear_deadline(&self) {
+        self.node.set_deadline(Deadline::None);
+    }
+
+    /// Whether the scope is shielded from its ancestors' cancellation.
+    pub fn shield(&self) -> bool {
+        self.node.is_shielded()
+    }
+
+    /// Shields or unshields the scope, also while it runs. A shield protects the region from
+    /// its ancestors' cancellation, never from the scope's own `cancel` or deadline;
+    /// unshielding exposes an ancestor's pending cancellation at once.
+    pub fn set_shield(&self, shield: bool) {
+        self.node.set_shield(shield);
+    }
+
+    /// Runs `future` as this scope's region.
+    ///
+    /// The returned future completes with `Some(output)`, or with `None` if this scope caught a
+    /// cancellation (then [`cancelled_caught`](CancelScope::cancelled_caught) is true). If an
+    /// ancestor scope is cancelled instead, it never completes: the ancestor drops it.
+    ///
+    /// # Panics
+    ///
+    /// The region panics at its first poll if this scope (or a clone of it) already ran a
+    /// region: a scope is single-use.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the region drops `future`, as for any future; the scope then counts as exited.
+    pub fn run<F: Future>(&self, future: F) -> Scoped<F> {
+        Scoped {
+            future: Some(future),
+            node: Arc::clone(&self.node),
+            slot: None,
+            timer: None,
+            entered: false,
+            exited: false,
+            shield_counted: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The region of a [`CancelScope`], returned by [`CancelScope::run`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Scoped<F> {
+        #[pin]
+        future: Option<F>,
+        node: Arc<Node>,
+        // A second reference to `node`, moved into the thread-local current scope while the
+        // region's future is polled.
+        slot: Option<Arc<Node>>,
+        timer: Option<Sleep>,
+        entered: bool,
+        exited: bool,
+        shield_counted: bool,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.entered && !*this.exited {
+                exit(this.node, this.shield_counted);
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped")
+            .field("entered", &self.entered)
+            .field("exited", &self.exited)
+            .finish_non_exhaustive()
+    }
+}
+
+fn exit(node: &Node, shield_counted: &mut bool) {
+    if std::mem::take(shield_counted) {
+        node.shield_ended();
+    }
+    node.exit();
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let mut this = self.project();
+        if *this.exited {
+            panic!("a cancel scope's region was polled after it completed");
+        }
+        if !*this.entered {
+            *this.entered = true;
+            assert!(
+                this.node.enter(node::current()),
+                "a CancelScope can run only one region"
+            );
+            *this.slot = Some(Arc::clone(this.node));
+        }
+        loop {
+            // Keep the ancestors' count of shields below them in step with `set_shield`.
+            if this.node.is_shielded() != *this.shield_counted {
+                *this.shield_counted = !*this.shield_counted;
+                if *this.shield_counted {
+                    this.node.shield_started();
+                } else {
+                    this.node.shield_ended();
+                }
+            }
+            let ancestor_cancelled = this.node.ancestor_cancelled();
+            if this.node.shields_below() == 0 {
+                if ancestor_cancelled {
+                    // Not ours to catch: the cancelled ancestor's region drops this one.
+                    this.node.register_waker(cx.waker());
+                    return Poll::Pending;
+                }
+                if this.node.cancel_called() {
+                    this.future.set(None);
+                    *this.exited = true;
+                    exit(this.node, this.shield_counted);
+                    this.node.set_caught();
+                    return Poll::Ready(None);
+                }
+            }
+            // Not cancelled, or cancelled with a shield below it still running: poll the
+            // region's future (its unshielded parts stay frozen at their waits).
+            let Some(future) = this.future.as_mut().as_pin_mut() else {
+                unreachable!("the future is only taken when the region completes")
+            };
+            if let Poll::Ready(output) = node::enter(this.slot, || future.poll(cx)) {
+                this.future.set(None);
+                *this.exited = true;
+                exit(this.node, this.shield_counted);
+                return Poll::Ready(Some(output));
+            }
+            this.node.register_waker(cx.waker());
+            let Some(deadline) = this.node.resolve_deadline(time::now) else {
+                *this.timer = None;
+                return Poll::Pending;
+            };
+            if this.node.cancel_called() {
+                if this.node.shields_below() == 0 && !this.node.ancestor_cancelled() {
+                    continue; // catch now
+                }
+                return Poll::Pending;
+            }
+            // The timer is created at the first wait, so a region that completes at once
+            // registers none; moving the deadline re-arms it.
+            let timer = this
+                .timer
+                .get_or_insert_with(|| time::timer_until(deadline));
+            if timer.deadline() != deadline {
+                timer.reset(deadline);
+            }
+            if Pin::new(timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.node.cancel();
+        }
+    }
+}
+
+/// Runs `future` with a deadline `duration` after it first waits; fails with [`Elapsed`] if
+/// the deadline passes first.
+///
+/// A future that completes without waiting always succeeds, even with a zero duration, and
+/// reads no clock. A zero duration fails at the first wait. Only the deadline makes it fail:
+/// if an outer scope is cancelled, that scope catches and this future never completes.
+///
+/// # Errors
+///
+/// [`Elapsed`] when the deadline passed before `future` completed; `future` has been dropped.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::fail_after;
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// VirtualRuntime::new().block_on(async {
+///     let slow = fail_after(Duration::from_secs(30), time::sleep(Duration::from_secs(60)));
+///     assert!(slow.await.is_err());
+///     let quick = fail_after(Duration::from_secs(30), async { 7 });
+///     assert_eq!(quick.await, Ok(7));
+/// });
+/// # }
+/// ```
+pub fn fail_after<F: Future>(duration: Duration, future: F) -> FailAfter<F> {
+    FailAfter {
+        scoped: CancelScope::new().with_timeout(duration).run(future),
+    }
+}
+
+/// Runs `future` with the absolute deadline `deadline`; fails with [`Elapsed`] if it passes
+/// first. A deadline already past fails at the first wait.
+///
+/// # Errors
+///
+/// [`Elapsed`] when the deadline passed before `future` completed; `future` has been dropped.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::fail_at;
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// VirtualRuntime::new().block_on(async {
+///     let deadline = time::now() + Duration::from_secs(5);
+///     let err = fail_at(deadline, time::sleep(Duration::from_secs(9))).await.unwrap_err();
+///     assert_eq!(err.deadline(), deadline);
+/// });
+/// # }
+/// ```
+pub fn fail_at<F: Future>(deadline: Instant, future: F) -> FailAfter<F> {
+    FailAfter {
+        scoped: CancelScope::new().with_deadline(deadline).run(future),
+    }
+}
+
+/// Runs `future` with a deadline `duration` after it first waits; completes with `None` if
+/// the deadline passes first (AnyIO's `move_on_after`).
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::move_on_after;
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// VirtualRuntime::new().block_on(async {
+///     let out = move_on_after(Duration::from_secs(1), time::sleep(Duration::from_secs(2))).await;
+///     assert_eq!(out, None);
+/// });
+/// # }
+/// ```
+pub fn move_on_after<F: Future>(duration: Duration, future: F) -> Scoped<F> {
+    CancelScope::new().with_timeout(duration).run(future)
+}
+
+/// Runs `future` with the absolute deadline `deadline`; completes with `None` if it passes
+/// first (AnyIO's `move_on_at`).
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::move_on_at;
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// VirtualRuntime::new().block_on(async {
+///     let deadline = time::now() + Duration::from_secs(1);
+///     assert_eq!(move_on_at(deadline, async { 3 }).await, Some(3));
+/// });
+/// # }
+/// ```
+pub fn move_on_at<F: Future>(deadline: Instant, future: F) -> Scoped<F> {
+    CancelScope::new().with_deadline(deadline).run(future)
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`fail_after`] and [`fail_at`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct FailAfter<F> {
+        #[pin]
+        scoped: Scoped<F>,
+    }
+}
+
+impl<F> fmt::Debug for FailAfter<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailAfter").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for FailAfter<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut scoped = self.project().scoped;
+        match scoped.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(output)) => Poll::Ready(Ok(output)),
+            Poll::Ready(None) => {
+                // Nothing but the deadline can cancel this scope: no handle to it exists.
+                let deadline = scoped
+                    .node
+                    .resolve_deadline(time::now)
+                    .unwrap_or_else(time::now);
+                Poll::Ready(Err(Elapsed { deadline }))
+            }
+        }
+    }
+}
+
+/// Runs `future` in a shielded scope: its ancestors' cancellation does not reach it, so it
+/// runs to completion even inside a cancelled scope (whose region is kept alive meanwhile).
+///
+/// A shield cannot protect against a hard stop: dropping the task or the future (for example
+/// [`JoinHandle::abort`](crate::runtime::JoinHandle::abort)) still drops it.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::{move_on_after, shield};
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// VirtualRuntime::new().block_on(async {
+///     let mut saved = false;
+///     let mut after_the_shield = false;
+///     let out = move_on_after(Duration::from_secs(1), async {
+///         shield(async {
+///             time::sleep(Duration::from_secs(5)).await; // outlives the outer deadline
+///             saved = true;
+///         })
+///         .await;
+///         // The outer cancellation arrives at the next wait after the shield.
+///         time::sleep(Duration::from_secs(1)).await;
+///         after_the_shield = true;
+///     })
+///     .await;
+///     assert_eq!(out, None);
+///     assert!(saved && !after_the_shield);
+/// });
+/// # }
+/// ```
+pub fn shield<F: Future>(future: F) -> Shield<F> {
+    Shield {
+        scoped: CancelScope::new().shielded(true).run(future),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`shield`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Shield<F> {
+        #[pin]
+        scoped: Scoped<F>,
+    }
+}
+
+impl<F> fmt::Debug for Shield<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shield").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Shield<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().scoped.poll(cx).map(|output| {
+            // Nobody holds the shield's scope, so nothing can cancel it.
+            output.unwrap_or_else(|| unreachable!("a shield's own scope is never cancelled"))
+        })
+    }
+}
+
+/// The earliest deadline that applies to the calling code: the minimum over the current scope
+/// and its ancestors up to (and including) the nearest shielded one.
+///
+/// Returns `None` if no deadline applies. If one of those scopes is already cancelled, returns
+/// an instant that has already passed (the current time), so "would this wait overrun the
+/// deadline?" checks stop at once.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::{current_effective_deadline, fail_at, move_on_after};
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// VirtualRuntime::new().block_on(async {
+///     assert_eq!(current_effective_deadline(), None);
+///     let outer = time::now() + Duration::from_secs(5);
+///     fail_at(outer, async {
+///         move_on_after(Duration::from_secs(60), async {
+///             assert_eq!(current_effective_deadline(), Some(outer));
+///         })
+///         .await;
+///     })
+///     .await
+///     .unwrap();
+/// });
+/// # }
+/// ```
+pub fn current_effective_deadline() -> Option<Instant> {
+    let mut node = node::current()?;
+    let mut earliest: Option<Instant> = None;
+    loop {
+        if node.cancel_called() {
+            return Some(time::now());
+        }
+        if let Some(deadline) = node.resolve_deadline(time::now) {
+            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+        }
+        if node.is_shielded() {
+            return earliest;
+        }
+        match node.parent() {
+            Some(parent) => node = Arc::clone(parent),
+            None => return earliest,
+        }
+    }
+}
+
+/// A cancellation point: yields to the executor once, and never completes inside an
+/// effectively cancelled scope (the catching scope drops the waiting code instead).
+///
+/// # Examples
+///
+/// ```
+/// futures::executor::block_on(sheepdog_core::cancel::checkpoint());
+/// ```
+pub fn checkpoint() -> Checkpoint {
+    Checkpoint { yielded: false }
+}
+
+/// The future returned by [`checkpoint`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct Checkpoint {
+    yielded: bool,
+}
+
+impl Future for Checkpoint {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if node::current_cancelled() {
+            // The catching scope was woken by the cancellation and will drop us.
+            return Poll::Pending;
+        }
+        if self.yielded {
+            Poll::Ready(())
+        } else {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+/// Whether the calling code runs inside an effectively cancelled scope.
+///
+/// # Examples
+///
+/// ```
+/// assert!(!sheepdog_core::cancel::is_cancelled());
+/// ```
+pub fn is_cancelled() -> bool {
+    node::current_cancelled()
+}
+
+pin_project_lite::pin_project! {
+    /// A future bound to the cancel scope that was current when it was created (for adapters
+    /// and task wrappers).
+    ///
+    /// It is polled inside a child of that scope, and completes with `None` — its future
+    /// dropped — as soon as the scope is effectively cancelled (unless a shield inside it is
+    /// still running). Created outside any scope, it is transparent.
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct InheritScope<F> {
+        #[pin]
+        future: Option<F>,
+        node: Option<Arc<Node>>,
+        slot: Option<Arc<Node>>,
+    }
+
+    impl<F> PinnedDrop for InheritScope<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(node) = this.project().node.take() {
+                node.exit();
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for InheritScope<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InheritScope")
+            .field("bound", &self.node.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> InheritScope<F> {
+    /// Binds `future` to the current scope, if there is one.
+    pub fn new(future: F) -> Self {
+        Self::capture(future).unwrap_or_else(|future| InheritScope {
+            future: Some(future),
+            node: None,
+            slot: None,
+        })
+    }
+
+    /// Binds `future` to the current scope, or gives it back if there is none (so an adapter
+    /// can spawn it without any wrapper).
+    ///
+    /// # Errors
+    ///
+    /// Returns `future` unchanged when no scope is current.
+    pub fn capture(future: F) -> Result<Self, F> {
+        let Some(parent) = node::current() else {
+            return Err(future);
+        };
+        let node = Node::new(Deadline::None, false);
+        node.enter(Some(parent));
+        Ok(InheritScope {
+            future: Some(future),
+            slot: Some(Arc::clone(&node)),
+            node: Some(node),
+        })
+    }
+}
+
+impl<F: Future> Future for InheritScope<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let mut this = self.project();
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            panic!("InheritScope polled after completion");
+        };
+        let Some(node) = this.node.as_ref() else {
+            return future.poll(cx).map(Some);
+        };
+        if node.effectively_cancelled() && node.shields_below() == 0 {
+            this.future.set(None);
+            if let Some(node) = this.node.take() {
+                node.exit();
+            }
+            return Poll::Ready(None);
+        }
+        match node::enter(this.slot, || future.poll(cx)) {
+            Poll::Ready(output) => {
+                this.future.set(None);
+                if let Some(node) = this.node.take() {
+                    node.exit();
+                }
+                Poll::Ready(Some(output))
+            }
+            Poll::Pending => {
+                node.register_waker(cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Runs `body`, then `cleanup`, however `body` ends: with its output, or cancelled by an
+/// enclosing scope (including by a deadline). The cleanup runs shielded, bounded by its own
+/// `timeout`, and an enclosing cancelled scope waits for it before it catches.
+///
+/// This is the Rust form of `try: … finally: with CancelScope(shield=True): await cleanup()`
+/// (and of the seed's `async with Branch(...)` that dumps logs on exit): Rust has no async
+/// drop, so the async cleanup lives here.
+///
+/// Returns the body's output once the cleanup has finished. If the body is cancelled, the
+/// enclosing scope drops this future right after the cleanup. Not covered: a panic in `body`
+/// (it unwinds; only `Drop` runs), and dropping this future from outside the scope tree (for
+/// example aborting its task), which drops the cleanup unrun.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::time::Duration;
+/// use sheepdog_core::cancel::{move_on_after, with_cleanup};
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// let logs_dumped = AtomicBool::new(false);
+/// VirtualRuntime::new().block_on(async {
+///     let out = move_on_after(Duration::from_secs(1), with_cleanup(
+///         time::sleep(Duration::from_secs(10)), // the work: cut short by the deadline
+///         Duration::from_secs(5),
+///         || async {
+///             time::sleep(Duration::from_millis(100)).await; // async cleanup still runs
+///             logs_dumped.store(true, Ordering::SeqCst);
+///         },
+///     ))
+///     .await;
+///     assert_eq!(out, None);
+/// });
+/// assert!(logs_dumped.load(Ordering::SeqCst));
+/// # }
+/// ```
+pub fn with_cleanup<B, C, CF>(body: B, timeout: Duration, cleanup: C) -> WithCleanup<B, C, CF>
+where
+    B: Future,
+    C: FnOnce() -> CF,
+    CF: Future<Output = ()>,
+{
+    WithCleanup {
+        body: Some(body),
+        timeout,
+        cleanup: Some(cleanup),
+        running: None,
+        output: None,
+        node: None,
+        slot: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`with_cleanup`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct WithCleanup<B: Future, C, CF> {
+        #[pin]
+        body: Option<B>,
+        timeout: Duration,
+        cleanup: Option<C>,
+        #[pin]
+        running: Option<Scoped<CF>>,
+        output: Option<B::Output>,
+        // A node of its own under the current scope, counted as a shield below every ancestor
+        // from entry to the end of the cleanup, so no ancestor drops the cleanup unrun.
+        node: Option<Arc<Node>>,
+        slot: Option<Arc<Node>>,
+    }
+
+    impl<B: Future, C, CF> PinnedDrop for WithCleanup<B, C, CF> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(node) = this.project().node.take() {
+                node.shield_ended();
+                node.exit();
+            }
+        }
+    }
+}
+
+impl<B: Future, C, CF> fmt::Debug for WithCleanup<B, C, CF> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithCleanup")
+            .field("cleaning_up", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, C, CF> Future for WithCleanup<B, C, CF>
+where
+    B: Future,
+    C: FnOnce() -> CF,
+    CF: Future<Output = ()>,
+{
+    type Output = B::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<B::Output> {
+        let mut this = self.project();
+        if this.node.is_none() && this.cleanup.is_some() {
+            let node = Node::new(Deadline::None, false);
+            node.enter(node::current());
+            node.shield_started();
+            *this.slot = Some(Arc::clone(&node));
+            *this.node = Some(node);
+        }
+        if let Some(body) = this.body.as_mut().as_pin_mut() {
+            let Some(node) = this.node.as_ref() else {
+                unreachable!("entered above")
+            };
+            if node.effectively_cancelled() {
+                this.body.set(None);
+            } else {
+                match node::enter(this.slot, || body.poll(cx)) {
+                    Poll::Ready(output) => {
+                        *this.output = Some(output);
+                        this.body.set(None);
+                    }
+                    Poll::Pending => {
+                        node.register_waker(cx.waker());
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        if let Some(cleanup) = this.cleanup.take() {
+            // The cleanup runs in a shielded scope of its own, under this node (the region
+            // enters at its first poll, below, inside this node).
+            let scope = CancelScope::new()
+                .shielded(true)
+                .with_timeout(*this.timeout);
+            this.running.set(Some(scope.run(cleanup())));
+        }
+        if let Some(running) = this.running.as_mut().as_pin_mut() {
+            if node::enter(this.slot, || running.poll(cx)).is_pending() {
+                return Poll::Pending;
+            }
+            this.running.set(None);
+            if let Some(node) = this.node.take() {
+                node.shield_ended();
+                node.exit();
+            }
+        }
+        match this.output.take() {
+            Some(output) => Poll::Ready(output),
+            // The body was cancelled: the catching scope drops this future now that no shield
+            // is left below it.
+            None => Poll::Pending,
+        }
+    }
+}
