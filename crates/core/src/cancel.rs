@@ -326,16 +326,18 @@ impl<F: Future> Future for Scoped<F> {
                 return Poll::Ready(Some(output));
             }
             this.node.register_waker(cx.waker());
+            // A cancellation made during that poll (by the future itself, or before the waker
+            // was registered) is handled now rather than missed.
+            if this.node.cancel_called() || this.node.ancestor_cancelled() {
+                if this.node.shields_below() == 0 {
+                    continue;
+                }
+                return Poll::Pending;
+            }
             let Some(deadline) = this.node.resolve_deadline(time::now) else {
                 *this.timer = None;
                 return Poll::Pending;
             };
-            if this.node.cancel_called() {
-                if this.node.shields_below() == 0 && !this.node.ancestor_cancelled() {
-                    continue; // catch now
-                }
-                return Poll::Pending;
-            }
             // The timer is created at the first wait, so a region that completes at once
             // registers none; moving the deadline re-arms it.
             let timer = this
@@ -754,6 +756,14 @@ impl<F: Future> Future for InheritScope<F> {
             }
             Poll::Pending => {
                 node.register_waker(cx.waker());
+                // A cancellation made during that poll is handled now rather than missed.
+                if node.effectively_cancelled() && node.shields_below() == 0 {
+                    this.future.set(None);
+                    if let Some(node) = this.node.take() {
+                        node.exit();
+                    }
+                    return Poll::Ready(None);
+                }
                 Poll::Pending
             }
         }
@@ -883,7 +893,11 @@ where
                     }
                     Poll::Pending => {
                         node.register_waker(cx.waker());
-                        return Poll::Pending;
+                        if !node.effectively_cancelled() {
+                            return Poll::Pending;
+                        }
+                        // Cancelled during that poll: clean up now.
+                        this.body.set(None);
                     }
                 }
             }
