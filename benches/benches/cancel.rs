@@ -1,0 +1,176 @@
+//! Cancel scopes (target T9 of docs/performance.md): what a deadline costs on a future that is
+//! ready at once, and on one that waits once, against the runtimes' own timeouts.
+//!
+//! Each iteration runs 10,000 operations one after another. Run with
+//! `cargo bench -p sheepdog-benches --bench cancel`.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use divan::counter::ItemsCount;
+use divan::{black_box, Bencher};
+use sheepdog_core::cancel::fail_after;
+use sheepdog_core::runtime::{yield_now, Runtime};
+use sheepdog_smol::SmolRuntime;
+use sheepdog_tokio::TokioRuntime;
+
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+
+/// Operations per iteration.
+const OPS: usize = 10_000;
+
+/// A deadline far enough never to fire.
+const FAR: Duration = Duration::from_secs(3600);
+
+fn main() {
+    divan::main();
+}
+
+/// Polls `future` once with a no-op waker; it must be ready.
+fn poll_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("expected a ready future"),
+    }
+}
+
+/// A future that is ready immediately: the deadline wrapper's fixed cost.
+#[divan::bench_group(sample_count = 200)]
+mod ready {
+    use super::*;
+
+    #[divan::bench]
+    fn bare(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for i in 0..OPS {
+                black_box(poll_ready(std::future::ready(black_box(i))));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn sheepdog_fail_after(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for i in 0..OPS {
+                let out = poll_ready(fail_after(FAR, std::future::ready(black_box(i))));
+                black_box(out.expect("no timeout"));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn tokio_timeout(bencher: Bencher<'_, '_>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("tokio runtime");
+        let _entered = rt.enter();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for i in 0..OPS {
+                let out = poll_ready(tokio::time::timeout(FAR, std::future::ready(black_box(i))));
+                black_box(out.expect("no timeout"));
+            }
+        });
+    }
+}
+
+/// A future that waits once (yields), under a deadline, on a real runtime.
+#[divan::bench_group(sample_count = 100)]
+mod pending_once {
+    use super::*;
+
+    fn tokio() -> &'static tokio::runtime::Runtime {
+        static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RT.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("tokio runtime")
+        })
+    }
+
+    #[divan::bench]
+    fn tokio_bare(bencher: Bencher<'_, '_>) {
+        let rt = tokio();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            rt.block_on(async {
+                for _ in 0..OPS {
+                    yield_now().await;
+                }
+            })
+        });
+    }
+
+    #[divan::bench]
+    fn tokio_timeout(bencher: Bencher<'_, '_>) {
+        let rt = tokio();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            rt.block_on(async {
+                for _ in 0..OPS {
+                    tokio::time::timeout(FAR, yield_now())
+                        .await
+                        .expect("no timeout");
+                }
+            })
+        });
+    }
+
+    #[divan::bench]
+    fn tokio_sheepdog_fail_after(bencher: Bencher<'_, '_>) {
+        let rt = TokioRuntime::from_handle(tokio().handle().clone());
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            tokio().block_on(sheepdog_core::runtime::with_runtime(&rt, async {
+                for _ in 0..OPS {
+                    fail_after(FAR, yield_now()).await.expect("no timeout");
+                }
+            }))
+        });
+    }
+
+    #[divan::bench]
+    fn smol_bare(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            smol::block_on(async {
+                for _ in 0..OPS {
+                    yield_now().await;
+                }
+            })
+        });
+    }
+
+    #[divan::bench]
+    fn smol_async_io_timer_race(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            smol::block_on(async {
+                for _ in 0..OPS {
+                    let timer = pin!(async_io::Timer::after(FAR));
+                    let work = pin!(yield_now());
+                    match futures::future::select(work, timer).await {
+                        futures::future::Either::Left(((), _)) => {}
+                        futures::future::Either::Right(_) => panic!("timed out"),
+                    }
+                }
+            })
+        });
+    }
+
+    #[divan::bench]
+    fn smol_sheepdog_fail_after(bencher: Bencher<'_, '_>) {
+        let rt = SmolRuntime::global();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            rt.block_on(async {
+                for _ in 0..OPS {
+                    fail_after(FAR, yield_now()).await.expect("no timeout");
+                }
+            })
+        });
+    }
+}
