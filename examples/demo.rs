@@ -14,6 +14,8 @@
 //!   carries on;
 //! - a task the caller gives up on is aborted, and awaiting its handle confirms the
 //!   cancellation only after the task's future (and everything it held) has been dropped;
+//! - every call runs under its own deadline (`fail_after`); slow calls time out and are
+//!   dropped, their futures cancelled;
 //! - every task is accounted for at the end.
 
 use std::process::ExitCode;
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sheepdog::cancel::fail_after;
 use sheepdog::runtime::{self, JoinError};
 use sheepdog::time;
 
@@ -28,6 +31,7 @@ use sheepdog::time;
 #[derive(Debug)]
 struct Options {
     calls: usize,
+    deadline_ms: u64,
     seed: u64,
 }
 
@@ -35,16 +39,22 @@ const USAGE: &str = "\
 sheepdog demo: fan out simulated LLM calls and account for every one
 
 USAGE:
-    demo [--calls N] [--seed S]
+    demo [--calls N] [--seed S] [--deadline-ms D]
 
 OPTIONS:
     --calls N   number of simulated provider calls (default 50, at least 1)
     --seed S    seed for the simulated latencies and failures (default 1)
+    --deadline-ms D
+                per-call deadline in milliseconds (default 40; latencies are 5-50 ms)
     -h, --help  print this help
 ";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
-    let mut options = Options { calls: 50, seed: 1 };
+    let mut options = Options {
+        calls: 50,
+        deadline_ms: 40,
+        seed: 1,
+    };
     let mut args = args.skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
@@ -63,6 +73,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> 
                 }
             }
             "--seed" => options.seed = value("--seed")?,
+            "--deadline-ms" => options.deadline_ms = value("--deadline-ms")?,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -139,13 +150,18 @@ fn main() -> ExitCode {
     let abandoned = options.calls / 10;
 
     let in_flight = InFlight::default();
+    let deadline = Duration::from_millis(options.deadline_ms);
     let started = Instant::now();
     let outcomes = sheepdog::block_on(async {
         let handles: Vec<_> = behaviours
             .iter()
             .enumerate()
             .map(|(prompt, &behaviour)| {
-                runtime::spawn(simulated_call(prompt, behaviour, in_flight.clone()))
+                // Each call runs under its own deadline (AnyIO's `fail_after`).
+                runtime::spawn(fail_after(
+                    deadline,
+                    simulated_call(prompt, behaviour, in_flight.clone()),
+                ))
             })
             .collect();
         let mut outcomes = Vec::with_capacity(handles.len());
@@ -160,10 +176,11 @@ fn main() -> ExitCode {
     });
     let elapsed = started.elapsed();
 
-    let (mut answered, mut crashed, mut cancelled) = (0, 0, 0);
+    let (mut answered, mut crashed, mut cancelled, mut timed_out) = (0, 0, 0, 0);
     for (prompt, outcome) in outcomes.iter().enumerate() {
         match outcome {
-            Ok(answer) => {
+            Ok(Err(_elapsed)) => timed_out += 1,
+            Ok(Ok(answer)) => {
                 answered += 1;
                 if answered <= 3 {
                     println!("  #{prompt:<4} {answer}");
@@ -181,12 +198,13 @@ fn main() -> ExitCode {
     println!();
     println!("  calls         {:>6}", options.calls);
     println!("  answered      {answered:>6}");
+    println!("  timed out     {timed_out:>6}   (fail_after: the deadline cancelled the call)");
     println!("  crashed       {crashed:>6}   (reported as JoinError, payload kept)");
     println!("  cancelled     {cancelled:>6}   (aborted by the caller, confirmed by awaiting)");
     println!("  still alive   {still_alive:>6}   (futures not yet dropped: must be 0)");
     println!("  wall time     {:>6.0?}", elapsed);
 
-    let accounted = answered + crashed + cancelled == options.calls && still_alive == 0;
+    let accounted = answered + timed_out + crashed + cancelled == options.calls && still_alive == 0;
     if accounted {
         ExitCode::SUCCESS
     } else {

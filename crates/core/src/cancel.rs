@@ -16,7 +16,7 @@
 //!
 //! Cancellation takes effect where the code waits: every time a task is polled, the catching
 //! region checks before polling its future, so cancelled work never runs past its next
-//! `Pending`. sheepdog's own waits ([`checkpoint`], [`time::sleep`](crate::time::sleep)) also
+//! `Pending`. sheepdog's own waits ([`checkpoint`], [`time::sleep`]) also
 //! refuse to complete inside a cancelled scope. Code that never waits cannot be interrupted —
 //! Rust has no preemption.
 //!
