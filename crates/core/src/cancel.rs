@@ -739,34 +739,28 @@ impl<F: Future> Future for InheritScope<F> {
         let Some(node) = this.node.as_ref() else {
             return future.poll(cx).map(Some);
         };
-        if node.effectively_cancelled() && node.shields_below() == 0 {
-            this.future.set(None);
-            if let Some(node) = this.node.take() {
-                node.exit();
-            }
-            return Poll::Ready(None);
-        }
-        match node::enter(this.slot, || future.poll(cx)) {
-            Poll::Ready(output) => {
-                this.future.set(None);
-                if let Some(node) = this.node.take() {
-                    node.exit();
-                }
-                Poll::Ready(Some(output))
-            }
-            Poll::Pending => {
-                node.register_waker(cx.waker());
-                // A cancellation made during that poll is handled now rather than missed.
-                if node.effectively_cancelled() && node.shields_below() == 0 {
-                    this.future.set(None);
-                    if let Some(node) = this.node.take() {
-                        node.exit();
+        let cancelled = |node: &Node| node.effectively_cancelled() && node.shields_below() == 0;
+        let output = if cancelled(node) {
+            None
+        } else {
+            match node::enter(this.slot, || future.poll(cx)) {
+                Poll::Ready(output) => Some(output),
+                Poll::Pending => {
+                    node.register_waker(cx.waker());
+                    // A cancellation made during that poll is handled now rather than missed.
+                    if !cancelled(node) {
+                        return Poll::Pending;
                     }
-                    return Poll::Ready(None);
+                    None
                 }
-                Poll::Pending
             }
+        };
+        // Drop the future, then leave the scope tree.
+        this.future.set(None);
+        if let Some(node) = this.node.take() {
+            node.exit();
         }
+        Poll::Ready(output)
     }
 }
 

@@ -252,28 +252,12 @@ impl Node {
 
 /// The innermost scope node of the code being polled, if any.
 pub(crate) fn current() -> Option<Arc<Node>> {
-    CURRENT.with(|cell| {
-        let node = cell.take();
-        let copy = node.clone();
-        cell.set(node);
-        copy
-    })
+    crate::runtime::context::peek(&CURRENT)
 }
 
 /// Makes `slot` the current scope while `f` runs, moving the `Arc` in and out.
 pub(crate) fn enter<R>(slot: &mut Option<Arc<Node>>, f: impl FnOnce() -> R) -> R {
-    struct Swap<'a> {
-        slot: &'a mut Option<Arc<Node>>,
-        previous: Option<Arc<Node>>,
-    }
-    impl Drop for Swap<'_> {
-        fn drop(&mut self) {
-            *self.slot = CURRENT.with(|cell| cell.replace(self.previous.take()));
-        }
-    }
-    let previous = CURRENT.with(|cell| cell.replace(slot.take()));
-    let _swap = Swap { slot, previous };
-    f()
+    crate::runtime::context::with_swapped(&CURRENT, slot, f)
 }
 
 /// Whether the code being polled is inside an effectively cancelled scope.

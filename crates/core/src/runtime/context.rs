@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
+use std::thread::LocalKey;
 
 use super::{JoinHandle, Runtime, RuntimeHandle};
 
@@ -52,13 +53,44 @@ pub(crate) fn current_raw() -> Option<RuntimeHandle> {
     match KIND.with(Cell::get) {
         Kind::None => detect(),
         Kind::Static(runtime) => Some(RuntimeHandle::from_static(runtime)),
-        Kind::Shared => SHARED.with(|cell| {
-            let rt = cell.take();
-            let copy = rt.clone();
-            cell.set(rt);
-            copy
-        }),
+        Kind::Shared => peek(&SHARED),
     }
+}
+
+/// A clone of the value in a thread-local `Cell<Option<T>>`, leaving it in place.
+pub(crate) fn peek<T: Clone + 'static>(key: &'static LocalKey<Cell<Option<T>>>) -> Option<T> {
+    key.with(|cell| {
+        let value = cell.take();
+        let copy = value.clone();
+        cell.set(value);
+        copy
+    })
+}
+
+/// Moves `slot` into the thread-local `key` while `f` runs, then moves it back (also on
+/// unwind), restoring the previous value: a scoped "current X" without reference counting.
+pub(crate) fn with_swapped<T: 'static, R>(
+    key: &'static LocalKey<Cell<Option<T>>>,
+    slot: &mut Option<T>,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Swap<'a, T: 'static> {
+        key: &'static LocalKey<Cell<Option<T>>>,
+        slot: &'a mut Option<T>,
+        previous: Option<T>,
+    }
+    impl<T: 'static> Drop for Swap<'_, T> {
+        fn drop(&mut self) {
+            *self.slot = self.key.with(|cell| cell.replace(self.previous.take()));
+        }
+    }
+    let previous = key.with(|cell| cell.replace(slot.take()));
+    let _swap = Swap {
+        key,
+        slot,
+        previous,
+    };
+    f()
 }
 
 /// How many context detectors can be registered; there is one per adapter at most.
@@ -346,35 +378,27 @@ pub(crate) fn enter<R>(slot: &mut Option<RuntimeHandle>, f: impl FnOnce() -> R) 
     if let Some(runtime) = handle.as_static() {
         return enter_static(runtime, f);
     }
-    struct Swap<'a> {
-        slot: &'a mut Option<RuntimeHandle>,
-        previous_kind: Kind,
-        previous: Option<RuntimeHandle>,
+    let _kind = RestoreKind::replace(Kind::Shared);
+    with_swapped(&SHARED, slot, f)
+}
+
+/// Puts the previous `KIND` back when dropped (also on unwind).
+struct RestoreKind(Kind);
+
+impl RestoreKind {
+    fn replace(kind: Kind) -> Self {
+        RestoreKind(KIND.with(|cell| cell.replace(kind)))
     }
-    impl Drop for Swap<'_> {
-        fn drop(&mut self) {
-            *self.slot = SHARED.with(|cell| cell.replace(self.previous.take()));
-            KIND.with(|cell| cell.set(self.previous_kind));
-        }
+}
+
+impl Drop for RestoreKind {
+    fn drop(&mut self) {
+        KIND.with(|cell| cell.set(self.0));
     }
-    let previous = SHARED.with(|cell| cell.replace(slot.take()));
-    let previous_kind = KIND.with(|cell| cell.replace(Kind::Shared));
-    let _swap = Swap {
-        slot,
-        previous_kind,
-        previous,
-    };
-    f()
 }
 
 /// Makes `runtime` the ambient runtime while `f` runs.
 pub(crate) fn enter_static<R>(runtime: &'static dyn Runtime, f: impl FnOnce() -> R) -> R {
-    struct Restore(Kind);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            KIND.with(|cell| cell.set(self.0));
-        }
-    }
-    let _restore = Restore(KIND.with(|cell| cell.replace(Kind::Static(runtime))));
+    let _kind = RestoreKind::replace(Kind::Static(runtime));
     f()
 }
