@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use node::{Deadline, Node};
+use node::{Current, Deadline, Frame, Node};
 
 use crate::time::{self, Sleep};
 
@@ -219,28 +219,27 @@ impl CancelScope {
     ///
     /// Dropping the region drops `future`, as for any future; the scope then counts as exited.
     pub fn run<F: Future>(&self, future: F) -> Scoped<F> {
-        Scoped {
-            future: Some(future),
-            node: Arc::clone(&self.node),
-            slot: None,
-            timer: None,
-            entered: false,
-            exited: false,
-            shield_counted: false,
-        }
+        Scoped::new(Some(Arc::clone(&self.node)), Deadline::None, false, future)
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The region of a [`CancelScope`], returned by [`CancelScope::run`].
+    /// The region of a [`CancelScope`], returned by [`CancelScope::run`] (and by
+    /// [`move_on_after`], [`move_on_at`]).
     #[must_use = "futures do nothing unless awaited"]
     pub struct Scoped<F> {
         #[pin]
         future: Option<F>,
-        node: Arc<Node>,
-        // A second reference to `node`, moved into the thread-local current scope while the
-        // region's future is polled.
-        slot: Option<Arc<Node>>,
+        // The scope's node. `None` until needed for the handle-less forms (`fail_after`,
+        // `move_on_after`, `shield`, ...): their first poll runs in a frame that makes the
+        // node only if something asks for it, so a region that completes at once allocates
+        // nothing and reads no clock.
+        node: Option<Arc<Node>>,
+        // The configuration of a node not made yet.
+        lazy_deadline: Deadline,
+        lazy_shield: bool,
+        // Moved into the thread-local current scope while the region's future is polled.
+        slot: Option<Current>,
         timer: Option<Sleep>,
         entered: bool,
         exited: bool,
@@ -250,8 +249,8 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for Scoped<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if *this.entered && !*this.exited {
-                exit(this.node, this.shield_counted);
+            if let (Some(node), false) = (this.node.as_ref(), *this.exited) {
+                exit(node, this.shield_counted);
             }
         }
     }
@@ -273,68 +272,156 @@ fn exit(node: &Node, shield_counted: &mut bool) {
     node.exit();
 }
 
+impl<F> Scoped<F> {
+    fn new(node: Option<Arc<Node>>, deadline: Deadline, shield: bool, future: F) -> Self {
+        Scoped {
+            future: Some(future),
+            node,
+            lazy_deadline: deadline,
+            lazy_shield: shield,
+            slot: None,
+            timer: None,
+            entered: false,
+            exited: false,
+            shield_counted: false,
+        }
+    }
+
+    /// A region whose scope nobody else holds, configured by value.
+    fn lazy(deadline: Deadline, shield: bool, future: F) -> Self {
+        Self::new(None, deadline, shield, future)
+    }
+
+    /// The scope's node, once made (always, once the region has caught a cancellation).
+    fn node(&self) -> Option<&Arc<Node>> {
+        self.node.as_ref()
+    }
+}
+
+/// What the first poll of a region did.
+enum First<T> {
+    /// Completed without needing a node.
+    Done(T),
+    /// Made (or found) its node; `Some` if the future already completed.
+    Node(Arc<Node>, Option<Poll<T>>),
+}
+
+impl<F: Future> Scoped<F> {
+    /// Enters the scope tree at the first poll. For a lazy region, polls the future once in a
+    /// frame and makes the node only if it waited or something below asked for it.
+    fn first_poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> First<F::Output> {
+        let this = self.project();
+        let parent = node::current();
+        if let Some(node) = this.node.as_ref() {
+            assert!(node.enter(parent), "a CancelScope can run only one region");
+            return First::Node(Arc::clone(node), None);
+        }
+        let (deadline, shield) = (*this.lazy_deadline, *this.lazy_shield);
+        let make = |parent| {
+            let node = Node::new(deadline, shield);
+            node.enter(parent);
+            node
+        };
+        if !shield && parent.as_ref().is_some_and(|p| p.effectively_cancelled()) {
+            return First::Node(make(parent), None);
+        }
+        let mut frame = Some(Current::Frame(Frame {
+            parent: parent.clone(),
+            deadline,
+            shield,
+        }));
+        let Some(future) = this.future.as_pin_mut() else {
+            unreachable!("not polled yet")
+        };
+        let polled = node::enter(&mut frame, || future.poll(cx));
+        match (polled, frame) {
+            (Poll::Ready(output), Some(Current::Frame(_))) => First::Done(output),
+            (polled, Some(Current::Node(node))) => First::Node(node, Some(polled)),
+            (polled, _) => First::Node(make(parent), Some(polled)),
+        }
+    }
+}
+
 impl<F: Future> Future for Scoped<F> {
     type Output = Option<F::Output>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
-        let mut this = self.project();
-        if *this.exited {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        if self.exited {
             panic!("a cancel scope's region was polled after it completed");
         }
-        if !*this.entered {
+        let mut polled = None;
+        if !self.entered {
+            let first = self.as_mut().first_poll(cx);
+            let mut this = self.as_mut().project();
             *this.entered = true;
-            assert!(
-                this.node.enter(node::current()),
-                "a CancelScope can run only one region"
-            );
-            *this.slot = Some(Arc::clone(this.node));
-        }
-        loop {
-            // Keep the ancestors' count of shields below them in step with `set_shield`.
-            if this.node.is_shielded() != *this.shield_counted {
-                *this.shield_counted = !*this.shield_counted;
-                if *this.shield_counted {
-                    this.node.shield_started();
-                } else {
-                    this.node.shield_ended();
-                }
-            }
-            let ancestor_cancelled = this.node.ancestor_cancelled();
-            if this.node.shields_below() == 0 {
-                if ancestor_cancelled {
-                    // Not ours to catch: the cancelled ancestor's region drops this one.
-                    this.node.register_waker(cx.waker());
-                    return Poll::Pending;
-                }
-                if this.node.cancel_called() {
+            match first {
+                First::Done(output) => {
                     this.future.set(None);
                     *this.exited = true;
-                    exit(this.node, this.shield_counted);
-                    this.node.set_caught();
-                    return Poll::Ready(None);
+                    return Poll::Ready(Some(output));
+                }
+                First::Node(node, first_polled) => {
+                    *this.slot = Some(Current::Node(Arc::clone(&node)));
+                    *this.node = Some(node);
+                    polled = first_polled;
                 }
             }
-            // Not cancelled, or cancelled with a shield below it still running: poll the
-            // region's future (its unshielded parts stay frozen at their waits).
-            let Some(future) = this.future.as_mut().as_pin_mut() else {
-                unreachable!("the future is only taken when the region completes")
+        }
+        let mut this = self.project();
+        let Some(node) = this.node.as_ref() else {
+            unreachable!("entered above")
+        };
+        loop {
+            // Keep the ancestors' count of shields below them in step with `set_shield`.
+            if node.is_shielded() != *this.shield_counted {
+                *this.shield_counted = !*this.shield_counted;
+                if *this.shield_counted {
+                    node.shield_started();
+                } else {
+                    node.shield_ended();
+                }
+            }
+            let polled_now = match polled.take() {
+                Some(polled) => polled,
+                None => {
+                    if node.shields_below() == 0 {
+                        if node.ancestor_cancelled() {
+                            // Not ours to catch: the cancelled ancestor's region drops this one.
+                            node.register_waker(cx.waker());
+                            return Poll::Pending;
+                        }
+                        if node.cancel_called() {
+                            this.future.set(None);
+                            *this.exited = true;
+                            exit(node, this.shield_counted);
+                            node.set_caught();
+                            return Poll::Ready(None);
+                        }
+                    }
+                    // Not cancelled, or cancelled with a shield below it still running: poll
+                    // the region's future (its unshielded parts stay frozen at their waits).
+                    let Some(future) = this.future.as_mut().as_pin_mut() else {
+                        unreachable!("the future is only taken when the region completes")
+                    };
+                    node::enter(this.slot, || future.poll(cx))
+                }
             };
-            if let Poll::Ready(output) = node::enter(this.slot, || future.poll(cx)) {
+            if let Poll::Ready(output) = polled_now {
                 this.future.set(None);
                 *this.exited = true;
-                exit(this.node, this.shield_counted);
+                exit(node, this.shield_counted);
                 return Poll::Ready(Some(output));
             }
-            this.node.register_waker(cx.waker());
+            node.register_waker(cx.waker());
             // A cancellation made during that poll (by the future itself, or before the waker
             // was registered) is handled now rather than missed.
-            if this.node.cancel_called() || this.node.ancestor_cancelled() {
-                if this.node.shields_below() == 0 {
+            if node.cancel_called() || node.ancestor_cancelled() {
+                if node.shields_below() == 0 {
                     continue;
                 }
                 return Poll::Pending;
             }
-            let Some(deadline) = this.node.resolve_deadline(time::now) else {
+            let Some(deadline) = node.resolve_deadline(time::now) else {
                 *this.timer = None;
                 return Poll::Pending;
             };
@@ -349,7 +436,7 @@ impl<F: Future> Future for Scoped<F> {
             if Pin::new(timer).poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            this.node.cancel();
+            node.cancel();
         }
     }
 }
@@ -385,7 +472,7 @@ impl<F: Future> Future for Scoped<F> {
 /// ```
 pub fn fail_after<F: Future>(duration: Duration, future: F) -> FailAfter<F> {
     FailAfter {
-        scoped: CancelScope::new().with_timeout(duration).run(future),
+        scoped: Scoped::lazy(Deadline::After(duration), false, future),
     }
 }
 
@@ -415,7 +502,7 @@ pub fn fail_after<F: Future>(duration: Duration, future: F) -> FailAfter<F> {
 /// ```
 pub fn fail_at<F: Future>(deadline: Instant, future: F) -> FailAfter<F> {
     FailAfter {
-        scoped: CancelScope::new().with_deadline(deadline).run(future),
+        scoped: Scoped::lazy(Deadline::At(deadline), false, future),
     }
 }
 
@@ -439,7 +526,7 @@ pub fn fail_at<F: Future>(deadline: Instant, future: F) -> FailAfter<F> {
 /// # }
 /// ```
 pub fn move_on_after<F: Future>(duration: Duration, future: F) -> Scoped<F> {
-    CancelScope::new().with_timeout(duration).run(future)
+    Scoped::lazy(Deadline::After(duration), false, future)
 }
 
 /// Runs `future` with the absolute deadline `deadline`; completes with `None` if it passes
@@ -462,7 +549,7 @@ pub fn move_on_after<F: Future>(duration: Duration, future: F) -> Scoped<F> {
 /// # }
 /// ```
 pub fn move_on_at<F: Future>(deadline: Instant, future: F) -> Scoped<F> {
-    CancelScope::new().with_deadline(deadline).run(future)
+    Scoped::lazy(Deadline::At(deadline), false, future)
 }
 
 pin_project_lite::pin_project! {
@@ -491,8 +578,8 @@ impl<F: Future> Future for FailAfter<F> {
             Poll::Ready(None) => {
                 // Nothing but the deadline can cancel this scope: no handle to it exists.
                 let deadline = scoped
-                    .node
-                    .resolve_deadline(time::now)
+                    .node()
+                    .and_then(|node| node.resolve_deadline(time::now))
                     .unwrap_or_else(time::now);
                 Poll::Ready(Err(Elapsed { deadline }))
             }
@@ -537,7 +624,7 @@ impl<F: Future> Future for FailAfter<F> {
 /// ```
 pub fn shield<F: Future>(future: F) -> Shield<F> {
     Shield {
-        scoped: CancelScope::new().shielded(true).run(future),
+        scoped: Scoped::lazy(Deadline::None, true, future),
     }
 }
 
@@ -678,7 +765,7 @@ pin_project_lite::pin_project! {
         #[pin]
         future: Option<F>,
         node: Option<Arc<Node>>,
-        slot: Option<Arc<Node>>,
+        slot: Option<Current>,
     }
 
     impl<F> PinnedDrop for InheritScope<F> {
@@ -722,7 +809,7 @@ impl<F> InheritScope<F> {
         node.enter(Some(parent));
         Ok(InheritScope {
             future: Some(future),
-            slot: Some(Arc::clone(&node)),
+            slot: Some(Current::Node(Arc::clone(&node))),
             node: Some(node),
         })
     }
@@ -835,7 +922,7 @@ pin_project_lite::pin_project! {
         // A node of its own under the current scope, counted as a shield below every ancestor
         // from entry to the end of the cleanup, so no ancestor drops the cleanup unrun.
         node: Option<Arc<Node>>,
-        slot: Option<Arc<Node>>,
+        slot: Option<Current>,
     }
 
     impl<B: Future, C, CF> PinnedDrop for WithCleanup<B, C, CF> {
@@ -870,7 +957,7 @@ where
             let node = Node::new(Deadline::None, false);
             node.enter(node::current());
             node.shield_started();
-            *this.slot = Some(Arc::clone(&node));
+            *this.slot = Some(Current::Node(Arc::clone(&node)));
             *this.node = Some(node);
         }
         if let Some(body) = this.body.as_mut().as_pin_mut() {

@@ -9,7 +9,24 @@ use std::time::{Duration, Instant};
 
 thread_local! {
     /// The innermost scope of the code being polled on this thread.
-    static CURRENT: Cell<Option<Arc<Node>>> = const { Cell::new(None) };
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+}
+
+/// What the thread-local current scope holds.
+#[derive(Debug, Clone)]
+pub(crate) enum Current {
+    Node(Arc<Node>),
+    /// A region whose node has not been made yet: it is made (and replaces the frame) the
+    /// first time anything asks for the current node.
+    Frame(Frame),
+}
+
+/// The configuration of a node not made yet, with the parent it will have.
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    pub(crate) parent: Option<Arc<Node>>,
+    pub(crate) deadline: Deadline,
+    pub(crate) shield: bool,
 }
 
 /// A deadline as configured: absolute, or relative to when the region first waits.
@@ -250,22 +267,47 @@ impl Node {
     }
 }
 
-/// The innermost scope node of the code being polled, if any.
+/// The innermost scope node of the code being polled, if any (making it from a frame if
+/// needed).
 pub(crate) fn current() -> Option<Arc<Node>> {
-    crate::runtime::context::peek(&CURRENT)
+    CURRENT.with(|cell| match cell.take() {
+        None => None,
+        Some(Current::Node(node)) => {
+            cell.set(Some(Current::Node(Arc::clone(&node))));
+            Some(node)
+        }
+        Some(Current::Frame(frame)) => {
+            let node = Node::new(frame.deadline, frame.shield);
+            node.enter(frame.parent);
+            cell.set(Some(Current::Node(Arc::clone(&node))));
+            Some(node)
+        }
+    })
 }
 
-/// Makes `slot` the current scope while `f` runs, moving the `Arc` in and out.
-pub(crate) fn enter<R>(slot: &mut Option<Arc<Node>>, f: impl FnOnce() -> R) -> R {
+/// Makes `slot` the current scope while `f` runs, moving it in and out (a frame made into a
+/// node meanwhile comes back as the node).
+pub(crate) fn enter<R>(slot: &mut Option<Current>, f: impl FnOnce() -> R) -> R {
     crate::runtime::context::with_swapped(&CURRENT, slot, f)
 }
 
 /// Whether the code being polled is inside an effectively cancelled scope.
 pub(crate) fn current_cancelled() -> bool {
     CURRENT.with(|cell| {
-        let node = cell.take();
-        let cancelled = node.as_ref().is_some_and(|n| n.effectively_cancelled());
-        cell.set(node);
+        let current = cell.take();
+        let cancelled = match &current {
+            None => false,
+            Some(Current::Node(node)) => node.effectively_cancelled(),
+            // A frame's own scope has no handle, so only a visible ancestor can cancel it.
+            Some(Current::Frame(frame)) => {
+                !frame.shield
+                    && frame
+                        .parent
+                        .as_ref()
+                        .is_some_and(|parent| parent.effectively_cancelled())
+            }
+        };
+        cell.set(current);
         cancelled
     })
 }
