@@ -36,6 +36,8 @@
 //!
 //! See `docs/cancellation.md` for the full model and what shielding can and cannot protect.
 
+#[cfg(all(test, shuttle))]
+mod model;
 mod node;
 
 use std::fmt;

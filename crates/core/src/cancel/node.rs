@@ -2,8 +2,10 @@
 //! its parent, with downward propagation of cancellation through wakers.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, PoisonError, Weak};
+
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
