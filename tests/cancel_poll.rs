@@ -4,32 +4,20 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
 
-use futures::task::ArcWake;
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll};
+
 use sheepdog_core::cancel::{checkpoint, CancelScope};
 use sheepdog_core::runtime::yield_now;
-
-#[derive(Default)]
-struct CountingWaker {
-    wakes: AtomicUsize,
-}
-
-impl ArcWake for CountingWaker {
-    fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.wakes.fetch_add(1, Ordering::SeqCst);
-    }
-}
+use sheepdog_tests::CountingWaker;
 
 /// A region keeps its task's waker only while it runs: once it has completed (or been
 /// dropped), the scope handle that outlives it holds no waker.
 #[test]
 fn no_waker_is_kept_after_a_region_ends() {
     for cancel in [false, true] {
-        let counter = Arc::new(CountingWaker::default());
-        let waker: Waker = futures::task::waker(Arc::clone(&counter));
+        let (counter, waker) = CountingWaker::new();
         let scope = CancelScope::new();
         let (tx, rx) = futures::channel::oneshot::channel::<()>();
         {
@@ -38,11 +26,7 @@ fn no_waker_is_kept_after_a_region_ends() {
             assert!(region.as_mut().poll(&mut cx).is_pending());
             if cancel {
                 scope.cancel();
-                assert_eq!(
-                    counter.wakes.load(Ordering::SeqCst),
-                    1,
-                    "cancel wakes the region"
-                );
+                assert_eq!(counter.wakes(), 1, "cancel wakes the region");
                 assert!(matches!(region.as_mut().poll(&mut cx), Poll::Ready(None)));
             } else {
                 tx.send(()).unwrap();
@@ -65,8 +49,7 @@ fn no_waker_is_kept_after_a_region_ends() {
 /// Dropping a region mid-way releases its waker and unlinks it from its parent.
 #[test]
 fn dropping_a_region_releases_everything() {
-    let counter = Arc::new(CountingWaker::default());
-    let waker: Waker = futures::task::waker(Arc::clone(&counter));
+    let (counter, waker) = CountingWaker::new();
     let outer = CancelScope::new();
     let inner = CancelScope::new();
     {
@@ -80,7 +63,7 @@ fn dropping_a_region_releases_everything() {
     assert_eq!(Arc::strong_count(&counter), 1);
     // Cancelling the outer scope afterwards wakes nobody and does not panic.
     outer.cancel();
-    assert_eq!(counter.wakes.load(Ordering::SeqCst), 0);
+    assert_eq!(counter.wakes(), 0);
 }
 
 /// `cancel` on one thread races a region completing on another. Every run ends in exactly

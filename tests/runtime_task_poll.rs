@@ -3,32 +3,18 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use futures::task::ArcWake;
 use sheepdog_core::runtime::{JoinError, TaskFuture};
-
-#[derive(Default)]
-struct CountingWaker {
-    wakes: AtomicUsize,
-}
-
-impl ArcWake for CountingWaker {
-    fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.wakes.fetch_add(1, Ordering::SeqCst);
-    }
-}
+use sheepdog_tests::CountingWaker;
 
 fn counting() -> (Arc<CountingWaker>, Waker) {
-    let counter = Arc::new(CountingWaker::default());
-    let waker = futures::task::waker(Arc::clone(&counter));
-    (counter, waker)
+    CountingWaker::new()
 }
 
 fn wakes(counter: &CountingWaker) -> usize {
-    counter.wakes.load(Ordering::SeqCst)
+    counter.wakes()
 }
 
 /// Completing the task wakes the handle's waiter exactly once and hands over the output.

@@ -277,3 +277,29 @@ impl Drop for DropSignal {
         }
     }
 }
+
+/// A waker that counts its wake-ups, for poll-level tests of lost or spurious wake-ups.
+#[derive(Debug, Default)]
+pub struct CountingWaker {
+    wakes: AtomicUsize,
+}
+
+impl CountingWaker {
+    /// A counter and a waker that increments it.
+    pub fn new() -> (Arc<CountingWaker>, std::task::Waker) {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = futures::task::waker(Arc::clone(&counter));
+        (counter, waker)
+    }
+
+    /// How many times the waker was woken.
+    pub fn wakes(&self) -> usize {
+        self.wakes.load(Ordering::SeqCst)
+    }
+}
+
+impl futures::task::ArcWake for CountingWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.wakes.fetch_add(1, Ordering::SeqCst);
+    }
+}

@@ -716,14 +716,16 @@ pub fn current_effective_deadline() -> Option<Instant> {
 /// futures::executor::block_on(sheepdog_core::cancel::checkpoint());
 /// ```
 pub fn checkpoint() -> Checkpoint {
-    Checkpoint { yielded: false }
+    Checkpoint {
+        yield_now: crate::runtime::yield_now(),
+    }
 }
 
 /// The future returned by [`checkpoint`].
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct Checkpoint {
-    yielded: bool,
+    yield_now: crate::runtime::YieldNow,
 }
 
 impl Future for Checkpoint {
@@ -734,13 +736,7 @@ impl Future for Checkpoint {
             // The catching scope was woken by the cancellation and will drop us.
             return Poll::Pending;
         }
-        if self.yielded {
-            Poll::Ready(())
-        } else {
-            self.yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
+        Pin::new(&mut self.yield_now).poll(cx)
     }
 }
 

@@ -294,8 +294,15 @@ impl Runtime for TokioRuntime {
         // which keeps the task (and so tokio's allocation for it) as small as the raw one. Only
         // a task spawned inside a cancel scope is wrapped, to belong to that scope.
         match InheritScope::capture(future) {
-            Err(future) => JoinHandle::from_raw(TokioJoin(self.handle.handle.spawn(future))),
-            Ok(bound) => JoinHandle::from_raw(TokioScopedJoin(self.handle.handle.spawn(bound))),
+            Err(future) => JoinHandle::from_raw(TokioJoin {
+                handle: self.handle.handle.spawn(future),
+                outcome: Ok,
+            }),
+            Ok(bound) => JoinHandle::from_raw(TokioJoin {
+                handle: self.handle.handle.spawn(bound),
+                // `None`: the task's cancel scope cancelled it.
+                outcome: |output| output.ok_or(JoinError::Cancelled),
+            }),
         }
     }
 }
@@ -381,8 +388,12 @@ impl Runtime for InContext {
     }
 }
 
-/// tokio's join handle with sheepdog's semantics.
-struct TokioJoin<T>(tokio::task::JoinHandle<T>);
+/// tokio's join handle with sheepdog's semantics, for a task whose output `O` gives the
+/// outcome through `outcome` (the output itself, or `None` for a scope's cancellation).
+struct TokioJoin<O, T> {
+    handle: tokio::task::JoinHandle<O>,
+    outcome: fn(O) -> Result<T, JoinError>,
+}
 
 fn join_error(err: tokio::task::JoinError) -> JoinError {
     match err.try_into_panic() {
@@ -391,55 +402,28 @@ fn join_error(err: tokio::task::JoinError) -> JoinError {
     }
 }
 
-impl<T: Send + 'static> RawJoinHandle<T> for TokioJoin<T> {
+impl<O: Send + 'static, T: Send + 'static> RawJoinHandle<T> for TokioJoin<O, T> {
     fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
-        Pin::new(&mut self.0)
+        Pin::new(&mut self.handle)
             .poll(cx)
-            .map(|r| r.map_err(join_error))
+            .map(|r| r.map_err(join_error).and_then(self.outcome))
     }
 
     fn abort(&self) {
-        self.0.abort();
+        self.handle.abort();
     }
 
     fn is_finished(&self) -> bool {
-        self.0.is_finished()
+        self.handle.is_finished()
     }
 
     fn abort_handle(&self) -> AbortHandle {
-        AbortHandle::from_raw(TokioAbort(self.0.abort_handle()))
+        AbortHandle::from_raw(TokioAbort(self.handle.abort_handle()))
     }
 
     fn detach(&mut self) {
         // Dropping tokio's handle detaches the task; nothing to do before that.
     }
-}
-
-/// tokio's join handle of a task bound to a cancel scope: `None` means the scope cancelled it.
-struct TokioScopedJoin<T>(tokio::task::JoinHandle<Option<T>>);
-
-impl<T: Send + 'static> RawJoinHandle<T> for TokioScopedJoin<T> {
-    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
-        Pin::new(&mut self.0).poll(cx).map(|r| match r {
-            Ok(Some(output)) => Ok(output),
-            Ok(None) => Err(JoinError::Cancelled),
-            Err(err) => Err(join_error(err)),
-        })
-    }
-
-    fn abort(&self) {
-        self.0.abort();
-    }
-
-    fn is_finished(&self) -> bool {
-        self.0.is_finished()
-    }
-
-    fn abort_handle(&self) -> AbortHandle {
-        AbortHandle::from_raw(TokioAbort(self.0.abort_handle()))
-    }
-
-    fn detach(&mut self) {}
 }
 
 struct TokioAbort(tokio::task::AbortHandle);
