@@ -198,41 +198,60 @@ impl Runtime for SmolRuntime {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        // Bound to the current cancel scope, if any, so cancelling it cancels the task.
-        let future = CatchPanic::new(InheritScope::new(future));
+        // Only a task spawned inside a cancel scope is bound to it (and wrapped for that).
+        match InheritScope::capture(future) {
+            Err(future) => self.spawn_native(future, |outcome| outcome),
+            Ok(bound) => self.spawn_native(bound, |outcome| {
+                // `None`: the task's cancel scope cancelled it.
+                outcome.and_then(|output| output.ok_or(JoinError::Cancelled))
+            }),
+        }
+    }
+}
+
+impl SmolRuntime {
+    /// Spawns `future` with its panics contained, and adapts smol's `Task` with `outcome`
+    /// turning the task's output into sheepdog's.
+    fn spawn_native<F, T>(
+        &self,
+        future: F,
+        outcome: fn(Result<F::Output, JoinError>) -> Result<T, JoinError>,
+    ) -> JoinHandle<T>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+        T: Send + 'static,
+    {
+        let future = CatchPanic::new(future);
         let task = match &self.executor {
             None => smol::spawn(with_static_runtime::<SmolHandle, _>(future)),
             Some(executor) => executor.spawn(with_handle(self.handle.clone(), future)),
         };
         JoinHandle::from_raw(SmolJoin {
             slot: Mutex::new(Slot::Running(task)),
+            outcome,
         })
     }
 }
 
-/// What a smol task of sheepdog's produces: the output, `Ok(None)` if its cancel scope
-/// cancelled it, or the caught panic.
-type Outcome<T> = Result<Option<T>, JoinError>;
-
-/// The outcome of an aborted smol task: its outcome if it finished first, else `None`.
-type Cancelling<T> = Pin<Box<dyn Future<Output = Option<Outcome<T>>> + Send>>;
-
-fn flatten<T>(outcome: Outcome<T>) -> Result<T, JoinError> {
-    outcome.and_then(|output| output.ok_or(JoinError::Cancelled))
-}
+/// The outcome of an aborted smol task: its output if it finished first, else `None`.
+type Cancelling<O> = Pin<Box<dyn Future<Output = Option<O>> + Send>>;
 
 /// smol's `Task` with sheepdog's semantics: abort through `&self`, and an abort reported only
-/// once the task's future has been dropped.
-struct SmolJoin<T> {
-    slot: Mutex<Slot<T>>,
+/// once the task's future has been dropped. The task's output `O` becomes sheepdog's outcome
+/// through `outcome`.
+struct SmolJoin<O, T> {
+    slot: Mutex<Slot<O>>,
+    outcome: fn(O) -> Result<T, JoinError>,
 }
 
-enum Slot<T> {
-    Running(smol::Task<Outcome<T>>),
-    /// Aborted: smol's `Task::cancel` future, which resolves once the task is gone.
-    Cancelling(Cancelling<T>),
+enum Slot<O> {
+    Running(smol::Task<O>),
+    /// Aborted: smol's `Task::cancel` future, which resolves once the task is gone (boxed
+    /// twice so the slot stays two words and the handle fits inline).
+    Cancelling(Box<Cancelling<O>>),
     /// Moved out so an `AbortHandle` can share it (never nested).
-    Shared(Arc<Mutex<Slot<T>>>),
+    Shared(Arc<Mutex<Slot<O>>>),
     /// The outcome was delivered.
     Taken,
 }
@@ -241,17 +260,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<T: Send + 'static> Slot<T> {
-    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+impl<O: Send + 'static> Slot<O> {
+    /// The task's output, or `Err(Cancelled)` if an abort got to it first.
+    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<O, JoinError>> {
         let outcome = match self {
             Slot::Running(task) => match Pin::new(task).poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(outcome) => flatten(outcome),
+                Poll::Ready(output) => Ok(output),
             },
-            Slot::Cancelling(cancel) => match cancel.as_mut().poll(cx) {
+            Slot::Cancelling(cancel) => match cancel.as_mut().as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 // The task finished before the abort reached it: its output is kept.
-                Poll::Ready(Some(outcome)) => flatten(outcome),
+                Poll::Ready(Some(output)) => Ok(output),
                 Poll::Ready(None) => Err(JoinError::Cancelled),
             },
             Slot::Shared(shared) => return lock(shared).poll_join(cx),
@@ -272,13 +292,13 @@ impl<T: Send + 'static> Slot<T> {
             unreachable!("matched Running above")
         };
         // `Task::cancel` starts cancelling at its first poll; make that happen now.
-        let mut cancel: Cancelling<T> = Box::pin(task.cancel());
+        let mut cancel: Cancelling<O> = Box::pin(task.cancel());
         *self = match cancel
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
         {
-            Poll::Pending => Slot::Cancelling(cancel),
-            Poll::Ready(outcome) => Slot::Cancelling(Box::pin(std::future::ready(outcome))),
+            Poll::Pending => Slot::Cancelling(Box::new(cancel)),
+            Poll::Ready(output) => Slot::Cancelling(Box::new(Box::pin(std::future::ready(output)))),
         };
     }
 
@@ -302,12 +322,13 @@ impl<T: Send + 'static> Slot<T> {
     }
 }
 
-impl<T: Send + 'static> RawJoinHandle<T> for SmolJoin<T> {
+impl<O: Send + 'static, T: Send + 'static> RawJoinHandle<T> for SmolJoin<O, T> {
     fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
         self.slot
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .poll_join(cx)
+            .map(|outcome| outcome.and_then(self.outcome))
     }
 
     fn abort(&self) {
@@ -339,9 +360,9 @@ impl<T: Send + 'static> RawJoinHandle<T> for SmolJoin<T> {
     }
 }
 
-struct SmolAbort<T>(Arc<Mutex<Slot<T>>>);
+struct SmolAbort<O>(Arc<Mutex<Slot<O>>>);
 
-impl<T: Send + 'static> RawAbortHandle for SmolAbort<T> {
+impl<O: Send + 'static> RawAbortHandle for SmolAbort<O> {
     fn abort(&self) {
         lock(&self.0).abort();
     }

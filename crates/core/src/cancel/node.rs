@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 thread_local! {
     /// The innermost scope of the code being polled on this thread.
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+    /// Whether `CURRENT` holds anything: a plain `Copy` cell, so that the common case — no
+    /// scope at all, checked on every spawn and every sleep — costs one thread-local read.
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What the thread-local current scope holds.
@@ -272,6 +275,9 @@ impl Node {
 /// The innermost scope node of the code being polled, if any (making it from a frame if
 /// needed).
 pub(crate) fn current() -> Option<Arc<Node>> {
+    if !ACTIVE.with(Cell::get) {
+        return None;
+    }
     CURRENT.with(|cell| match cell.take() {
         None => None,
         Some(Current::Node(node)) => {
@@ -290,11 +296,21 @@ pub(crate) fn current() -> Option<Arc<Node>> {
 /// Makes `slot` the current scope while `f` runs, moving it in and out (a frame made into a
 /// node meanwhile comes back as the node).
 pub(crate) fn enter<R>(slot: &mut Option<Current>, f: impl FnOnce() -> R) -> R {
+    struct RestoreActive(bool);
+    impl Drop for RestoreActive {
+        fn drop(&mut self) {
+            ACTIVE.with(|active| active.set(self.0));
+        }
+    }
+    let _active = RestoreActive(ACTIVE.with(|active| active.replace(slot.is_some())));
     crate::runtime::context::with_swapped(&CURRENT, slot, f)
 }
 
 /// Whether the code being polled is inside an effectively cancelled scope.
 pub(crate) fn current_cancelled() -> bool {
+    if !ACTIVE.with(Cell::get) {
+        return false;
+    }
     CURRENT.with(|cell| {
         let current = cell.take();
         let cancelled = match &current {
