@@ -758,6 +758,24 @@ pin_project_lite::pin_project! {
     /// It is polled inside a child of that scope, and completes with `None` — its future
     /// dropped — as soon as the scope is effectively cancelled (unless a shield inside it is
     /// still running). Created outside any scope, it is transparent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::cancel::{CancelScope, InheritScope};
+    ///
+    /// // Outside any scope there is nothing to bind to.
+    /// assert!(InheritScope::capture(async { 1 }).is_err());
+    ///
+    /// let scope = CancelScope::new();
+    /// let bound = futures::executor::block_on(scope.run(async {
+    ///     // Made inside the region: bound to `scope`, as a spawned task would be.
+    ///     InheritScope::capture(std::future::pending::<()>()).ok().expect("inside a scope")
+    /// }))
+    /// .expect("the region completed");
+    /// scope.cancel();
+    /// assert_eq!(futures::executor::block_on(bound), None, "cancelled with its scope");
+    /// ```
     #[must_use = "futures do nothing unless awaited"]
     pub struct InheritScope<F> {
         #[pin]
