@@ -77,7 +77,9 @@ impl Timer for AsyncIoTimer {
 /// assert!(b >= a);
 /// ```
 pub fn now() -> std::time::Instant {
-    runtime::context::current_raw().map_or_else(Instant::now, |rt| rt.now())
+    // Only an installed ambient runtime can have a clock of its own (a virtual one); runtimes
+    // found through a detector read the system clock, so they need not be looked up here.
+    runtime::context::installed().map_or_else(Instant::now, |rt| rt.now())
 }
 
 /// An instant so far ahead that it is never reached, used to saturate additions that would
@@ -145,13 +147,17 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
         timer: None,
         clock: None,
         cancellable: true,
+        check_first: true,
     }
 }
 
-/// A sleep that ignores cancel scopes, for sheepdog's own deadline timers.
+/// A sleep that ignores cancel scopes, for sheepdog's own deadline timers. It arms the
+/// runtime's timer at its first poll without reading the clock first (a deadline already past
+/// makes the timer fire at once, and the clock is read then).
 pub(crate) fn timer_until(deadline: Instant) -> Sleep {
     Sleep {
         cancellable: false,
+        check_first: false,
         ..sleep_until(deadline)
     }
 }
@@ -169,6 +175,8 @@ pub struct Sleep {
     /// Whether the sleep refuses to end inside a cancelled scope (user sleeps do; a scope's
     /// own deadline timer must not).
     cancellable: bool,
+    /// Whether the first poll reads the clock to skip the timer for a deadline already past.
+    check_first: bool,
 }
 
 impl fmt::Debug for Sleep {
@@ -211,7 +219,7 @@ impl Future for Sleep {
         let this = &mut *self;
         if this.timer.is_none() {
             this.clock = runtime::context::current_raw();
-            if this.clock_now() >= this.deadline {
+            if this.check_first && this.clock_now() >= this.deadline {
                 return Poll::Ready(());
             }
             let deadline = this.deadline;

@@ -116,13 +116,16 @@ impl Node {
 
     /// Unlinks this node from its parent.
     pub(crate) fn exit(&self) {
-        let slot = self.lock().slot.take();
+        let (slot, waker) = {
+            let mut state = self.lock();
+            (state.slot.take(), state.waker.take())
+        };
         if let (Some(parent), Some(slot)) = (self.parent(), slot) {
             let mut state = parent.lock();
             state.children[slot] = None;
             state.free.push(slot);
         }
-        self.lock().waker = None;
+        drop(waker);
     }
 
     pub(crate) fn parent(&self) -> Option<&Arc<Node>> {

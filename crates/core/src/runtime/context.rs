@@ -47,14 +47,19 @@ pub fn current() -> Option<RuntimeHandle> {
     current_raw().map(|handle| handle.portable())
 }
 
-/// The ambient handle exactly as installed (it may be tied to the polling context), or else
-/// what a registered detector reports.
-pub(crate) fn current_raw() -> Option<RuntimeHandle> {
+/// The ambient handle installed around the current poll, if any (no detector is asked).
+pub(crate) fn installed() -> Option<RuntimeHandle> {
     match KIND.with(Cell::get) {
-        Kind::None => detect(),
+        Kind::None => None,
         Kind::Static(runtime) => Some(RuntimeHandle::from_static(runtime)),
         Kind::Shared => peek(&SHARED),
     }
+}
+
+/// The ambient handle exactly as installed (it may be tied to the polling context), or else
+/// what a registered detector reports.
+pub(crate) fn current_raw() -> Option<RuntimeHandle> {
+    installed().or_else(detect)
 }
 
 /// A clone of the value in a thread-local `Cell<Option<T>>`, leaving it in place.
