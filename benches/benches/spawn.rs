@@ -114,6 +114,35 @@ fn check(sum: u64) {
     assert_eq!(sum, TASKS * (TASKS - 1) / 2);
 }
 
+/// The four tokio benchmarks of a group whose `rt()` returns its `Tokio`.
+macro_rules! tokio_benches {
+    () => {
+        #[divan::bench]
+        fn raw(bencher: Bencher<'_, '_>) {
+            let rt = rt();
+            bench(bencher, || rt.raw());
+        }
+
+        #[divan::bench]
+        fn sheepdog(bencher: Bencher<'_, '_>) {
+            let rt = rt();
+            bench(bencher, || rt.sheepdog());
+        }
+
+        #[divan::bench]
+        fn ambient(bencher: Bencher<'_, '_>) {
+            let rt = rt();
+            bench(bencher, || rt.ambient());
+        }
+
+        #[divan::bench]
+        fn joinset(bencher: Bencher<'_, '_>) {
+            let rt = rt();
+            bench(bencher, || rt.joinset());
+        }
+    };
+}
+
 /// Checks `iteration` once, then times it, counting `TASKS` items per iteration.
 fn bench(bencher: Bencher<'_, '_>, iteration: impl Fn() -> u64 + Sync) {
     check(iteration());
@@ -139,29 +168,7 @@ mod tokio_current_thread {
         })
     }
 
-    #[divan::bench]
-    fn raw(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.raw());
-    }
-
-    #[divan::bench]
-    fn sheepdog(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.sheepdog());
-    }
-
-    #[divan::bench]
-    fn ambient(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.ambient());
-    }
-
-    #[divan::bench]
-    fn joinset(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.joinset());
-    }
+    tokio_benches!();
 }
 
 /// tokio's multi-thread runtime with 2 workers; the bench thread spawns from `block_on` and the
@@ -183,29 +190,7 @@ mod tokio_multi_thread {
         })
     }
 
-    #[divan::bench]
-    fn raw(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.raw());
-    }
-
-    #[divan::bench]
-    fn sheepdog(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.sheepdog());
-    }
-
-    #[divan::bench]
-    fn ambient(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.ambient());
-    }
-
-    #[divan::bench]
-    fn joinset(bencher: Bencher<'_, '_>) {
-        let rt = rt();
-        bench(bencher, || rt.joinset());
-    }
+    tokio_benches!();
 }
 
 /// An owned `smol::Executor`, driven on the bench thread by `smol::block_on(ex.run(..))`.

@@ -22,39 +22,25 @@ fn cancel_later(scope: CancelScope) {
     scope.cancel();
 }
 
-/// `cancel` on one thread against the region's own completion on another.
-#[test]
-fn shuttle_cancel_versus_complete() {
-    static COMPLETED: AtomicUsize = AtomicUsize::new(0);
-    static CAUGHT: AtomicUsize = AtomicUsize::new(0);
+/// Explores `model` over random schedules; `model` returns whether the region completed
+/// (`true`) or its scope caught the cancellation (`false`). Both must occur.
+fn explore(model: fn() -> bool) {
+    let completed = std::sync::Arc::new(AtomicUsize::new(0));
+    let caught = std::sync::Arc::new(AtomicUsize::new(0));
+    let (c, k) = (
+        std::sync::Arc::clone(&completed),
+        std::sync::Arc::clone(&caught),
+    );
     shuttle::check_random(
-        || {
-            let scope = CancelScope::new();
-            let canceller = scope.clone();
-            let thread = shuttle::thread::spawn(move || cancel_later(canceller));
-            let out = shuttle::future::block_on(scope.run(async {
-                checkpoint().await;
-                7
-            }));
-            thread.join().unwrap();
-            assert!(scope.cancel_called());
-            match out {
-                Some(7) => {
-                    assert!(!scope.cancelled_caught());
-                    COMPLETED.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    assert!(scope.cancelled_caught());
-                    CAUGHT.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(other) => panic!("unexpected output {other}"),
-            }
+        move || {
+            let counter = if model() { &c } else { &k };
+            counter.fetch_add(1, Ordering::Relaxed);
         },
         SCHEDULES,
     );
     let (completed, caught) = (
-        COMPLETED.load(Ordering::Relaxed),
-        CAUGHT.load(Ordering::Relaxed),
+        completed.load(Ordering::Relaxed),
+        caught.load(Ordering::Relaxed),
     );
     assert!(
         completed > 0 && caught > 0,
@@ -62,48 +48,62 @@ fn shuttle_cancel_versus_complete() {
     );
 }
 
+/// `cancel` on one thread against the region's own completion on another.
+#[test]
+fn shuttle_cancel_versus_complete() {
+    explore(|| {
+        let scope = CancelScope::new();
+        let canceller = scope.clone();
+        let thread = shuttle::thread::spawn(move || cancel_later(canceller));
+        let out = shuttle::future::block_on(scope.run(async {
+            checkpoint().await;
+            7
+        }));
+        thread.join().unwrap();
+        assert!(scope.cancel_called());
+        match out {
+            Some(7) => {
+                assert!(!scope.cancelled_caught());
+                true
+            }
+            None => {
+                assert!(scope.cancelled_caught());
+                false
+            }
+            Some(other) => panic!("unexpected output {other}"),
+        }
+    });
+}
+
 /// An outer cancel against an inner region's completion: the outer scope catches, or both
 /// complete; the inner scope never catches.
 #[test]
 fn shuttle_outer_cancel_versus_inner_complete() {
-    static COMPLETED: AtomicUsize = AtomicUsize::new(0);
-    static CAUGHT: AtomicUsize = AtomicUsize::new(0);
-    shuttle::check_random(
-        || {
-            let outer = CancelScope::new();
-            let inner = CancelScope::new();
-            let canceller = outer.clone();
-            let thread = shuttle::thread::spawn(move || cancel_later(canceller));
-            let i = inner.clone();
-            let out = shuttle::future::block_on(outer.run(async move {
-                i.run(async {
-                    checkpoint().await;
-                    1
-                })
-                .await
-            }));
-            thread.join().unwrap();
-            assert!(!inner.cancelled_caught() && !inner.cancel_called());
-            match out {
-                Some(Some(1)) => {
-                    assert!(!outer.cancelled_caught());
-                    COMPLETED.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    assert!(outer.cancelled_caught());
-                    CAUGHT.fetch_add(1, Ordering::Relaxed);
-                }
-                other => panic!("unexpected output {other:?}"),
+    explore(|| {
+        let outer = CancelScope::new();
+        let inner = CancelScope::new();
+        let canceller = outer.clone();
+        let thread = shuttle::thread::spawn(move || cancel_later(canceller));
+        let i = inner.clone();
+        let out = shuttle::future::block_on(outer.run(async move {
+            i.run(async {
+                checkpoint().await;
+                1
+            })
+            .await
+        }));
+        thread.join().unwrap();
+        assert!(!inner.cancelled_caught() && !inner.cancel_called());
+        match out {
+            Some(Some(1)) => {
+                assert!(!outer.cancelled_caught());
+                true
             }
-        },
-        SCHEDULES,
-    );
-    let (completed, caught) = (
-        COMPLETED.load(Ordering::Relaxed),
-        CAUGHT.load(Ordering::Relaxed),
-    );
-    assert!(
-        completed > 0 && caught > 0,
-        "completed {completed}, caught {caught}"
-    );
+            None => {
+                assert!(outer.cancelled_caught());
+                false
+            }
+            other => panic!("unexpected output {other:?}"),
+        }
+    });
 }
