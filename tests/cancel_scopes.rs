@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::future::{join, pending};
 use sheepdog_core::cancel::{self, checkpoint, shield, with_cleanup, CancelScope};
 use sheepdog_core::runtime::yield_now;
-use sheepdog_tests::{conformance, DropSignal};
+use sheepdog_tests::{conformance, pending_until_dropped};
 
 conformance! {
     /// A cancel before the region starts is honoured: the region never runs its future.
@@ -209,15 +209,12 @@ conformance! {
     /// lives outside the scope.
     async fn spawned_tasks_stop_with_their_scope(cx) {
         let scope = CancelScope::new();
-        let (signal, dropped) = DropSignal::new();
+        let (never, dropped) = pending_until_dropped();
         let (tx, rx) = futures::channel::oneshot::channel();
         let spawner = cx.clone();
         let (out, ()) = join(
             scope.run(async move {
-                let handle = spawner.spawn(async move {
-                    let _signal = signal;
-                    pending::<()>().await;
-                });
+                let handle = spawner.spawn(never);
                 tx.send(handle).unwrap();
                 pending::<()>().await;
             }),

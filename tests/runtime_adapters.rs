@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sheepdog_core::runtime::{self, yield_now, NoRuntime, Runtime};
 use sheepdog_core::time;
 use sheepdog_smol::SmolRuntime;
-use sheepdog_tests::{DropSignal, Live};
+use sheepdog_tests::{pending_until_dropped, Live};
 use sheepdog_tokio::{NoTokioRuntime, TokioRuntime};
 
 /// No task outlives a dropped smol executor: every future is dropped and every handle reports
@@ -67,12 +67,9 @@ fn tokio_shutdown_cancels_tasks() {
         TokioRuntime::new_current_thread().unwrap(),
         TokioRuntime::new_multi_thread(2).unwrap(),
     ] {
-        let (signal, dropped) = DropSignal::new();
+        let (never, dropped) = pending_until_dropped();
         let handle = rt.block_on(async {
-            let handle = runtime::spawn(async move {
-                let _signal = signal;
-                futures::future::pending::<()>().await;
-            });
+            let handle = runtime::spawn(never);
             yield_now().await;
             handle
         });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::poll_fn;
 use sheepdog_core::runtime::{self, yield_now, JoinError};
 use sheepdog_core::time;
-use sheepdog_tests::{conformance, DropSignal, Live};
+use sheepdog_tests::{conformance, pending_until_dropped, Live};
 
 /// A panic payload that is not a string, to prove the payload survives by type.
 #[derive(Debug, PartialEq)]
@@ -75,11 +75,8 @@ conformance! {
 
     /// `abort` drops the task's future and the handle reports `Cancelled`.
     async fn abort_cancels_a_pending_task(cx) {
-        let (signal, dropped) = DropSignal::new();
-        let handle = cx.spawn(async move {
-            let _signal = signal;
-            futures::future::pending::<()>().await;
-        });
+        let (never, dropped) = pending_until_dropped();
+        let handle = cx.spawn(never);
         yield_now().await;
         handle.abort();
         handle.abort(); // idempotent
@@ -112,11 +109,8 @@ conformance! {
 
     /// Dropping a `JoinHandle` aborts its task, on every runtime (smol's rule, not tokio's).
     async fn dropping_the_handle_aborts(cx) {
-        let (signal, dropped) = DropSignal::new();
-        let handle = cx.spawn(async move {
-            let _signal = signal;
-            futures::future::pending::<()>().await;
-        });
+        let (never, dropped) = pending_until_dropped();
+        let handle = cx.spawn(never);
         drop(handle);
         dropped.await.expect("the task's future was dropped");
     }

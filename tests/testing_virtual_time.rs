@@ -8,7 +8,7 @@ use futures::future::poll_fn;
 use sheepdog_core::runtime::{self, yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
-use sheepdog_tests::DropSignal;
+use sheepdog_tests::pending_until_dropped;
 
 /// An hour of exponential back-off finishes at once, at exactly the virtual instants.
 #[test]
@@ -166,12 +166,9 @@ fn past_deadline_registers_no_timer() {
 )]
 fn dropping_the_runtime_cancels_its_tasks() {
     let rt = VirtualRuntime::new();
-    let (signal, dropped) = DropSignal::new();
+    let (never, dropped) = pending_until_dropped();
     let handle = rt.block_on(async {
-        let handle = runtime::spawn(async move {
-            let _signal = signal;
-            futures::future::pending::<()>().await;
-        });
+        let handle = runtime::spawn(never);
         yield_now().await;
         handle
     });

@@ -270,6 +270,20 @@ impl DropSignal {
     }
 }
 
+/// A future that never completes, and the receiver that completes once that future has been
+/// dropped: spawn the future, then await the receiver to prove the task's future is gone.
+pub fn pending_until_dropped() -> (
+    impl Future<Output = ()> + Send + 'static,
+    futures::channel::oneshot::Receiver<()>,
+) {
+    let (signal, dropped) = DropSignal::new();
+    let future = async move {
+        let _signal = signal;
+        futures::future::pending::<()>().await;
+    };
+    (future, dropped)
+}
+
 impl Drop for DropSignal {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
