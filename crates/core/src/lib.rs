@@ -71,7 +71,7 @@
 
 pub mod cancel;
 pub mod runtime;
-mod sync;
+mod shim;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
