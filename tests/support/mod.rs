@@ -66,6 +66,47 @@ impl Cx {
     }
 }
 
+/// The runtime a spawned task group spawns its children on, for [`with_group_runtime!`].
+#[derive(Debug, Clone)]
+pub enum GroupRt {
+    /// Through the adapter's concrete type.
+    Tokio(sheepdog_tokio::TokioRuntime),
+    /// Through the adapter's concrete type.
+    Smol(sheepdog_smol::SmolRuntime),
+    /// Through the adapter's concrete type.
+    AsyncStd(sheepdog_async_std::AsyncStdRuntime),
+    /// Through the type-erased handle (the ambient path, and the virtual-time runtime).
+    Handle(RuntimeHandle),
+}
+
+impl Cx {
+    /// The runtime a spawned group should use on this test's spawn path.
+    pub fn group_runtime(&self) -> GroupRt {
+        match (self.path, &self.concrete) {
+            (SpawnPath::Ambient, _) | (SpawnPath::Concrete, Concrete::Virtual) => {
+                GroupRt::Handle(self.rt.clone())
+            }
+            (SpawnPath::Concrete, Concrete::Tokio(rt)) => GroupRt::Tokio(rt.clone()),
+            (SpawnPath::Concrete, Concrete::Smol(rt)) => GroupRt::Smol(rt.clone()),
+            (SpawnPath::Concrete, Concrete::AsyncStd(rt)) => GroupRt::AsyncStd(*rt),
+        }
+    }
+}
+
+/// Evaluates `$body` with `$rt` bound to the runtime [`Cx::group_runtime`] picks; the body is
+/// expanded once per runtime type, so it may be generic over it.
+#[macro_export]
+macro_rules! with_group_runtime {
+    ($cx:expr, |$rt:ident| $body:expr) => {
+        match $cx.group_runtime() {
+            $crate::GroupRt::Tokio($rt) => $body,
+            $crate::GroupRt::Smol($rt) => $body,
+            $crate::GroupRt::AsyncStd($rt) => $body,
+            $crate::GroupRt::Handle($rt) => $body,
+        }
+    };
+}
+
 /// How long one test may run (in real time) before the watchdog fails it.
 pub const WATCHDOG: Duration = Duration::from_secs(60);
 

@@ -38,7 +38,7 @@
 
 #[cfg(all(test, shuttle))]
 mod model;
-mod node;
+pub(crate) mod node;
 
 use std::fmt;
 use std::future::Future;
@@ -130,6 +130,11 @@ impl Default for CancelScope {
 }
 
 impl CancelScope {
+    /// A handle to an existing node (a task group's scope).
+    pub(crate) fn from_node(node: Arc<Node>) -> Self {
+        CancelScope { node }
+    }
+
     /// A scope with no deadline and no shield; it is still cancellable.
     pub fn new() -> Self {
         CancelScope {

@@ -1,0 +1,333 @@
+//! The machinery both kinds of group share: a member (a child or the body) running in the
+//! group's scope, the group's shared state, and where a member's outcome is delivered.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use futures::task::AtomicWaker;
+
+use crate::cancel::node::{self, Current, Deadline, Frame, Node};
+
+pub(crate) type Payload = Box<dyn Any + Send + 'static>;
+
+/// How a member ended.
+pub(crate) enum Outcome<T, E> {
+    Done(Result<T, E>),
+    Panicked(Payload),
+    Cancelled,
+}
+
+/// A failure the group reports, in the order it happened.
+pub(crate) enum Failure<E> {
+    Error(E),
+    Panic(Payload),
+}
+
+/// Set in [`Shared::state`] once the group has finished: nothing can join it any more.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+/// What a group and its members share.
+pub(crate) struct Shared<E> {
+    /// The group's cancel scope.
+    pub(crate) node: Arc<Node>,
+    /// Members not settled yet (children only; the body is tracked by the group), plus
+    /// [`CLOSED`].
+    state: AtomicUsize,
+    failures: Mutex<Vec<Failure<E>>>,
+    /// The group's waker, woken when the last member settles.
+    waker: AtomicWaker,
+}
+
+impl<E> Shared<E> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            node: Node::new(Deadline::None, false),
+            state: AtomicUsize::new(0),
+            failures: Mutex::new(Vec::new()),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// Counts a new member in, unless the group has finished.
+    pub(crate) fn join(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state & CLOSED == 0).then_some(state + 1)
+            })
+            .is_ok()
+    }
+
+    /// Closes the group if no member is left; otherwise registers `waker` for the last one.
+    pub(crate) fn try_close(&self, waker: &Waker) -> bool {
+        if self.close() {
+            return true;
+        }
+        self.waker.register(waker);
+        self.close()
+    }
+
+    fn close(&self) -> bool {
+        self.state
+            .compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    fn settled(&self) {
+        if self.state.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+
+    /// Records a failure and cancels the group (the body and every member).
+    pub(crate) fn fail(&self, failure: Failure<E>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(failure);
+        self.node.cancel();
+    }
+
+    pub(crate) fn take_failures(&self) -> Vec<Failure<E>> {
+        std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future running in the group's scope: polled in its own region (a lazy frame for
+    /// in-task members, a node for spawned ones), with panics caught and cancellation checked
+    /// before and after every poll.
+    pub(crate) struct Member<F> {
+        #[pin]
+        future: Option<F>,
+        slot: Option<Current>,
+    }
+
+    impl<F> PinnedDrop for Member<F> {
+        fn drop(this: Pin<&mut Self>) {
+            leave(this.project().slot);
+        }
+    }
+}
+
+fn leave(slot: &mut Option<Current>) {
+    if let Some(Current::Node(node)) = slot.take() {
+        node.exit();
+    }
+}
+
+impl<F> Member<F> {
+    /// A member polled by the group's own future: its node is made only if something inside
+    /// asks for it (a nested scope, a spawn), so a plain child costs no allocation here.
+    pub(crate) fn in_task(group: &Arc<Node>, future: F) -> Self {
+        Member {
+            future: Some(future),
+            slot: Some(Current::Frame(Frame {
+                parent: Some(Arc::clone(group)),
+                deadline: Deadline::None,
+                shield: false,
+            })),
+        }
+    }
+
+    /// A member spawned on a runtime: it has a node from the start, so the group's
+    /// cancellation wakes it wherever it runs.
+    pub(crate) fn spawned(group: &Arc<Node>, future: F) -> Self {
+        let node = Node::new(Deadline::None, false);
+        node.enter(Some(Arc::clone(group)));
+        Member {
+            future: Some(future),
+            slot: Some(Current::Node(node)),
+        }
+    }
+
+    /// Whether the group's cancellation reaches this member now: its scope is effectively
+    /// cancelled and no shielded region inside it is still running.
+    fn cancelled(&self) -> bool {
+        match &self.slot {
+            Some(Current::Frame(frame)) => frame
+                .parent
+                .as_ref()
+                .is_some_and(|parent| parent.effectively_cancelled()),
+            Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
+            None => false,
+        }
+    }
+
+    /// Drops the future and leaves the scope tree.
+    fn finish(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        this.future.set(None);
+        leave(this.slot);
+    }
+
+    /// Cancels the member now if the group's cancellation reaches it. Returns whether it did.
+    pub(crate) fn sweep(self: Pin<&mut Self>) -> bool {
+        if self.future.is_none() || !self.cancelled() {
+            return false;
+        }
+        self.finish();
+        true
+    }
+
+    /// Cancels the member now, whatever its scope says (its `start` caller gave up).
+    pub(crate) fn abandon(self: Pin<&mut Self>) -> bool {
+        if self.future.is_none() {
+            return false;
+        }
+        self.finish();
+        true
+    }
+}
+
+impl<F, T, E> Member<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    /// Polls the member; `Ready` exactly once, with how it ended.
+    pub(crate) fn poll_outcome(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Outcome<T, E>> {
+        assert!(
+            self.future.is_some(),
+            "a group member was polled after it ended"
+        );
+        if self.cancelled() {
+            self.finish();
+            return Poll::Ready(Outcome::Cancelled);
+        }
+        let this = self.as_mut().project();
+        let Some(future) = this.future.as_pin_mut() else {
+            unreachable!("checked above")
+        };
+        let polled = node::enter(this.slot, || {
+            catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
+        });
+        let outcome = match polled {
+            Ok(Poll::Ready(output)) => Outcome::Done(output),
+            Err(payload) => Outcome::Panicked(payload),
+            Ok(Poll::Pending) => {
+                if let Some(Current::Node(node)) = &self.slot {
+                    node.register_waker(cx.waker());
+                }
+                // A cancellation made during that poll is handled now rather than missed.
+                if !self.cancelled() {
+                    return Poll::Pending;
+                }
+                Outcome::Cancelled
+            }
+        };
+        self.finish();
+        Poll::Ready(outcome)
+    }
+}
+
+/// Where a child's outcome goes: to its handle (and its failure to the group), or to the
+/// caller of `start`.
+pub(crate) trait Sink<E> {
+    /// The child's output on success.
+    type Output;
+
+    fn deliver(self, outcome: Outcome<Self::Output, E>, group: &Shared<E>);
+
+    /// Whether whoever waits for this child gave up on it (only `start` callers can); if not,
+    /// registers the child's waker to hear about it.
+    fn abandoned(&self, _cx: &mut Context<'_>) -> bool {
+        false
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A child of a group: a member plus where its outcome goes. Settles (counts out of the
+    /// group) exactly once: when it ends, is swept, or is dropped unfinished.
+    pub(crate) struct Child<F, S: Sink<E>, E> {
+        #[pin]
+        member: Member<F>,
+        sink: Option<S>,
+        group: Arc<Shared<E>>,
+    }
+
+    impl<F, S: Sink<E>, E> PinnedDrop for Child<F, S, E> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(sink) = this.sink.take() {
+                settle(sink, Outcome::Cancelled, this.group);
+            }
+        }
+    }
+}
+
+/// Delivers an outcome and counts the child out.
+fn settle<E, S: Sink<E>>(sink: S, outcome: Outcome<S::Output, E>, group: &Shared<E>) {
+    sink.deliver(outcome, group);
+    group.settled();
+}
+
+impl<F, S: Sink<E>, E> Child<F, S, E> {
+    /// A child already counted in with [`Shared::join`].
+    pub(crate) fn new(member: Member<F>, sink: S, group: Arc<Shared<E>>) -> Self {
+        Child {
+            member,
+            sink: Some(sink),
+            group,
+        }
+    }
+}
+
+/// What the in-task group can do with a child it holds behind a pointer.
+pub(crate) trait Entry: Future<Output = ()> {
+    /// Cancels the child now if the group's cancellation reaches it.
+    fn sweep(self: Pin<&mut Self>);
+}
+
+impl<F, S, E> Entry for Child<F, S, E>
+where
+    F: Future<Output = Result<S::Output, E>>,
+    S: Sink<E>,
+{
+    fn sweep(self: Pin<&mut Self>) {
+        let this = self.project();
+        if this.member.sweep() {
+            if let Some(sink) = this.sink.take() {
+                settle(sink, Outcome::Cancelled, this.group);
+            }
+        }
+    }
+}
+
+impl<F, S, E> Future for Child<F, S, E>
+where
+    F: Future<Output = Result<S::Output, E>>,
+    S: Sink<E>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let Some(sink) = this.sink.as_ref() else {
+            // Swept earlier; the group no longer waits for it.
+            return Poll::Ready(());
+        };
+        let outcome = if sink.abandoned(cx) && this.member.as_mut().abandon() {
+            Outcome::Cancelled
+        } else {
+            match this.member.poll_outcome(cx) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        if let Some(sink) = this.sink.take() {
+            settle(sink, outcome, this.group);
+        }
+        Poll::Ready(())
+    }
+}
