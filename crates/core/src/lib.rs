@@ -72,6 +72,7 @@
 pub mod cancel;
 pub mod runtime;
 mod shim;
+pub mod sync;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
