@@ -61,6 +61,8 @@ mod permits;
 mod queue;
 mod semaphore;
 
+#[cfg(all(test, shuttle))]
+mod model;
 #[cfg(test)]
 mod tests;
 

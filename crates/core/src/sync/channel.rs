@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures::Stream;
 
@@ -73,7 +73,7 @@ struct State<T> {
     /// `Err(item)` when the last receiver closes.
     send_waiters: WaitList<T, Result<(), T>>,
     /// Receivers waiting for an item; granted `Some(item)`, or `None` when the last sender
-    /// closes.
+    /// closes (they then look at the buffer once more before reporting the end).
     recv_waiters: WaitList<(), Option<T>>,
 }
 
@@ -492,22 +492,18 @@ impl<T> Receiver<T> {
     /// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
     /// ```
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        if let Some(key) = self.key {
-            // An earlier poll left this receiver in line: an item handed to it comes first.
-            let granted = self.shared.lock().recv_waiters.take_grant(key);
-            if let Some(granted) = granted {
-                self.key = None;
-                return granted.ok_or(TryRecvError::Closed);
-            }
-            return Err(TryRecvError::Empty);
-        }
         let mut wakers = Wakers::default();
         let received = {
             let mut state = self.shared.lock();
-            match state.take(&mut wakers) {
+            match take_grant(&mut self.key, &mut state, None) {
                 Some(item) => Ok(item),
-                None if state.senders == 0 => Err(TryRecvError::Closed),
-                None => Err(TryRecvError::Empty),
+                // Still in line (an earlier poll left it there): nothing is ready for it.
+                None if self.key.is_some() => Err(TryRecvError::Empty),
+                None => match state.take(&mut wakers) {
+                    Some(item) => Ok(item),
+                    None if state.senders == 0 => Err(TryRecvError::Closed),
+                    None => Err(TryRecvError::Empty),
+                },
             }
         };
         wakers.wake_all();
@@ -527,21 +523,16 @@ impl<T> Receiver<T> {
         self.shared.lock().statistics()
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if super::cancelled() {
             return Poll::Pending;
         }
         let mut wakers = Wakers::default();
         let polled = {
             let mut state = self.shared.lock();
-            match self.key {
-                Some(key) => match state.recv_waiters.poll(key, cx.waker()) {
-                    Some(granted) => {
-                        self.key = None;
-                        Poll::Ready(granted)
-                    }
-                    None => Poll::Pending,
-                },
+            match take_grant(&mut self.key, &mut state, Some(cx.waker())) {
+                Some(granted) => Poll::Ready(Some(granted)),
+                None if self.key.is_some() => Poll::Pending,
                 None => match state.take(&mut wakers) {
                     Some(item) => Poll::Ready(Some(item)),
                     None if state.senders == 0 => Poll::Ready(None),
@@ -556,20 +547,43 @@ impl<T> Receiver<T> {
         polled
     }
 
-    /// Leaves the line, passing on an item handed over but not taken.
-    fn leave_line(&mut self) {
+    /// Leaves the line, passing on an item handed over but not taken; returns whether there
+    /// was one.
+    pub(crate) fn leave_line(&mut self) -> bool {
         let Some(key) = self.key.take() else {
-            return;
+            return false;
         };
         let mut wakers = Wakers::default();
-        {
+        let passed = {
             let mut state = self.shared.lock();
-            if let Abandoned::Granted(Some(item)) = state.recv_waiters.abandon(key) {
-                state.redeliver(item, &mut wakers);
+            match state.recv_waiters.abandon(key) {
+                Abandoned::Granted(Some(item)) => {
+                    state.redeliver(item, &mut wakers);
+                    true
+                }
+                _ => false,
             }
-        }
+        };
         wakers.wake_all();
+        passed
     }
+}
+
+/// Takes an item handed to a receiver while it waited (at `key`). A wake-up without an item
+/// (the last sender closed) only sends it back to look at the buffer: an item handed to a
+/// receiver that then went away may have been put back there in the meantime.
+fn take_grant<T>(
+    key: &mut Option<usize>,
+    state: &mut State<T>,
+    waker: Option<&Waker>,
+) -> Option<T> {
+    let slot = (*key)?;
+    let granted = match waker {
+        Some(waker) => state.recv_waiters.poll(slot, waker),
+        None => state.recv_waiters.take_grant(slot),
+    }?;
+    *key = None;
+    granted
 }
 
 impl<T> Stream for Receiver<T> {

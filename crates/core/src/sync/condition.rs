@@ -347,8 +347,9 @@ impl<'a> Future for ConditionWait<'a> {
     }
 }
 
-impl Drop for ConditionWait<'_> {
-    fn drop(&mut self) {
+impl ConditionWait<'_> {
+    /// Gives up the wait; returns whether a notification it had been handed was passed on.
+    pub(crate) fn abandon(&mut self) -> bool {
         let pass_on = match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Waiting(key) => match self.condition.waiters().abandon(key) {
                 Abandoned::Granted(pass_on) => pass_on,
@@ -361,5 +362,12 @@ impl Drop for ConditionWait<'_> {
         if pass_on {
             self.condition.notify(1, true);
         }
+        pass_on
+    }
+}
+
+impl Drop for ConditionWait<'_> {
+    fn drop(&mut self) {
+        self.abandon();
     }
 }

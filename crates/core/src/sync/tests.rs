@@ -281,3 +281,24 @@ fn channel_buffer_drains_after_senders_close() {
     assert_eq!(rx.try_recv(), Ok('b'));
     assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
 }
+
+/// Regression (found by the shuttle model): the last sender closed while an item handed to a
+/// receiver was on its way back (that receiver went away), and the other waiting receiver was
+/// told "end of stream" although the item was then put back into the buffer. A wake-up
+/// without an item now makes the receiver look at the buffer again.
+#[test]
+fn end_of_stream_does_not_overtake_a_returned_item() {
+    let waker = Waker::noop().clone();
+    let (tx, mut first) = channel::<u32>(0);
+    let mut second = first.clone();
+    let mut recv_first = first.recv();
+    assert!(poll(&mut recv_first, &waker).is_pending());
+    let mut recv_second = second.recv();
+    assert!(poll(&mut recv_second, &waker).is_pending());
+    tx.try_send(7).unwrap(); // handed to `first`
+    drop(tx); // `second` is woken for the end of the stream
+    drop(recv_first); // `first` goes away: 7 goes back to the buffer
+    assert_eq!(poll(&mut recv_second, &waker), Poll::Ready(Some(7)));
+    drop(recv_second);
+    assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
+}
