@@ -193,7 +193,8 @@ impl fmt::Debug for ConditionGuard<'_> {
 
 impl<'a> ConditionGuard<'a> {
     /// Wakes up to `n` waiters, oldest first, and returns how many were woken. Each takes the
-    /// lock back in turn once this guard is dropped.
+    /// lock back once this guard is dropped; waiters woken together queue for the lock in the
+    /// order they run.
     ///
     /// # Examples
     ///

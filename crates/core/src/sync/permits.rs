@@ -70,6 +70,19 @@ impl Permits {
         }
     }
 
+    /// Applies `f` to the state word atomically, unless it returns `None`; returns the value it
+    /// saw (`Err` if `f` declined). A plain compare-and-swap loop.
+    fn update(&self, mut f: impl FnMut(usize) -> Option<usize>) -> Result<usize, usize> {
+        let mut seen = self.state.load(Acquire);
+        loop {
+            let new = f(seen).ok_or(seen)?;
+            match self.state.compare_exchange_weak(seen, new, AcqRel, Acquire) {
+                Ok(previous) => return Ok(previous),
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -86,17 +99,14 @@ impl Permits {
 
     /// Takes `n` permits if they are available and nobody waits.
     pub(crate) fn try_acquire(&self, n: usize) -> bool {
-        self.state
-            .fetch_update(AcqRel, Acquire, |s| {
-                (s & SLOW == 0 && s / ONE >= n).then(|| s - n * ONE)
-            })
+        self.update(|s| (s & SLOW == 0 && s / ONE >= n).then(|| s - n * ONE))
             .is_ok()
     }
 
     /// Returns `n` permits: pays debt first, then serves waiters in order, then adds the rest to
     /// the count, which never goes above `max` (see [`Excess`]).
     pub(crate) fn release(&self, n: usize, max: usize, excess: Excess) -> Result<(), AboveMax> {
-        let fast = self.state.fetch_update(AcqRel, Acquire, |s| {
+        let fast = self.update(|s| {
             if s & SLOW != 0 {
                 return None;
             }
@@ -125,12 +135,11 @@ impl Permits {
         let paid = n.min(inner.debt);
         let rest = n - paid;
         if rest > 0 {
-            self.state
-                .fetch_update(AcqRel, Acquire, |s| {
-                    let value = raise(s / ONE, rest, max, excess).ok()?;
-                    Some((value * ONE) | (s & SLOW))
-                })
-                .map_err(|s| AboveMax { value: s / ONE })?;
+            self.update(|s| {
+                let value = raise(s / ONE, rest, max, excess).ok()?;
+                Some((value * ONE) | (s & SLOW))
+            })
+            .map_err(|s| AboveMax { value: s / ONE })?;
         }
         inner.debt -= paid;
         self.serve(inner, wakers);
@@ -141,9 +150,7 @@ impl Permits {
     /// brings the `SLOW` flag in line with the queue and the debt.
     fn serve(&self, inner: &mut Inner, wakers: &mut Wakers) {
         while let Some(&wanted) = inner.waiters.front() {
-            let took = self.state.fetch_update(AcqRel, Acquire, |s| {
-                (s / ONE >= wanted).then(|| s - wanted * ONE)
-            });
+            let took = self.update(|s| (s / ONE >= wanted).then(|| s - wanted * ONE));
             if took.is_err() {
                 break;
             }
@@ -187,9 +194,8 @@ impl Permits {
                 debug_assert!(raised.is_ok(), "discarding never refuses");
             } else {
                 let cut = old - total;
-                let before = self.state.fetch_update(AcqRel, Acquire, |s| {
-                    Some(((s / ONE).saturating_sub(cut) * ONE) | (s & SLOW))
-                });
+                let before =
+                    self.update(|s| Some(((s / ONE).saturating_sub(cut) * ONE) | (s & SLOW)));
                 let taken = before.map_or(0, |s| (s / ONE).min(cut));
                 inner.debt += cut - taken;
                 self.serve(&mut inner, &mut wakers);
@@ -281,7 +287,7 @@ impl<'a> Waiter<'a> {
         let n = self.n;
         let mut inner = self.permits.lock();
         let line_empty = inner.waiters.is_empty();
-        let before = self.permits.state.fetch_update(AcqRel, Acquire, |s| {
+        let before = self.permits.update(|s| {
             if line_empty && s / ONE >= n {
                 Some(s - n * ONE)
             } else {
