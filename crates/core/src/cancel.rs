@@ -37,7 +37,7 @@
 //! See `docs/cancellation.md` for the full model and what shielding can and cannot protect.
 
 #[cfg(all(test, shuttle))]
-mod model;
+pub(crate) mod model;
 pub(crate) mod node;
 
 use std::fmt;

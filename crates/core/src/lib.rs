@@ -12,6 +12,7 @@
 //! | [`time`] | [`sleep`](time::sleep), [`sleep_until`](time::sleep_until), [`now`](time::now) through the ambient runtime, with async-io's timer as the fallback |
 //! | [`cancel`] | [`CancelScope`](cancel::CancelScope), [`fail_after`](cancel::fail_after), [`move_on_after`](cancel::move_on_after), [`shield`](cancel::shield), [`checkpoint`](cancel::checkpoint), [`current_effective_deadline`](cancel::current_effective_deadline), [`with_cleanup`](cancel::with_cleanup) |
 //! | [`group`] | task groups: [`task_group`](group::task_group) (in-task, borrowing), [`spawn_group`](group::spawn_group) (parallel), `start`/`started`, [`GroupError`](group::GroupError) |
+//! | [`sync`] | fair [`Lock`](sync::Lock), [`Semaphore`](sync::Semaphore), [`CapacityLimiter`](sync::CapacityLimiter), [`Event`](sync::Event), [`Condition`](sync::Condition), bounded [`channel`](sync::channel)s — FIFO with direct hand-off, cancel-safe |
 //! | `testing` (feature `test-util`) | [`VirtualRuntime`](testing::VirtualRuntime): a deterministic runtime with virtual time |
 //!
 //! # Semantics every runtime shares
@@ -74,6 +75,7 @@ pub mod cancel;
 pub mod group;
 pub mod runtime;
 mod shim;
+pub mod sync;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;

@@ -22,9 +22,10 @@ fn cancel_later(scope: CancelScope) {
     scope.cancel();
 }
 
-/// Explores `model` over random schedules; `model` returns whether the region completed
-/// (`true`) or its scope caught the cancellation (`false`). Both must occur.
-fn explore(model: fn() -> bool) {
+/// Explores `model` over random schedules; `model` returns which of its two outcomes it
+/// reached (here: whether the region completed, `true`, or its scope caught the cancellation,
+/// `false`). Both must occur. The sync models use it too.
+pub(crate) fn explore(model: fn() -> bool) {
     let completed = std::sync::Arc::new(AtomicUsize::new(0));
     let caught = std::sync::Arc::new(AtomicUsize::new(0));
     let (c, k) = (

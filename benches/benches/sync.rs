@@ -1,0 +1,290 @@
+//! Fair semaphore (target T7 of docs/performance.md): sheepdog's `Semaphore` against tokio's
+//! (FIFO) and async-lock's (not FIFO), in one run.
+//!
+//! - `uncontended`: acquire (one poll, ready) + release, 10,000 per iteration, no runtime;
+//! - `try_acquire`: `try_acquire` + release, 10,000 per iteration;
+//! - `contended`: 64 tasks on a tokio current-thread runtime share 4 permits; each task takes
+//!   a permit, yields once holding it, and releases it, 100 times. `bare` is the same tasks
+//!   yielding without a semaphore: the net cost per acquire/release pair is
+//!   `(peer - bare) / 6,400`;
+//! - `two_threads`: two threads each run 100,000 `try_acquire` + release on one shared
+//!   semaphore with 64 permits; the figure per item is per op per thread.
+//!
+//! Run with `cargo bench -p sheepdog-benches --bench sync`.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Barrier, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use divan::counter::ItemsCount;
+use divan::{black_box, Bencher};
+
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+
+/// Operations per iteration (uncontended, try_acquire).
+const OPS: usize = 10_000;
+
+fn main() {
+    divan::main();
+}
+
+/// Polls `future` once with a no-op waker; it must be ready.
+fn poll_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("expected a ready future"),
+    }
+}
+
+/// Acquire (ready at once) + release.
+#[divan::bench_group(sample_count = 300)]
+mod uncontended {
+    use super::*;
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let sem = sheepdog_core::sync::Semaphore::new(1);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(poll_ready(black_box(&sem).acquire())));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn tokio(bencher: Bencher<'_, '_>) {
+        let sem = tokio::sync::Semaphore::new(1);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(poll_ready(black_box(&sem).acquire())));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn async_lock(bencher: Bencher<'_, '_>) {
+        let sem = async_lock::Semaphore::new(1);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(poll_ready(black_box(&sem).acquire())));
+            }
+        });
+    }
+
+    /// sheepdog's `Lock` and `CapacityLimiter` share the semaphore's core.
+    #[divan::bench]
+    fn sheepdog_lock(bencher: Bencher<'_, '_>) {
+        let lock = sheepdog_core::sync::Lock::new();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(poll_ready(black_box(&lock).lock())));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn sheepdog_limiter(bencher: Bencher<'_, '_>) {
+        let limiter = sheepdog_core::sync::CapacityLimiter::new(1);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(poll_ready(black_box(&limiter).acquire())));
+            }
+        });
+    }
+}
+
+/// `try_acquire` + release.
+#[divan::bench_group(sample_count = 300)]
+mod try_acquire {
+    use super::*;
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let sem = sheepdog_core::sync::Semaphore::new(1);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(black_box(&sem).try_acquire().expect("free")));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn tokio(bencher: Bencher<'_, '_>) {
+        let sem = tokio::sync::Semaphore::new(1);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(black_box(&sem).try_acquire().expect("free")));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn async_lock(bencher: Bencher<'_, '_>) {
+        let sem = async_lock::Semaphore::new(1);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(black_box(&sem).try_acquire().expect("free")));
+            }
+        });
+    }
+}
+
+/// 64 tasks, 4 permits, tokio current-thread.
+#[divan::bench_group(sample_count = 100)]
+mod contended {
+    use super::*;
+
+    const TASKS: usize = 64;
+    const ROUNDS: usize = 100;
+    const PERMITS: usize = 4;
+
+    fn rt() -> &'static tokio::runtime::Runtime {
+        static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RT.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("tokio runtime")
+        })
+    }
+
+    /// Spawns [`TASKS`] tasks running `round` [`ROUNDS`] times each, and awaits them.
+    fn run<S, F>(shared: Arc<S>, round: fn(Arc<S>) -> F)
+    where
+        S: Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        rt().block_on(async {
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        for _ in 0..ROUNDS {
+                            round(Arc::clone(&shared)).await;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+        });
+    }
+
+    fn bench<S, F>(bencher: Bencher<'_, '_>, make: fn() -> S, round: fn(Arc<S>) -> F)
+    where
+        S: Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        bencher
+            .counter(ItemsCount::new(TASKS * ROUNDS))
+            .bench_local(|| run(Arc::new(make()), round));
+    }
+
+    #[divan::bench]
+    fn bare(bencher: Bencher<'_, '_>) {
+        bench(bencher, || (), |_| tokio::task::yield_now());
+    }
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        bench(
+            bencher,
+            || sheepdog_core::sync::Semaphore::new(PERMITS),
+            |sem| async move {
+                let _permit = sem.acquire().await;
+                tokio::task::yield_now().await;
+            },
+        );
+    }
+
+    #[divan::bench]
+    fn tokio(bencher: Bencher<'_, '_>) {
+        bench(
+            bencher,
+            || tokio::sync::Semaphore::new(PERMITS),
+            |sem| async move {
+                let _permit = sem.acquire().await.expect("open");
+                tokio::task::yield_now().await;
+            },
+        );
+    }
+
+    #[divan::bench]
+    fn async_lock(bencher: Bencher<'_, '_>) {
+        bench(
+            bencher,
+            || async_lock::Semaphore::new(PERMITS),
+            |sem| async move {
+                let _permit = sem.acquire().await;
+                tokio::task::yield_now().await;
+            },
+        );
+    }
+}
+
+/// Two threads, `try_acquire` + release on one semaphore.
+#[divan::bench_group(sample_count = 50)]
+mod two_threads {
+    use super::*;
+
+    const OPS_PER_THREAD: usize = 100_000;
+    const PERMITS: usize = 64;
+
+    /// Runs `op` [`OPS_PER_THREAD`] times on this thread and on a second one, started
+    /// together.
+    fn both<S: Sync>(shared: &S, op: fn(&S)) {
+        let barrier = Barrier::new(2);
+        let work = || {
+            barrier.wait();
+            for _ in 0..OPS_PER_THREAD {
+                op(black_box(shared));
+            }
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(work);
+            work();
+        });
+    }
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let sem = sheepdog_core::sync::Semaphore::new(PERMITS);
+        bencher
+            .counter(ItemsCount::new(OPS_PER_THREAD))
+            .bench_local(|| {
+                both(&sem, |sem| {
+                    drop(black_box(sem.try_acquire().expect("free")))
+                });
+            });
+    }
+
+    #[divan::bench]
+    fn tokio(bencher: Bencher<'_, '_>) {
+        let sem = tokio::sync::Semaphore::new(PERMITS);
+        bencher
+            .counter(ItemsCount::new(OPS_PER_THREAD))
+            .bench_local(|| {
+                both(&sem, |sem| {
+                    drop(black_box(sem.try_acquire().expect("free")))
+                });
+            });
+    }
+
+    #[divan::bench]
+    fn async_lock(bencher: Bencher<'_, '_>) {
+        let sem = async_lock::Semaphore::new(PERMITS);
+        bencher
+            .counter(ItemsCount::new(OPS_PER_THREAD))
+            .bench_local(|| {
+                both(&sem, |sem| {
+                    drop(black_box(sem.try_acquire().expect("free")))
+                });
+            });
+    }
+}

@@ -1,0 +1,188 @@
+//! [`Event`]: set once, wait for it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::PoisonError;
+use std::task::{Context, Poll};
+
+use super::queue::{WaitList, Wakers};
+use crate::shim::{AtomicBool, Mutex, MutexGuard};
+
+/// A one-shot event (AnyIO's `Event`): [`set`](Event::set) it once and every
+/// [`wait`](Event::wait), past and future, completes. It cannot be cleared.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::sync::Event;
+///
+/// futures::executor::block_on(async {
+///     let ready = Event::new();
+///     let waiter = async {
+///         ready.wait().await;
+///         "saw it"
+///     };
+///     let setter = async { ready.set() };
+///     let (seen, ()) = futures::future::join(waiter, setter).await;
+///     assert_eq!(seen, "saw it");
+///     assert!(ready.is_set());
+/// });
+/// ```
+pub struct Event {
+    set: AtomicBool,
+    waiters: Mutex<WaitList<(), ()>>,
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("is_set", &self.is_set())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Event {
+    /// An event that is not set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!sheepdog_core::sync::Event::new().is_set());
+    /// ```
+    pub fn new() -> Self {
+        Event {
+            set: AtomicBool::new(false),
+            waiters: Mutex::new(WaitList::default()),
+        }
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, WaitList<(), ()>> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the event and wakes every waiter. Idempotent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let event = sheepdog_core::sync::Event::new();
+    /// event.set();
+    /// event.set();
+    /// assert!(event.is_set());
+    /// ```
+    pub fn set(&self) {
+        if self.set.swap(true, AcqRel) {
+            return;
+        }
+        let mut wakers = Wakers::default();
+        self.waiters().grant_all(|()| (), &mut wakers);
+        wakers.wake_all();
+    }
+
+    /// Whether the event is set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let event = sheepdog_core::sync::Event::new();
+    /// assert!(!event.is_set());
+    /// ```
+    pub fn is_set(&self) -> bool {
+        self.set.load(Acquire)
+    }
+
+    /// Waits until the event is set (at once if it is).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, and a cancellation point: even on a set event it never completes inside
+    /// a cancelled scope (as in AnyIO, where it still checkpoints).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let event = sheepdog_core::sync::Event::new();
+    /// event.set();
+    /// futures::executor::block_on(event.wait());
+    /// ```
+    pub fn wait(&self) -> EventWait<'_> {
+        EventWait {
+            event: self,
+            key: None,
+        }
+    }
+
+    /// How many wait for the event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(sheepdog_core::sync::Event::new().tasks_waiting(), 0);
+    /// ```
+    pub fn tasks_waiting(&self) -> usize {
+        self.waiters().len()
+    }
+}
+
+/// The future returned by [`Event::wait`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct EventWait<'a> {
+    event: &'a Event,
+    key: Option<usize>,
+}
+
+impl fmt::Debug for EventWait<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventWait")
+            .field("waiting", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for EventWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if super::cancelled() {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        let event = this.event;
+        match this.key {
+            Some(key) => {
+                if event.waiters().poll(key, cx.waker()).is_none() {
+                    return Poll::Pending;
+                }
+                this.key = None;
+            }
+            None if event.is_set() => {}
+            None => {
+                let mut waiters = event.waiters();
+                // `set` stores the flag before it takes this lock, so under the lock the flag
+                // is either seen here or this waiter is seen by `set`.
+                if !event.is_set() {
+                    this.key = Some(waiters.push((), cx.waker()));
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for EventWait<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            // Everyone is woken by `set`, so a wake-up given to this waiter need not be passed on.
+            let _ = self.event.waiters().abandon(key);
+        }
+    }
+}

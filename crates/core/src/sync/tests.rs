@@ -1,0 +1,304 @@
+//! Poll-level unit tests of the wait queue and the primitives (small enough for miri).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::permits::{Gone, Permits, Waiter};
+use super::queue::{Abandoned, WaitList, Wakers};
+use super::*;
+
+/// A waker that counts its wake-ups.
+#[derive(Default)]
+struct Counter(AtomicUsize);
+
+impl ::futures::task::ArcWake for Counter {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (Arc<Counter>, Waker) {
+    let counter = Arc::new(Counter::default());
+    (Arc::clone(&counter), ::futures::task::waker(counter))
+}
+
+fn wakes(counter: &Counter) -> usize {
+    counter.0.load(Ordering::SeqCst)
+}
+
+fn poll<F: Future + Unpin>(future: &mut F, waker: &Waker) -> Poll<F::Output> {
+    Pin::new(future).poll(&mut Context::from_waker(waker))
+}
+
+#[test]
+fn queue_grants_in_order_and_hands_back_what_was_abandoned() {
+    let (counter, waker) = counting_waker();
+    let mut list: WaitList<u32, u32> = WaitList::default();
+    let keys: Vec<usize> = (0..4).map(|i| list.push(i, &waker)).collect();
+    assert_eq!(list.len(), 4);
+    // Leaving from the middle keeps the order of the others.
+    assert!(matches!(list.abandon(keys[1]), Abandoned::Waiting(1)));
+    let mut wakers = Wakers::default();
+    wakers.extend(list.grant_front(|r| r * 10));
+    wakers.wake_all();
+    assert_eq!(wakes(&counter), 1);
+    assert_eq!(list.front(), Some(&2));
+    // A granted waiter takes its grant once; an abandoned grant comes back.
+    assert_eq!(list.poll(keys[0], &waker), Some(0));
+    let _ = list.grant_front(|r| r * 10);
+    assert!(matches!(list.abandon(keys[2]), Abandoned::Granted(20)));
+    assert_eq!(list.take_grant(keys[3]), None);
+    // Freed slots are reused.
+    let again = list.push(9, &waker);
+    assert!(keys.contains(&again));
+    assert_eq!(list.len(), 2);
+}
+
+#[test]
+fn permits_fast_path_then_fifo_hand_off() {
+    let (counter, waker) = counting_waker();
+    let permits = Permits::new(1);
+    assert!(permits.try_acquire(1));
+    let mut first = Waiter::new(&permits, 1);
+    let mut second = Waiter::new(&permits, 1);
+    assert!(first
+        .poll_acquire(&mut Context::from_waker(&waker))
+        .is_pending());
+    assert!(second
+        .poll_acquire(&mut Context::from_waker(&waker))
+        .is_pending());
+    assert_eq!(permits.waiting(), 2);
+    // Releasing hands the permit to `first` directly: nothing is counted as free, and a
+    // newcomer cannot take it.
+    permits.release(1, 1, permits_excess()).unwrap();
+    assert_eq!(wakes(&counter), 1);
+    assert_eq!(permits.available(), 0);
+    assert!(!permits.try_acquire(1));
+    // `first` is dropped before it takes the permit: it goes to `second`.
+    assert_eq!(first.abandon(), Gone::Granted);
+    assert_eq!(wakes(&counter), 2);
+    assert!(second
+        .poll_acquire(&mut Context::from_waker(&waker))
+        .is_ready());
+    permits.release(1, 1, permits_excess()).unwrap();
+    // The line is empty again: the fast path works.
+    assert!(permits.try_acquire(1));
+}
+
+fn permits_excess() -> super::permits::Excess {
+    super::permits::Excess::Refuse
+}
+
+#[test]
+fn weighted_waiter_at_the_head_blocks_smaller_ones() {
+    let sem = Semaphore::new(2);
+    let waker = Waker::noop().clone();
+    let held = sem.try_acquire_many(2).unwrap();
+    let mut big = sem.acquire_many(2);
+    let mut small = sem.acquire();
+    assert!(poll(&mut big, &waker).is_pending());
+    assert!(poll(&mut small, &waker).is_pending());
+    drop(held);
+    let Poll::Ready(Ok(two)) = poll(&mut big, &waker) else {
+        panic!("the head of the line gets both permits")
+    };
+    assert!(poll(&mut small, &waker).is_pending());
+    drop(two);
+    assert!(poll(&mut small, &waker).is_ready());
+}
+
+#[test]
+fn semaphore_errors_are_typed() {
+    let sem = Semaphore::with_max_value(1, 2).unwrap();
+    assert_eq!(sem.release(0), Err(SemaphoreError::ZeroPermits));
+    sem.release(1).unwrap();
+    assert_eq!(
+        sem.release(1),
+        Err(SemaphoreError::AboveMaxValue {
+            value: 2,
+            max_value: 2
+        })
+    );
+    assert_eq!(
+        sem.try_acquire_many(3).unwrap_err(),
+        SemaphoreError::TooManyPermits {
+            requested: 3,
+            limit: 2
+        }
+    );
+    let waker = Waker::noop().clone();
+    assert_eq!(
+        poll(&mut sem.acquire_many(0), &waker).map(|r| r.unwrap_err()),
+        Poll::Ready(SemaphoreError::ZeroPermits)
+    );
+    assert!(matches!(
+        Semaphore::with_max_value(0, 0),
+        Err(SemaphoreError::InvalidBounds { .. })
+    ));
+}
+
+#[test]
+fn limiter_lowering_the_total_takes_tokens_back_as_they_return() {
+    let limiter = CapacityLimiter::new(3);
+    let waker = Waker::noop().clone();
+    let a = limiter.try_acquire().unwrap();
+    let b = limiter.try_acquire().unwrap();
+    limiter.set_total_tokens(1).unwrap();
+    assert_eq!(limiter.borrowed_tokens(), 2);
+    assert_eq!(limiter.available_tokens(), 0);
+    let mut waiting = limiter.acquire();
+    assert!(poll(&mut waiting, &waker).is_pending());
+    drop(a); // pays off the reduction
+    assert!(poll(&mut waiting, &waker).is_pending());
+    drop(b); // the one token of the new total goes to the waiter
+    let Poll::Ready(token) = poll(&mut waiting, &waker) else {
+        panic!("served")
+    };
+    assert_eq!(limiter.borrowed_tokens(), 1);
+    // Raising the total serves that many waiters at once.
+    let mut w1 = limiter.acquire();
+    let mut w2 = limiter.acquire();
+    assert!(poll(&mut w1, &waker).is_pending());
+    assert!(poll(&mut w2, &waker).is_pending());
+    limiter.set_total_tokens(3).unwrap();
+    assert!(poll(&mut w1, &waker).is_ready());
+    assert!(poll(&mut w2, &waker).is_ready());
+    drop(token);
+}
+
+#[test]
+fn limiter_named_borrowers() {
+    let limiter = CapacityLimiter::new(1);
+    let waker = Waker::noop().clone();
+    limiter.try_acquire_on_behalf_of("a").unwrap();
+    assert_eq!(
+        limiter.try_acquire_on_behalf_of("a"),
+        Err(CapacityLimiterError::AlreadyBorrowing)
+    );
+    // Same value, different type: a different borrower.
+    assert_eq!(
+        limiter.try_acquire_on_behalf_of(String::from("a")),
+        Err(CapacityLimiterError::WouldBlock)
+    );
+    let mut b = limiter.acquire_on_behalf_of("b");
+    assert!(poll(&mut b, &waker).is_pending());
+    // Waiting is not holding.
+    assert_eq!(
+        limiter.release_on_behalf_of(&"b"),
+        Err(CapacityLimiterError::NotBorrowing)
+    );
+    limiter.release_on_behalf_of(&"a").unwrap();
+    // Dropped after the hand-off: the token returns and "b" holds nothing.
+    drop(b);
+    assert_eq!(limiter.borrowed_tokens(), 0);
+    assert_eq!(limiter.statistics().borrowers, 0);
+    assert_eq!(
+        limiter.release_on_behalf_of(&"b"),
+        Err(CapacityLimiterError::NotBorrowing)
+    );
+}
+
+#[test]
+fn event_wakes_every_waiter_once() {
+    let (counter, waker) = counting_waker();
+    let event = Event::new();
+    let mut waits: Vec<_> = (0..3).map(|_| event.wait()).collect();
+    for wait in &mut waits {
+        assert!(poll(wait, &waker).is_pending());
+    }
+    assert_eq!(event.tasks_waiting(), 3);
+    event.set();
+    event.set();
+    assert_eq!(wakes(&counter), 3);
+    for wait in &mut waits {
+        assert!(poll(wait, &waker).is_ready());
+    }
+    assert!(poll(&mut event.wait(), &waker).is_ready());
+}
+
+#[test]
+fn condition_notification_passes_on_when_the_waiter_is_dropped() {
+    let cond = Condition::new();
+    let waker = Waker::noop().clone();
+    let mut first = cond.try_lock().unwrap().wait();
+    assert!(poll(&mut first, &waker).is_pending());
+    let mut second = cond.try_lock().unwrap().wait();
+    assert!(poll(&mut second, &waker).is_pending());
+    assert_eq!(cond.statistics().tasks_waiting, 2);
+    assert_eq!(cond.try_lock().unwrap().notify(1), 1);
+    drop(first); // notified, never resumed
+    assert_eq!(cond.statistics().tasks_waiting, 0);
+    let Poll::Ready(guard) = poll(&mut second, &waker) else {
+        panic!("the notification passed to the second waiter")
+    };
+    assert!(cond.try_lock().is_err());
+    drop(guard);
+    assert!(cond.try_lock().is_ok());
+}
+
+#[test]
+fn channel_rendezvous_and_close() {
+    let waker = Waker::noop().clone();
+    let (tx, mut rx) = channel::<u32>(0);
+    assert!(matches!(tx.try_send(1), Err(TrySendError::Full(1))));
+    let mut send = tx.send(2);
+    assert!(poll(&mut send, &waker).is_pending());
+    assert_eq!(tx.statistics().tasks_waiting_send, 1);
+    assert_eq!(rx.try_recv(), Ok(2));
+    assert_eq!(poll(&mut send, &waker), Poll::Ready(Ok(())));
+    drop(send);
+    // A receiver handed an item and dropped passes it on.
+    let mut rx2 = rx.clone();
+    let mut recv = rx.recv();
+    assert!(poll(&mut recv, &waker).is_pending());
+    let mut recv2 = rx2.recv();
+    assert!(poll(&mut recv2, &waker).is_pending());
+    tx.try_send(3).unwrap();
+    drop(recv);
+    assert_eq!(poll(&mut recv2, &waker), Poll::Ready(Some(3)));
+    drop(recv2);
+    drop(rx2);
+    // The last receiver closing fails waiting sends with the item.
+    let mut send = tx.send(4);
+    assert!(poll(&mut send, &waker).is_pending());
+    drop(rx);
+    assert_eq!(
+        poll(&mut send, &waker).map(|r| r.unwrap_err().0),
+        Poll::Ready(4)
+    );
+}
+
+#[test]
+fn channel_buffer_drains_after_senders_close() {
+    let (tx, mut rx) = channel(2);
+    tx.try_send('a').unwrap();
+    tx.try_send('b').unwrap();
+    drop(tx);
+    assert_eq!(rx.try_recv(), Ok('a'));
+    assert_eq!(rx.try_recv(), Ok('b'));
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
+}
+
+/// Regression (found by the shuttle model): the last sender closed while an item handed to a
+/// receiver was on its way back (that receiver went away), and the other waiting receiver was
+/// told "end of stream" although the item was then put back into the buffer. A wake-up
+/// without an item now makes the receiver look at the buffer again.
+#[test]
+fn end_of_stream_does_not_overtake_a_returned_item() {
+    let waker = Waker::noop().clone();
+    let (tx, mut first) = channel::<u32>(0);
+    let mut second = first.clone();
+    let mut recv_first = first.recv();
+    assert!(poll(&mut recv_first, &waker).is_pending());
+    let mut recv_second = second.recv();
+    assert!(poll(&mut recv_second, &waker).is_pending());
+    tx.try_send(7).unwrap(); // handed to `first`
+    drop(tx); // `second` is woken for the end of the stream
+    drop(recv_first); // `first` goes away: 7 goes back to the buffer
+    assert_eq!(poll(&mut recv_second, &waker), Poll::Ready(Some(7)));
+    drop(recv_second);
+    assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
+}
