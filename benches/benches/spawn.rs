@@ -2,8 +2,10 @@
 //!
 //! Every benchmark spawns [`TASKS`] trivial tasks (task `i` returns `i as u64`), then awaits
 //! them all in spawn order and sums their outputs. Each group pairs the runtime's raw spawn
-//! (`raw`) with the same work spawned through sheepdog's adapter (`sheepdog`); the tokio groups
-//! also measure tokio's `JoinSet` (`joinset`), drained in completion order.
+//! (`raw`) with the same work spawned through sheepdog's adapter (`sheepdog`) and as the children
+//! of a sheepdog spawned task group (`group`, target T6); the tokio groups also measure tokio's
+//! `JoinSet` (`joinset`), drained in completion order. `in_task` compares sheepdog's in-task
+//! group with `FuturesUnordered` and futures-buffered, with no runtime at all.
 //!
 //! Runtimes are built once, in statics, outside the timed region. Allocations are counted by
 //! divan's [`AllocProfiler`](divan::AllocProfiler); it only sees allocations made on the bench
@@ -11,10 +13,13 @@
 //!
 //! Run with `cargo bench -p sheepdog-benches --bench spawn`; see `docs/performance.md`.
 
+use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
+use futures::StreamExt;
+use sheepdog_core::group::{spawn_group_on, task_group, GroupRuntime};
 use sheepdog_core::runtime::{self, with_runtime, Runtime};
 use sheepdog_smol::SmolRuntime;
 use sheepdog_tokio::TokioRuntime;
@@ -93,6 +98,12 @@ impl Tokio {
         }))
     }
 
+    /// Spawn every task as a child of a sheepdog spawned task group (through the concrete
+    /// adapter), then await the children's handles in spawn order.
+    fn group(&self) -> u64 {
+        self.raw.block_on(group_of_tasks(self.sheepdog.clone()))
+    }
+
     /// Spawn every task into a tokio `JoinSet`, then drain it (completion order).
     fn joinset(&self) -> u64 {
         self.raw.block_on(async {
@@ -107,6 +118,23 @@ impl Tokio {
             sum
         })
     }
+}
+
+/// A spawned task group on `rt` whose body spawns [`TASKS`] children and awaits their handles
+/// in spawn order.
+async fn group_of_tasks<S: GroupRuntime>(rt: S) -> u64 {
+    spawn_group_on(rt, |tg| async move {
+        let handles: Vec<_> = (0..TASKS)
+            .map(|i| tg.spawn(async move { Ok::<_, Infallible>(i) }))
+            .collect();
+        let mut sum = 0;
+        for handle in handles {
+            sum += handle.await.expect("child finished");
+        }
+        Ok(sum)
+    })
+    .await
+    .expect("the group finished")
 }
 
 /// The expected sum, checked once per benchmark outside the timed region.
@@ -139,6 +167,12 @@ macro_rules! tokio_benches {
         fn joinset(bencher: Bencher<'_, '_>) {
             let rt = rt();
             bench(bencher, || rt.joinset());
+        }
+
+        #[divan::bench]
+        fn group(bencher: Bencher<'_, '_>) {
+            let rt = rt();
+            bench(bencher, || rt.group());
         }
     };
 }
@@ -261,6 +295,14 @@ mod smol_executor {
     }
 
     #[divan::bench]
+    fn group(bencher: Bencher<'_, '_>) {
+        let rt = rt();
+        bench(bencher, || {
+            smol::block_on(rt.executor.run(group_of_tasks(rt.sheepdog.clone())))
+        });
+    }
+
+    #[divan::bench]
     fn raw(bencher: Bencher<'_, '_>) {
         let rt = rt();
         bench(bencher, || run_raw(rt));
@@ -311,5 +353,65 @@ mod smol_global {
     #[divan::bench]
     fn sheepdog(bencher: Bencher<'_, '_>) {
         bench(bencher, run_sheepdog);
+    }
+
+    #[divan::bench]
+    fn group(bencher: Bencher<'_, '_>) {
+        bench(bencher, || {
+            smol::block_on(group_of_tasks(SmolRuntime::global()))
+        });
+    }
+}
+
+/// Children polled by one future, no runtime (`futures::executor::block_on`): sheepdog's
+/// in-task group (children's handles awaited in spawn order) against `FuturesUnordered` and
+/// futures-buffered's `FuturesUnordered` (drained in completion order).
+#[divan::bench_group(sample_count = 300)]
+mod in_task {
+    use super::*;
+
+    fn run_group() -> u64 {
+        futures::executor::block_on(task_group(|tg| async move {
+            let handles: Vec<_> = (0..TASKS)
+                .map(|i| tg.spawn(async move { Ok::<_, Infallible>(i) }))
+                .collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.expect("child finished");
+            }
+            Ok(sum)
+        }))
+        .expect("the group finished")
+    }
+
+    fn run_futures_unordered() -> u64 {
+        let set = futures::stream::FuturesUnordered::new();
+        for i in 0..TASKS {
+            set.push(async move { i });
+        }
+        futures::executor::block_on(set.fold(0, |sum, i| async move { sum + i }))
+    }
+
+    fn run_futures_buffered() -> u64 {
+        let mut set = futures_buffered::FuturesUnordered::new();
+        for i in 0..TASKS {
+            set.push(async move { i });
+        }
+        futures::executor::block_on(set.fold(0, |sum, i| async move { sum + i }))
+    }
+
+    #[divan::bench]
+    fn group(bencher: Bencher<'_, '_>) {
+        bench(bencher, run_group);
+    }
+
+    #[divan::bench]
+    fn futures_unordered(bencher: Bencher<'_, '_>) {
+        bench(bencher, run_futures_unordered);
+    }
+
+    #[divan::bench]
+    fn futures_buffered(bencher: Bencher<'_, '_>) {
+        bench(bencher, run_futures_buffered);
     }
 }

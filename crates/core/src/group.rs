@@ -54,7 +54,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::cancel::node::{self, Node};
 use crate::cancel::CancelScope;
-use crate::runtime::{self, Runtime, RuntimeHandle};
+use crate::runtime::{self, JoinHandle, Runtime, RuntimeHandle};
 
 mod error;
 mod handle;
@@ -246,34 +246,37 @@ where
         runtime,
     };
     let body = body(group.clone());
-    Driver::new(&group.shared, &Spawned, body).await
+    Driver::new(&group.shared, &Spawned(&group.shared.registry), body).await
 }
 
 /// A runtime a [`SpawnGroup`] can spawn its children on: any cloneable [`Runtime`] (its own
 /// spawn path), or a [`RuntimeHandle`].
 pub trait GroupRuntime: Clone + Send + Sync + 'static {
-    /// Spawns a child. The group tracks it, so the runtime's join handle is not needed.
+    /// Spawns a child.
     #[doc(hidden)]
-    fn spawn_member<F>(&self, future: F)
+    fn spawn_member<F>(&self, future: F) -> JoinHandle<F::Output>
     where
-        F: Future<Output = ()> + Send + 'static;
+        F: Future + Send + 'static,
+        F::Output: Send + 'static;
 }
 
 impl<R: Runtime + Clone> GroupRuntime for R {
-    fn spawn_member<F>(&self, future: F)
+    fn spawn_member<F>(&self, future: F) -> JoinHandle<F::Output>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
-        self.spawn(future).detach();
+        self.spawn(future)
     }
 }
 
 impl GroupRuntime for RuntimeHandle {
-    fn spawn_member<F>(&self, future: F)
+    fn spawn_member<F>(&self, future: F) -> JoinHandle<F::Output>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
-        runtime::spawn_on(&**self, future).detach();
+        runtime::spawn_on(&**self, future)
     }
 }
 
@@ -321,12 +324,16 @@ impl<E, D: ?Sized + Entry> Children for InTask<'_, E, D> {
     }
 }
 
-/// Spawned children drive themselves; each has a node the group's cancellation wakes.
-struct Spawned;
+/// Spawned children drive themselves; the group's cancellation wakes those waiting (through
+/// their nodes, or the group's registry of wakers).
+struct Spawned<'a>(&'a member::Registry);
 
-impl Children for Spawned {
+impl Children for Spawned<'_> {
     fn poll_children(&self, _: &mut Context<'_>) {}
-    fn sweep(&self) {}
+
+    fn sweep(&self) {
+        self.0.wake_all();
+    }
 }
 
 /// The handle of an in-task group, lent to the body of [`task_group`].
@@ -404,9 +411,7 @@ macro_rules! spawn_methods {
             F: Future<Output = Result<T, E>> $($send)* + $env,
             T: $env $($send)*,
         {
-            let (handle, slot) = TaskHandle::new();
-            self.add(future, slot)?;
-            Ok(handle)
+            self.spawn_direct(future)
         }
 
         /// Adds a child made by `task` and waits until it calls
@@ -468,15 +473,24 @@ macro_rules! in_task_group {
             fn add<F, K>(&self, future: F, sink: K) -> Result<(), GroupClosed>
             where
                 F: Future<Output = Result<K::Output, E>> $($send)* + 'env,
-                K: member::Sink<E> $($send)* + 'env,
+                K: member::Sink<E, Delivered = ()> $($send)* + 'env,
             {
                 if !self.core.shared.join() {
                     return Err(GroupClosed);
                 }
-                let member = Member::in_task(&self.core.shared.node, future);
-                let child = Child::new(member, sink, Arc::clone(&self.core.shared));
+                let child = Child::in_task(future, sink, &self.core.shared);
                 self.core.push(Box::pin(child));
                 Ok(())
+            }
+
+            fn spawn_direct<F, T>(&self, future: F) -> Result<TaskHandle<T>, GroupClosed>
+            where
+                F: Future<Output = Result<T, E>> $($send)* + 'env,
+                T: 'env $($send)*,
+            {
+                let (handle, slot) = TaskHandle::new();
+                self.add(future, slot)?;
+                Ok(handle)
             }
 
             spawn_methods!('env, $($send)*);
@@ -555,19 +569,37 @@ impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
         &self.shared
     }
 
-    fn add<F, K>(&self, future: F, sink: K) -> Result<(), GroupClosed>
+    /// Spawns a counted-in child on the group's runtime, outside the caller's scope: the
+    /// child belongs to the group's scope only.
+    fn spawn_child<F, K>(&self, future: F, sink: K) -> Result<JoinHandle<K::Delivered>, GroupClosed>
     where
         F: Future<Output = Result<K::Output, E>> + Send + 'static,
         K: member::Sink<E> + Send + 'static,
+        K::Delivered: Send + 'static,
     {
         if !self.shared.join() {
             return Err(GroupClosed);
         }
-        let member = Member::spawned(&self.shared.node, future);
-        let child = Child::new(member, sink, Arc::clone(&self.shared));
-        // Spawned outside the caller's scope: the child belongs to the group's scope only.
-        node::enter(&mut None, || self.runtime.spawn_member(child));
-        Ok(())
+        let child = Child::spawned(future, sink, &self.shared);
+        Ok(node::enter(&mut None, || self.runtime.spawn_member(child)))
+    }
+
+    fn add<F, K>(&self, future: F, sink: K) -> Result<(), GroupClosed>
+    where
+        F: Future<Output = Result<K::Output, E>> + Send + 'static,
+        K: member::Sink<E, Delivered = ()> + Send + 'static,
+    {
+        self.spawn_child(future, sink).map(JoinHandle::detach)
+    }
+
+    /// Adds a spawned child whose handle is its task's own join handle.
+    fn spawn_direct<F, T>(&self, future: F) -> Result<TaskHandle<T>, GroupClosed>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let join = self.spawn_child(future, handle::Direct::new())?;
+        Ok(TaskHandle::from_join(join))
     }
 
     spawn_methods!('static, + Send);
@@ -600,6 +632,7 @@ pin_project_lite::pin_project! {
                 // next poll; in-task children are dropped with the group right after).
                 let node = &this.shared.node;
                 node.cancel();
+                this.shared.registry.wake_all();
                 leave(node, *this.holds);
             }
         }
@@ -616,7 +649,7 @@ fn leave(node: &Node, holds: bool) {
 impl<'a, B, R, E, C: ?Sized> Driver<'a, B, R, E, C> {
     fn new(shared: &'a Arc<Shared<E>>, children: &'a C, body: B) -> Self {
         Driver {
-            body: Member::in_task(&shared.node, body),
+            body: Member::new(&shared.node, body),
             body_out: None,
             shared,
             children,
@@ -638,7 +671,7 @@ impl<E, D: ?Sized> Holds for InTask<'_, E, D> {
     const HOLDS: bool = false;
 }
 
-impl Holds for Spawned {
+impl Holds for Spawned<'_> {
     const HOLDS: bool = true;
 }
 
@@ -675,7 +708,8 @@ where
                 this.children.sweep();
             }
             if this.body_out.is_none() {
-                if let Poll::Ready(outcome) = this.body.as_mut().poll_outcome(cx) {
+                // The body is swept like an in-task child.
+                if let Poll::Ready(outcome) = this.body.as_mut().poll_outcome(cx, |_| {}) {
                     *this.body_out = Some(match outcome {
                         Outcome::Done(Ok(output)) => Some(output),
                         Outcome::Done(Err(error)) => {

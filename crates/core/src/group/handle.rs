@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -9,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use super::error::{StartError, TaskError};
 use super::member::{Failure, Outcome, Payload, Shared, Sink};
+use crate::runtime::JoinHandle;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -43,7 +45,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// # let _: Option<TaskError> = None;
 /// ```
 pub struct TaskHandle<T> {
-    slot: Arc<HandleSlot<T>>,
+    repr: Repr<T>,
+}
+
+enum Repr<T> {
+    /// An in-task child delivers its result here.
+    Slot(Arc<HandleSlot<T>>),
+    /// A spawned child's result is its task's output. `None` once taken or let go.
+    Join(Option<JoinHandle<Result<T, TaskError>>>),
+}
+
+impl<T> Drop for TaskHandle<T> {
+    fn drop(&mut self) {
+        if let Repr::Join(handle) = &mut self.repr {
+            // The group, not this handle, owns the child: let it run.
+            if let Some(handle) = handle.take() {
+                handle.detach();
+            }
+        }
+    }
 }
 
 impl<T> fmt::Debug for TaskHandle<T> {
@@ -65,30 +85,51 @@ enum HandleState<T> {
 }
 
 impl<T> TaskHandle<T> {
-    /// A handle and the sink its child delivers to.
+    /// A handle and the sink its in-task child delivers to.
     pub(crate) fn new() -> (Self, Arc<HandleSlot<T>>) {
         let slot = Arc::new(HandleSlot {
             state: Mutex::new(HandleState::Waiting(None)),
         });
-        (
-            TaskHandle {
-                slot: Arc::clone(&slot),
-            },
-            slot,
-        )
+        let handle = TaskHandle {
+            repr: Repr::Slot(Arc::clone(&slot)),
+        };
+        (handle, slot)
+    }
+
+    /// The handle of a spawned child, whose task returns its result.
+    pub(crate) fn from_join(handle: JoinHandle<Result<T, TaskError>>) -> Self {
+        TaskHandle {
+            repr: Repr::Join(Some(handle)),
+        }
     }
 
     /// Whether the child has ended (its result is ready, or was already taken).
     pub fn is_finished(&self) -> bool {
-        !matches!(*lock(&self.slot.state), HandleState::Waiting(_))
+        match &self.repr {
+            Repr::Slot(slot) => !matches!(*lock(&slot.state), HandleState::Waiting(_)),
+            Repr::Join(handle) => handle.as_ref().is_none_or(JoinHandle::is_finished),
+        }
     }
 }
 
 impl<T> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, TaskError>> {
-        let mut state = lock(&self.slot.state);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, TaskError>> {
+        let slot = match &mut self.repr {
+            Repr::Slot(slot) => slot,
+            Repr::Join(handle) => {
+                let join = handle
+                    .as_mut()
+                    .expect("a TaskHandle was polled after it completed");
+                let result = std::task::ready!(Pin::new(join).poll(cx));
+                *handle = None;
+                // The child catches its own panics, so the task itself can only have been
+                // cancelled (its runtime shut down).
+                return Poll::Ready(result.unwrap_or(Err(TaskError::Cancelled)));
+            }
+        };
+        let mut state = lock(&slot.state);
         match std::mem::replace(&mut *state, HandleState::Taken) {
             HandleState::Done(result) => Poll::Ready(result),
             HandleState::Waiting(_) => {
@@ -109,23 +150,46 @@ impl<T> HandleSlot<T> {
     }
 }
 
+/// A child's result as its handle reports it; its failure goes to the group.
+fn result_of<T, E>(outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskError> {
+    match outcome {
+        Outcome::Done(Ok(output)) => Ok(output),
+        Outcome::Done(Err(error)) => {
+            group.fail(Failure::Error(error));
+            Err(TaskError::Failed)
+        }
+        Outcome::Panicked(payload) => {
+            group.fail(Failure::Panic(payload));
+            Err(TaskError::Failed)
+        }
+        Outcome::Cancelled => Err(TaskError::Cancelled),
+    }
+}
+
 impl<T, E> Sink<E> for Arc<HandleSlot<T>> {
     type Output = T;
+    type Delivered = ();
 
     fn deliver(self, outcome: Outcome<T, E>, group: &Shared<E>) {
-        let result = match outcome {
-            Outcome::Done(Ok(output)) => Ok(output),
-            Outcome::Done(Err(error)) => {
-                group.fail(Failure::Error(error));
-                Err(TaskError::Failed)
-            }
-            Outcome::Panicked(payload) => {
-                group.fail(Failure::Panic(payload));
-                Err(TaskError::Failed)
-            }
-            Outcome::Cancelled => Err(TaskError::Cancelled),
-        };
-        self.set(result);
+        self.set(result_of(outcome, group));
+    }
+}
+
+/// The sink of a spawned child: its result is its task's output.
+pub(crate) struct Direct<T>(PhantomData<fn() -> T>);
+
+impl<T> Direct<T> {
+    pub(crate) fn new() -> Self {
+        Direct(PhantomData)
+    }
+}
+
+impl<T, E> Sink<E> for Direct<T> {
+    type Output = T;
+    type Delivered = Result<T, TaskError>;
+
+    fn deliver(self, outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskError> {
+        result_of(outcome, group)
     }
 }
 
@@ -228,6 +292,7 @@ impl<V, E> StartSlot<V, E> {
 
 impl<V, E> Sink<E> for Arc<StartSlot<V, E>> {
     type Output = ();
+    type Delivered = ();
 
     fn deliver(self, outcome: Outcome<(), E>, group: &Shared<E>) {
         let mut state = lock(&self.state);

@@ -41,6 +41,8 @@ pub(crate) struct Shared<E> {
     failures: Mutex<Vec<Failure<E>>>,
     /// The group's waker, woken when the last member settles.
     waker: AtomicWaker,
+    /// The wakers of spawned members waiting without a node of their own.
+    pub(crate) registry: Registry,
 }
 
 impl<E> Shared<E> {
@@ -50,6 +52,7 @@ impl<E> Shared<E> {
             state: AtomicUsize::new(0),
             failures: Mutex::new(Vec::new()),
             waker: AtomicWaker::new(),
+            registry: Registry::default(),
         })
     }
 
@@ -101,6 +104,63 @@ impl<E> Shared<E> {
     }
 }
 
+/// The wakers of a spawned group's members that wait in a frame (with no node of their own,
+/// which a group's cancellation would wake): the group wakes them all when it is cancelled.
+#[derive(Default)]
+pub(crate) struct Registry {
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    wakers: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers (or refreshes) the waker of the member holding `index`.
+    pub(crate) fn register(&self, index: &mut Option<usize>, waker: &Waker) {
+        let mut slots = self.lock();
+        match *index {
+            Some(i) => match &mut slots.wakers[i] {
+                Some(current) if current.will_wake(waker) => {}
+                slot => *slot = Some(waker.clone()),
+            },
+            None => {
+                let i = match slots.free.pop() {
+                    Some(i) => {
+                        slots.wakers[i] = Some(waker.clone());
+                        i
+                    }
+                    None => {
+                        slots.wakers.push(Some(waker.clone()));
+                        slots.wakers.len() - 1
+                    }
+                };
+                *index = Some(i);
+            }
+        }
+    }
+
+    pub(crate) fn unregister(&self, index: &mut Option<usize>) {
+        if let Some(i) = index.take() {
+            let mut slots = self.lock();
+            slots.wakers[i] = None;
+            slots.free.push(i);
+        }
+    }
+
+    /// Wakes every registered member, so each sees the group's cancellation.
+    pub(crate) fn wake_all(&self) {
+        let wakers: Vec<Waker> = self.lock().wakers.iter().flatten().cloned().collect();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A future running in the group's scope: polled in its own region (a lazy frame for
     /// in-task members, a node for spawned ones), with panics caught and cancellation checked
@@ -124,28 +184,25 @@ fn leave(slot: &mut Option<Current>) {
     }
 }
 
-impl<F> Member<F> {
-    /// A member polled by the group's own future: its node is made only if something inside
-    /// asks for it (a nested scope, a spawn), so a plain child costs no allocation here.
-    pub(crate) fn in_task(group: &Arc<Node>, future: F) -> Self {
-        Member {
-            future: Some(future),
-            slot: Some(Current::Frame(Frame {
-                parent: Some(Arc::clone(group)),
-                deadline: Deadline::None,
-                shield: false,
-            })),
-        }
-    }
+/// The region a member runs in: a frame below the group's node, made into a node only if
+/// something inside asks for it (a nested scope, a spawn).
+fn frame(group: &Arc<Node>) -> Option<Current> {
+    Some(Current::Frame(Frame {
+        parent: Some(Arc::clone(group)),
+        deadline: Deadline::None,
+        shield: false,
+    }))
+}
 
-    /// A member spawned on a runtime: it has a node from the start, so the group's
-    /// cancellation wakes it wherever it runs.
-    pub(crate) fn spawned(group: &Arc<Node>, future: F) -> Self {
-        let node = Node::new(Deadline::None, false);
-        node.enter(Some(Arc::clone(group)));
+impl<F> Member<F> {
+    /// A member running in a frame below the group's node. While it waits, whatever drives
+    /// it must make sure the group's cancellation reaches it: an in-task group sweeps its
+    /// children, a spawned child registers its waker (see [`Child`]). A plain child costs no
+    /// allocation here.
+    pub(crate) fn new(group: &Arc<Node>, future: F) -> Self {
         Member {
             future: Some(future),
-            slot: Some(Current::Node(node)),
+            slot: frame(group),
         }
     }
 
@@ -192,10 +249,13 @@ impl<F, T, E> Member<F>
 where
     F: Future<Output = Result<T, E>>,
 {
-    /// Polls the member; `Ready` exactly once, with how it ended.
+    /// Polls the member; `Ready` exactly once, with how it ended. When it waits, its node (if
+    /// something inside made one) or else `wait_in_frame` gets the waker the group's
+    /// cancellation must wake.
     pub(crate) fn poll_outcome(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
+        wait_in_frame: impl FnOnce(&Waker),
     ) -> Poll<Outcome<T, E>> {
         assert!(
             self.future.is_some(),
@@ -216,8 +276,9 @@ where
             Ok(Poll::Ready(output)) => Outcome::Done(output),
             Err(payload) => Outcome::Panicked(payload),
             Ok(Poll::Pending) => {
-                if let Some(Current::Node(node)) = &self.slot {
-                    node.register_waker(cx.waker());
+                match &self.slot {
+                    Some(Current::Node(node)) => node.register_waker(cx.waker()),
+                    _ => wait_in_frame(cx.waker()),
                 }
                 // A cancellation made during that poll is handled now rather than missed.
                 if !self.cancelled() {
@@ -236,8 +297,10 @@ where
 pub(crate) trait Sink<E> {
     /// The child's output on success.
     type Output;
+    /// What the child's future returns once the outcome is delivered.
+    type Delivered;
 
-    fn deliver(self, outcome: Outcome<Self::Output, E>, group: &Shared<E>);
+    fn deliver(self, outcome: Outcome<Self::Output, E>, group: &Shared<E>) -> Self::Delivered;
 
     /// Whether whoever waits for this child gave up on it (only `start` callers can); if not,
     /// registers the child's waker to hear about it.
@@ -254,12 +317,17 @@ pin_project_lite::pin_project! {
         member: Member<F>,
         sink: Option<S>,
         group: Arc<Shared<E>>,
+        // Spawned children register their waker with the group while they wait; in-task
+        // children are swept by the group instead.
+        spawned: bool,
+        registered: Option<usize>,
     }
 
     impl<F, S: Sink<E>, E> PinnedDrop for Child<F, S, E> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(sink) = this.sink.take() {
+                this.group.registry.unregister(this.registered);
                 settle(sink, Outcome::Cancelled, this.group);
             }
         }
@@ -267,18 +335,34 @@ pin_project_lite::pin_project! {
 }
 
 /// Delivers an outcome and counts the child out.
-fn settle<E, S: Sink<E>>(sink: S, outcome: Outcome<S::Output, E>, group: &Shared<E>) {
-    sink.deliver(outcome, group);
+fn settle<E, S: Sink<E>>(
+    sink: S,
+    outcome: Outcome<S::Output, E>,
+    group: &Shared<E>,
+) -> S::Delivered {
+    let delivered = sink.deliver(outcome, group);
     group.settled();
+    delivered
 }
 
 impl<F, S: Sink<E>, E> Child<F, S, E> {
-    /// A child already counted in with [`Shared::join`].
-    pub(crate) fn new(member: Member<F>, sink: S, group: Arc<Shared<E>>) -> Self {
+    /// A child polled by an in-task group, already counted in with [`Shared::join`].
+    pub(crate) fn in_task(future: F, sink: S, group: &Arc<Shared<E>>) -> Self {
+        Self::new(future, sink, group, false)
+    }
+
+    /// A child spawned on a runtime, already counted in with [`Shared::join`].
+    pub(crate) fn spawned(future: F, sink: S, group: &Arc<Shared<E>>) -> Self {
+        Self::new(future, sink, group, true)
+    }
+
+    fn new(future: F, sink: S, group: &Arc<Shared<E>>, spawned: bool) -> Self {
         Child {
-            member,
+            member: Member::new(&group.node, future),
             sink: Some(sink),
-            group,
+            group: Arc::clone(group),
+            spawned,
+            registered: None,
         }
     }
 }
@@ -292,7 +376,7 @@ pub(crate) trait Entry: Future<Output = ()> {
 impl<F, S, E> Entry for Child<F, S, E>
 where
     F: Future<Output = Result<S::Output, E>>,
-    S: Sink<E>,
+    S: Sink<E, Delivered = ()>,
 {
     fn sweep(self: Pin<&mut Self>) {
         let this = self.project();
@@ -309,25 +393,33 @@ where
     F: Future<Output = Result<S::Output, E>>,
     S: Sink<E>,
 {
-    type Output = ();
+    type Output = S::Delivered;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<S::Delivered> {
         let mut this = self.project();
         let Some(sink) = this.sink.as_ref() else {
-            // Swept earlier; the group no longer waits for it.
-            return Poll::Ready(());
+            // Swept (or finished) earlier: nothing waits for it any more. An in-task group
+            // keeps such a shell until it drops its children, so it just stays pending.
+            return Poll::Pending;
         };
         let outcome = if sink.abandoned(cx) && this.member.as_mut().abandon() {
             Outcome::Cancelled
         } else {
-            match this.member.poll_outcome(cx) {
+            let (group, registered) = (&**this.group, &mut *this.registered);
+            let wait_in_frame = |waker: &Waker| {
+                if *this.spawned {
+                    group.registry.register(registered, waker);
+                }
+            };
+            match this.member.poll_outcome(cx, wait_in_frame) {
                 Poll::Ready(outcome) => outcome,
                 Poll::Pending => return Poll::Pending,
             }
         };
-        if let Some(sink) = this.sink.take() {
-            settle(sink, outcome, this.group);
-        }
-        Poll::Ready(())
+        let Some(sink) = this.sink.take() else {
+            unreachable!("checked above")
+        };
+        this.group.registry.unregister(this.registered);
+        Poll::Ready(settle(sink, outcome, this.group))
     }
 }

@@ -613,7 +613,9 @@ impl<T: Send + 'static> JoinHandle<T> {
             Repr::Boxed(raw) => raw.abort_handle(),
         }
     }
+}
 
+impl<T> JoinHandle<T> {
     /// Whether the task has finished (produced an output, panicked, or been cancelled).
     pub fn is_finished(&self) -> bool {
         match &self.repr {
