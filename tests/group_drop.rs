@@ -71,7 +71,7 @@ proptest! {
             }));
             let mut cx = Context::from_waker(Waker::noop());
             for _ in 0..polls {
-                if let Poll::Ready(_) = group.as_mut().poll(&mut cx) {
+                if group.as_mut().poll(&mut cx).is_ready() {
                     break;
                 }
             }

@@ -47,10 +47,8 @@ use std::fmt;
 use std::future::Future;
 use std::panic::resume_unwind;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::cancel::node::{self, Node};
 use crate::cancel::CancelScope;
@@ -58,12 +56,14 @@ use crate::runtime::{self, JoinHandle, Runtime, RuntimeHandle};
 
 mod error;
 mod handle;
+mod in_task;
 mod member;
 
 pub use error::{GroupClosed, GroupError, StartError, TaskError};
 use handle::StartSlot;
 pub use handle::{Started, TaskHandle};
-use member::{Child, Entry, Failure, Member, Outcome, Shared};
+use in_task::InTask;
+use member::{Child, Entry, Failure, LocalChild, Member, Outcome, Shared};
 
 /// Runs `body` with an in-task [`TaskGroup`] and returns its output once every child is done.
 ///
@@ -280,47 +280,27 @@ impl GroupRuntime for RuntimeHandle {
     }
 }
 
-/// An in-task group's children, polled by the group's own future.
-struct InTask<'env, E, D: ?Sized> {
-    shared: Arc<Shared<E>>,
-    children: Mutex<FuturesUnordered<Pin<Box<D>>>>,
-    _env: std::marker::PhantomData<&'env ()>,
-}
-
-impl<E, D: ?Sized> InTask<'_, E, D> {
-    fn new() -> Self {
-        InTask {
-            shared: Shared::new(),
-            children: Mutex::new(FuturesUnordered::new()),
-            _env: std::marker::PhantomData,
-        }
-    }
-
-    fn push(&self, child: Pin<Box<D>>) {
-        self.children
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(child);
-    }
-}
-
 /// The part of a group's driving that depends on where the children run.
 trait Children {
     /// Polls the children the group's future drives.
     fn poll_children(&self, cx: &mut Context<'_>);
     /// Cancels now every child that the group's cancellation reaches.
     fn sweep(&self);
+    /// Drops every child still held (the group's future was dropped).
+    fn clear(&self);
 }
 
-impl<E, D: ?Sized + Entry> Children for InTask<'_, E, D> {
+impl<E, D: ?Sized + Entry<E>> Children for InTask<'_, E, D> {
     fn poll_children(&self, cx: &mut Context<'_>) {
-        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Poll::Ready(Some(())) = children.poll_next_unpin(cx) {}
+        InTask::poll_children(self, cx);
     }
 
     fn sweep(&self) {
-        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        children.iter_mut().for_each(|child| child.as_mut().sweep());
+        InTask::sweep(self);
+    }
+
+    fn clear(&self) {
+        InTask::clear(self);
     }
 }
 
@@ -334,6 +314,9 @@ impl Children for Spawned<'_> {
     fn sweep(&self) {
         self.0.wake_all();
     }
+
+    // Spawned children are dropped by their runtime once they see the cancellation.
+    fn clear(&self) {}
 }
 
 /// The handle of an in-task group, lent to the body of [`task_group`].
@@ -352,7 +335,7 @@ impl Children for Spawned<'_> {
 /// # let _: Option<GroupError<()>> = None;
 /// ```
 pub struct TaskGroup<'env, E> {
-    core: Arc<InTask<'env, E, dyn Entry + Send + 'env>>,
+    core: Arc<InTask<'env, E, dyn Entry<E> + Send + 'env>>,
 }
 
 /// The handle of an in-task group whose children need not be `Send`, lent to the body of
@@ -375,7 +358,7 @@ pub struct TaskGroup<'env, E> {
 /// assert_eq!((out, count.get()), (Ok(()), 3));
 /// ```
 pub struct LocalTaskGroup<'env, E> {
-    core: Arc<InTask<'env, E, dyn Entry + 'env>>,
+    core: Arc<InTask<'env, E, dyn Entry<E> + 'env>>,
 }
 
 /// The spawning methods every kind of group has; `$add` puts a counted-in child where the
@@ -478,7 +461,7 @@ macro_rules! in_task_group {
                 if !self.core.shared.join() {
                     return Err(GroupClosed);
                 }
-                let child = Child::in_task(future, sink, &self.core.shared);
+                let child = LocalChild::new(&self.core.shared.node, future, sink);
                 self.core.push(Box::pin(child));
                 Ok(())
             }
@@ -580,7 +563,7 @@ impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
         if !self.shared.join() {
             return Err(GroupClosed);
         }
-        let child = Child::spawned(future, sink, &self.shared);
+        let child = Child::new(future, sink, &self.shared);
         Ok(node::enter(&mut None, || self.runtime.spawn_member(child)))
     }
 
@@ -608,7 +591,11 @@ impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
 pin_project_lite::pin_project! {
     /// Drives a group: polls the body (and in-task children), reacts to cancellation, and
     /// finishes once the body and every child are done.
-    struct Driver<'a, B, R, E, C: ?Sized> {
+    struct Driver<'a, B, R, E, C>
+    where
+        C: ?Sized,
+        C: Children,
+    {
         #[pin]
         body: Member<B>,
         // `Some(Some(output))` once the body returned its output, `Some(None)` once it
@@ -624,7 +611,11 @@ pin_project_lite::pin_project! {
         holds: bool,
     }
 
-    impl<'a, B, R, E, C: ?Sized> PinnedDrop for Driver<'a, B, R, E, C> {
+    impl<'a, B, R, E, C> PinnedDrop for Driver<'a, B, R, E, C>
+    where
+        C: ?Sized,
+        C: Children,
+    {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if *this.entered && !*this.exited {
@@ -632,7 +623,9 @@ pin_project_lite::pin_project! {
                 // next poll; in-task children are dropped with the group right after).
                 let node = &this.shared.node;
                 node.cancel();
+                this.shared.close_now();
                 this.shared.registry.wake_all();
+                this.children.clear();
                 leave(node, *this.holds);
             }
         }
@@ -646,7 +639,7 @@ fn leave(node: &Node, holds: bool) {
     node.exit();
 }
 
-impl<'a, B, R, E, C: ?Sized> Driver<'a, B, R, E, C> {
+impl<'a, B, R, E, C: ?Sized + Children> Driver<'a, B, R, E, C> {
     fn new(shared: &'a Arc<Shared<E>>, children: &'a C, body: B) -> Self {
         Driver {
             body: Member::new(&shared.node, body),

@@ -173,6 +173,10 @@ impl<T, E> Sink<E> for Arc<HandleSlot<T>> {
     fn deliver(self, outcome: Outcome<T, E>, group: &Shared<E>) {
         self.set(result_of(outcome, group));
     }
+
+    fn cancelled(self) {
+        self.set(Err(TaskError::Cancelled));
+    }
 }
 
 /// The sink of a spawned child: its result is its task's output.
@@ -190,6 +194,10 @@ impl<T, E> Sink<E> for Direct<T> {
 
     fn deliver(self, outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskError> {
         result_of(outcome, group)
+    }
+
+    fn cancelled(self) -> Result<T, TaskError> {
+        Err(TaskError::Cancelled)
     }
 }
 
@@ -290,19 +298,11 @@ impl<V, E> StartSlot<V, E> {
     }
 }
 
-impl<V, E> Sink<E> for Arc<StartSlot<V, E>> {
-    type Output = ();
-    type Delivered = ();
-
-    fn deliver(self, outcome: Outcome<(), E>, group: &Shared<E>) {
+impl<V, E> StartSlot<V, E> {
+    /// Hands the outcome of a child that has not called `started` to the caller of `start`.
+    fn before_started(&self, outcome: Outcome<(), E>) {
         let mut state = lock(&self.state);
         if state.started {
-            drop(state);
-            match outcome {
-                Outcome::Done(Err(error)) => group.fail(Failure::Error(error)),
-                Outcome::Panicked(payload) => group.fail(Failure::Panic(payload)),
-                Outcome::Done(Ok(())) | Outcome::Cancelled => {}
-            }
             return;
         }
         let StartStage::Waiting { starter, .. } = &mut state.stage else {
@@ -321,7 +321,30 @@ impl<V, E> Sink<E> for Arc<StartSlot<V, E>> {
             waker.wake();
         }
     }
+}
 
+impl<V, E> Sink<E> for Arc<StartSlot<V, E>> {
+    type Output = ();
+    type Delivered = ();
+
+    fn deliver(self, outcome: Outcome<(), E>, group: &Shared<E>) {
+        let state = lock(&self.state);
+        if state.started {
+            drop(state);
+            match outcome {
+                Outcome::Done(Err(error)) => group.fail(Failure::Error(error)),
+                Outcome::Panicked(payload) => group.fail(Failure::Panic(payload)),
+                Outcome::Done(Ok(())) | Outcome::Cancelled => {}
+            }
+            return;
+        }
+        drop(state);
+        self.before_started(outcome);
+    }
+
+    fn cancelled(self) {
+        self.before_started(Outcome::Cancelled);
+    }
     fn abandoned(&self, cx: &mut Context<'_>) -> bool {
         let mut state = lock(&self.state);
         if state.started {

@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,6 +79,11 @@ impl<E> Shared<E> {
         self.state
             .compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Closes the group whatever its count (its future was dropped): nothing joins it after.
+    pub(crate) fn close_now(&self) {
+        self.state.fetch_or(CLOSED, Ordering::AcqRel);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -302,6 +308,9 @@ pub(crate) trait Sink<E> {
 
     fn deliver(self, outcome: Outcome<Self::Output, E>, group: &Shared<E>) -> Self::Delivered;
 
+    /// Delivers a cancellation (the child was dropped before it ended).
+    fn cancelled(self) -> Self::Delivered;
+
     /// Whether whoever waits for this child gave up on it (only `start` callers can); if not,
     /// registers the child's waker to hear about it.
     fn abandoned(&self, _cx: &mut Context<'_>) -> bool {
@@ -309,29 +318,33 @@ pub(crate) trait Sink<E> {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A child of a group: a member plus where its outcome goes. Settles (counts out of the
-    /// group) exactly once: when it ends, is swept, or is dropped unfinished.
-    pub(crate) struct Child<F, S: Sink<E>, E> {
-        #[pin]
-        member: Member<F>,
-        sink: Option<S>,
-        group: Arc<Shared<E>>,
-        // Spawned children register their waker with the group while they wait; in-task
-        // children are swept by the group instead.
-        spawned: bool,
-        registered: Option<usize>,
-    }
-
-    impl<F, S: Sink<E>, E> PinnedDrop for Child<F, S, E> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(sink) = this.sink.take() {
-                this.group.registry.unregister(this.registered);
-                settle(sink, Outcome::Cancelled, this.group);
-            }
-        }
-    }
+/// Polls a child's member and delivers its outcome once it ends: the part of a child's poll
+/// both kinds of group share. `sink` is `None` once the outcome was delivered.
+fn poll_child<F, S, E>(
+    member: Pin<&mut Member<F>>,
+    sink: &mut Option<S>,
+    cx: &mut Context<'_>,
+    group: &Shared<E>,
+    wait_in_frame: impl FnOnce(&Waker),
+) -> Poll<S::Delivered>
+where
+    F: Future<Output = Result<S::Output, E>>,
+    S: Sink<E>,
+{
+    let Some(waiting) = sink.as_ref() else {
+        // Swept (or finished) earlier: nothing waits for it any more.
+        return Poll::Pending;
+    };
+    let mut member = member;
+    let outcome = if waiting.abandoned(cx) && member.as_mut().abandon() {
+        Outcome::Cancelled
+    } else {
+        std::task::ready!(member.poll_outcome(cx, wait_in_frame))
+    };
+    let Some(sink) = sink.take() else {
+        unreachable!("checked above")
+    };
+    Poll::Ready(settle(sink, outcome, group))
 }
 
 /// Delivers an outcome and counts the child out.
@@ -345,45 +358,38 @@ fn settle<E, S: Sink<E>>(
     delivered
 }
 
-impl<F, S: Sink<E>, E> Child<F, S, E> {
-    /// A child polled by an in-task group, already counted in with [`Shared::join`].
-    pub(crate) fn in_task(future: F, sink: S, group: &Arc<Shared<E>>) -> Self {
-        Self::new(future, sink, group, false)
+pin_project_lite::pin_project! {
+    /// A child spawned on a runtime: a member plus where its outcome goes. Settles (counts out
+    /// of the group) exactly once: when it ends, or when its runtime drops it unfinished.
+    pub(crate) struct Child<F, S: Sink<E>, E> {
+        #[pin]
+        member: Member<F>,
+        sink: Option<S>,
+        group: Arc<Shared<E>>,
+        // Its place in the group's registry while it waits in a frame.
+        registered: Option<usize>,
     }
 
-    /// A child spawned on a runtime, already counted in with [`Shared::join`].
-    pub(crate) fn spawned(future: F, sink: S, group: &Arc<Shared<E>>) -> Self {
-        Self::new(future, sink, group, true)
-    }
-
-    fn new(future: F, sink: S, group: &Arc<Shared<E>>, spawned: bool) -> Self {
-        Child {
-            member: Member::new(&group.node, future),
-            sink: Some(sink),
-            group: Arc::clone(group),
-            spawned,
-            registered: None,
+    impl<F, S: Sink<E>, E> PinnedDrop for Child<F, S, E> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(sink) = this.sink.take() {
+                this.group.registry.unregister(this.registered);
+                sink.cancelled();
+                this.group.settled();
+            }
         }
     }
 }
 
-/// What the in-task group can do with a child it holds behind a pointer.
-pub(crate) trait Entry: Future<Output = ()> {
-    /// Cancels the child now if the group's cancellation reaches it.
-    fn sweep(self: Pin<&mut Self>);
-}
-
-impl<F, S, E> Entry for Child<F, S, E>
-where
-    F: Future<Output = Result<S::Output, E>>,
-    S: Sink<E, Delivered = ()>,
-{
-    fn sweep(self: Pin<&mut Self>) {
-        let this = self.project();
-        if this.member.sweep() {
-            if let Some(sink) = this.sink.take() {
-                settle(sink, Outcome::Cancelled, this.group);
-            }
+impl<F, S: Sink<E>, E> Child<F, S, E> {
+    /// A child already counted in with [`Shared::join`].
+    pub(crate) fn new(future: F, sink: S, group: &Arc<Shared<E>>) -> Self {
+        Child {
+            member: Member::new(&group.node, future),
+            sink: Some(sink),
+            group: Arc::clone(group),
+            registered: None,
         }
     }
 }
@@ -396,30 +402,76 @@ where
     type Output = S::Delivered;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<S::Delivered> {
-        let mut this = self.project();
-        let Some(sink) = this.sink.as_ref() else {
-            // Swept (or finished) earlier: nothing waits for it any more. An in-task group
-            // keeps such a shell until it drops its children, so it just stays pending.
-            return Poll::Pending;
-        };
-        let outcome = if sink.abandoned(cx) && this.member.as_mut().abandon() {
-            Outcome::Cancelled
-        } else {
-            let (group, registered) = (&**this.group, &mut *this.registered);
-            let wait_in_frame = |waker: &Waker| {
-                if *this.spawned {
-                    group.registry.register(registered, waker);
-                }
-            };
-            match this.member.poll_outcome(cx, wait_in_frame) {
-                Poll::Ready(outcome) => outcome,
-                Poll::Pending => return Poll::Pending,
+        let this = self.project();
+        let (group, registered) = (&**this.group, this.registered);
+        let wait_in_frame = |waker: &Waker| group.registry.register(registered, waker);
+        let delivered =
+            std::task::ready!(poll_child(this.member, this.sink, cx, group, wait_in_frame));
+        group.registry.unregister(registered);
+        Poll::Ready(delivered)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A child of an in-task group, polled (and swept) by the group's future, which lends it
+    /// the group's state at every poll.
+    pub(crate) struct LocalChild<F, S: Sink<E>, E> {
+        #[pin]
+        member: Member<F>,
+        sink: Option<S>,
+        group: PhantomData<fn(E)>,
+    }
+
+    impl<F, S: Sink<E>, E> PinnedDrop for LocalChild<F, S, E> {
+        fn drop(this: Pin<&mut Self>) {
+            // Only dropped unsettled when the whole group is torn down, which closes it: no
+            // count to keep.
+            if let Some(sink) = this.project().sink.take() {
+                sink.cancelled();
             }
-        };
-        let Some(sink) = this.sink.take() else {
-            unreachable!("checked above")
-        };
-        this.group.registry.unregister(this.registered);
-        Poll::Ready(settle(sink, outcome, this.group))
+        }
+    }
+}
+
+impl<F, S: Sink<E>, E> LocalChild<F, S, E> {
+    /// A child already counted in with [`Shared::join`].
+    pub(crate) fn new(group: &Arc<Node>, future: F, sink: S) -> Self {
+        LocalChild {
+            member: Member::new(group, future),
+            sink: Some(sink),
+            group: PhantomData,
+        }
+    }
+}
+
+/// What an in-task group does with a child it holds behind a pointer.
+pub(crate) trait Entry<E> {
+    /// Polls the child; `Ready` once it has ended and its outcome was delivered.
+    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()>;
+
+    /// Cancels the child now if the group's cancellation reaches it; returns whether it did.
+    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool;
+}
+
+impl<F, S, E> Entry<E> for LocalChild<F, S, E>
+where
+    F: Future<Output = Result<S::Output, E>>,
+    S: Sink<E, Delivered = ()>,
+{
+    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()> {
+        let this = self.project();
+        // The group sweeps its in-task children when it is cancelled: no registration.
+        poll_child(this.member, this.sink, cx, group, |_| {})
+    }
+
+    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool {
+        let this = self.project();
+        if !this.member.sweep() {
+            return false;
+        }
+        if let Some(sink) = this.sink.take() {
+            settle(sink, Outcome::Cancelled, group);
+        }
+        true
     }
 }
