@@ -4,14 +4,13 @@
 //! Each iteration runs 10,000 operations one after another. Run with
 //! `cargo bench -p sheepdog-benches --bench cancel`.
 
-use std::future::Future;
 use std::pin::pin;
 use std::sync::OnceLock;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
+use sheepdog_benches::poll_ready;
 use sheepdog_core::cancel::fail_after;
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_smol::SmolRuntime;
@@ -28,18 +27,6 @@ const FAR: Duration = Duration::from_secs(3600);
 
 fn main() {
     divan::main();
-}
-
-/// Polls `future` once with a no-op waker; it must be ready.
-fn poll_ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("expected a ready future"),
-    }
 }
 
 /// A future that is ready immediately: the deadline wrapper's fixed cost.

@@ -13,12 +13,11 @@
 //! Run with `cargo bench -p sheepdog-benches --bench sync`.
 
 use std::future::Future;
-use std::pin::pin;
 use std::sync::{Arc, Barrier, OnceLock};
-use std::task::{Context, Poll, Waker};
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
+use sheepdog_benches::poll_ready;
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -28,18 +27,6 @@ const OPS: usize = 10_000;
 
 fn main() {
     divan::main();
-}
-
-/// Polls `future` once with a no-op waker; it must be ready.
-fn poll_ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("expected a ready future"),
-    }
 }
 
 /// Acquire (ready at once) + release.

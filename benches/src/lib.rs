@@ -1,1 +1,22 @@
-//! Benchmarks live in this package's `benches` targets; see docs/performance.md.
+//! Benchmarks live in this package's `benches` targets; see docs/performance.md. This library
+//! holds what several of them share.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+/// Polls `future` once with a no-op waker; it must be ready.
+///
+/// # Panics
+///
+/// If the future is not ready at its first poll.
+pub fn poll_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("expected a ready future"),
+    }
+}
