@@ -4,11 +4,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
-use std::sync::PoisonError;
 use std::task::{Context, Poll};
 
-use super::queue::{WaitList, Wakers};
-use crate::shim::{AtomicBool, Mutex, MutexGuard};
+use crate::shim::AtomicBool;
 
 /// A one-shot event (AnyIO's `Event`): [`set`](Event::set) it once and every
 /// [`wait`](Event::wait), past and future, completes. It cannot be cleared.
@@ -32,7 +30,9 @@ use crate::shim::{AtomicBool, Mutex, MutexGuard};
 /// ```
 pub struct Event {
     set: AtomicBool,
-    waiters: Mutex<WaitList<(), ()>>,
+    // event-listener's `Event` is exactly this primitive's wait list: everyone is woken on
+    // `set`, so no hand-off order is needed.
+    waiters: event_listener::Event,
 }
 
 impl Default for Event {
@@ -60,12 +60,8 @@ impl Event {
     pub fn new() -> Self {
         Event {
             set: AtomicBool::new(false),
-            waiters: Mutex::new(WaitList::default()),
+            waiters: event_listener::Event::new(),
         }
-    }
-
-    fn waiters(&self) -> MutexGuard<'_, WaitList<(), ()>> {
-        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sets the event and wakes every waiter. Idempotent.
@@ -79,12 +75,9 @@ impl Event {
     /// assert!(event.is_set());
     /// ```
     pub fn set(&self) {
-        if self.set.swap(true, AcqRel) {
-            return;
+        if !self.set.swap(true, AcqRel) {
+            self.waiters.notify(usize::MAX);
         }
-        let mut wakers = Wakers::default();
-        self.waiters().grant_all(|()| (), &mut wakers);
-        wakers.wake_all();
     }
 
     /// Whether the event is set.
@@ -116,7 +109,7 @@ impl Event {
     pub fn wait(&self) -> EventWait<'_> {
         EventWait {
             event: self,
-            key: None,
+            listener: None,
         }
     }
 
@@ -128,7 +121,7 @@ impl Event {
     /// assert_eq!(sheepdog_core::sync::Event::new().tasks_waiting(), 0);
     /// ```
     pub fn tasks_waiting(&self) -> usize {
-        self.waiters().len()
+        self.waiters.total_listeners()
     }
 }
 
@@ -136,13 +129,13 @@ impl Event {
 #[must_use = "futures do nothing unless awaited"]
 pub struct EventWait<'a> {
     event: &'a Event,
-    key: Option<usize>,
+    listener: Option<event_listener::EventListener>,
 }
 
 impl fmt::Debug for EventWait<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventWait")
-            .field("waiting", &self.key.is_some())
+            .field("waiting", &self.listener.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -155,34 +148,20 @@ impl Future for EventWait<'_> {
             return Poll::Pending;
         }
         let this = &mut *self;
-        let event = this.event;
-        match this.key {
-            Some(key) => {
-                if event.waiters().poll(key, cx.waker()).is_none() {
-                    return Poll::Pending;
-                }
-                this.key = None;
+        loop {
+            if this.event.is_set() {
+                this.listener = None;
+                return Poll::Ready(());
             }
-            None if event.is_set() => {}
-            None => {
-                let mut waiters = event.waiters();
-                // `set` stores the flag before it takes this lock, so under the lock the flag
-                // is either seen here or this waiter is seen by `set`.
-                if !event.is_set() {
-                    this.key = Some(waiters.push((), cx.waker()));
-                    return Poll::Pending;
+            match &mut this.listener {
+                // Listen first, then check the flag again (the loop): a `set` in between
+                // notifies this listener.
+                None => this.listener = Some(this.event.waiters.listen()),
+                Some(listener) => {
+                    std::task::ready!(Pin::new(listener).poll(cx));
+                    this.listener = None;
                 }
             }
-        }
-        Poll::Ready(())
-    }
-}
-
-impl Drop for EventWait<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            // Everyone is woken by `set`, so a wake-up given to this waiter need not be passed on.
-            let _ = self.event.waiters().abandon(key);
         }
     }
 }
