@@ -25,7 +25,39 @@ fn forever<E>(live: &Live) -> impl Future<Output = Result<(), E>> + Send + 'stat
     }
 }
 
+/// A child that completes at once, then panics when it is dropped.
+struct PanicsOnDrop;
+
+impl Future for PanicsOnDrop {
+    type Output = Result<(), ()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        std::panic::panic_any("panic in drop");
+    }
+}
+
 conformance! {
+    /// A panic in a child's destructor is a failure like any other: re-raised by the group.
+    async fn panic_in_a_childs_drop_is_reraised(cx) {
+        let caught = AssertUnwindSafe(task_group(|tg| async move {
+            tg.spawn(PanicsOnDrop);
+            Ok(())
+        }))
+        .catch_unwind()
+        .await;
+        let payload = caught.expect_err("re-raised");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"panic in drop"));
+    }
+
     /// Children borrow from the caller; handles give each child's result; the group returns
     /// the body's output once everything is done.
     async fn spawn_borrows_and_returns_results(cx) {

@@ -276,8 +276,7 @@ where
             "a group member was polled after it ended"
         );
         if self.cancelled() {
-            self.finish();
-            return Poll::Ready(Outcome::Cancelled);
+            return Poll::Ready(self.finish_with(Outcome::Cancelled));
         }
         let this = self.as_mut().project();
         let Some(future) = this.future.as_pin_mut() else {
@@ -301,8 +300,16 @@ where
                 Outcome::Cancelled
             }
         };
-        self.finish();
-        Poll::Ready(outcome)
+        Poll::Ready(self.finish_with(outcome))
+    }
+
+    /// Drops the future and leaves the scope tree; a panic in the future's destructor
+    /// becomes the outcome, so it reaches the group instead of escaping the poll.
+    fn finish_with(self: Pin<&mut Self>, outcome: Outcome<T, E>) -> Outcome<T, E> {
+        match catch_unwind(AssertUnwindSafe(|| self.finish())) {
+            Ok(()) => outcome,
+            Err(payload) => Outcome::Panicked(payload),
+        }
     }
 }
 
