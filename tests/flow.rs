@@ -401,3 +401,89 @@ proptest! {
         prop_assert_eq!(report.settle_order().len(), n);
     }
 }
+
+/// Greedy list scheduling of `durations` (ms) with dependencies `deps` on `limit` slots,
+/// lowest index first among the ready nodes: the makespan a good executor should match.
+fn list_schedule(durations: &[u64], deps: &[Vec<usize>], limit: usize) -> u64 {
+    let n = durations.len();
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut running: Vec<(u64, usize)> = Vec::new();
+    let mut now = 0;
+    loop {
+        while running.len() < limit {
+            let Some(i) = ready.pop_first() else { break };
+            running.push((now + durations[i], i));
+        }
+        if running.is_empty() {
+            return now;
+        }
+        running.sort_unstable();
+        let (end, i) = running.remove(0);
+        now = end;
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+}
+
+/// On virtual time, a DAG of timed nodes under `max_concurrent` 4 finishes within 5% of
+/// greedy list scheduling (and never under the critical path).
+#[test]
+fn makespan_matches_list_scheduling() {
+    let mut rng = fastrand::Rng::with_seed(11);
+    for _ in 0..20 {
+        let n = rng.usize(10..60);
+        let durations: Vec<u64> = (0..n).map(|_| rng.u64(1..100)).collect();
+        let deps: Vec<Vec<usize>> = (0..n)
+            .map(|i| {
+                let mut d: Vec<usize> = (0..rng.usize(0..3))
+                    .filter(|_| i > 0)
+                    .map(|_| rng.usize(0..i))
+                    .collect();
+                d.sort_unstable();
+                d.dedup();
+                d
+            })
+            .collect();
+        let mut graph = FlowBuilder::<()>::new();
+        for i in 0..n {
+            let names: Vec<String> = deps[i].iter().map(|d| format!("n{d}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let ms = durations[i];
+            graph.node(&format!("n{i}"), &names, move |_| async move {
+                time::sleep(Duration::from_millis(ms)).await;
+                Ok(())
+            });
+        }
+        let flow = graph.build().unwrap();
+        let rt = sheepdog_core::testing::VirtualRuntime::new();
+        let report = rt.block_on(flow.run(RunOptions::new().max_concurrent(4)));
+        assert!(report.all_completed());
+        let makespan = rt.clock().elapsed().as_millis() as u64;
+        let greedy = list_schedule(&durations, &deps, 4);
+        let mut finish = vec![0u64; n];
+        for i in 0..n {
+            finish[i] = durations[i] + deps[i].iter().map(|&d| finish[d]).max().unwrap_or(0);
+        }
+        let critical = finish.iter().copied().max().unwrap_or(0);
+        assert!(
+            makespan >= critical,
+            "{makespan} < critical path {critical}"
+        );
+        assert!(
+            makespan * 100 <= greedy * 105,
+            "{makespan} vs greedy {greedy}"
+        );
+    }
+}
