@@ -42,6 +42,6 @@ pub use outcome::{settle, Outcome, Settle};
 pub use race::{race, race_ok, EmptyRace, RaceOkError};
 pub use retry::{
     retry, AttemptError, GiveUp, NoHint, PolicyError, Retry, RetryError, RetryHint, RetryPolicy,
-    RetryPolicyBuilder, Retrying,
+    RetryPolicyBuilder,
 };
 pub use tuple::{GatherTuple, SettleTuple, TryGatherTuple};

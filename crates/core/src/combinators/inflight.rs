@@ -250,7 +250,6 @@ impl<I: Iterator> Feed<I> {
         }
     }
 
-
     /// Stops admitting and drops every future in flight.
     pub(crate) fn close(&mut self) {
         self.exhausted = true;

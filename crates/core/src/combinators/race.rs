@@ -174,7 +174,11 @@ where
                 errors[index] = Some(error);
             }
             None if errors.is_empty() => return Err(RaceOkError::Empty),
-            None => return Err(RaceOkError::AllFailed(errors.into_iter().flatten().collect())),
+            None => {
+                return Err(RaceOkError::AllFailed(
+                    errors.into_iter().flatten().collect(),
+                ))
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `retry`: call an async operation again with exponential backoff, aware of deadlines.
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -352,8 +352,8 @@ impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
     }
 }
 
-/// Calls `op` until it succeeds, following `policy` (the seed's `retry`). Await the result;
-/// before that, [`retry_on`](Retry::retry_on) and [`retry_after`](Retry::retry_after) refine it.
+/// Calls `op` until it succeeds, following `policy` (the seed's `retry`). Before awaiting it,
+/// [`retry_on`](Retry::retry_on) and [`retry_after`](Retry::retry_after) refine it.
 ///
 /// `op` makes a fresh future for each attempt; `policy.attempts()` is the total number of
 /// calls. Between calls it sleeps with [`time::sleep`] (virtual time works), and it never
@@ -368,7 +368,8 @@ impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
 ///
 /// # Panics
 ///
-/// A panic in `op` or its future propagates.
+/// A panic in `op` or its future propagates. Polling the future again after it completed
+/// panics.
 ///
 /// # Cancel safety
 ///
@@ -406,7 +407,7 @@ impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
 /// # let _ = Flaky::BadRequest;
 /// # }
 /// ```
-pub fn retry<Op, Fut, T, E>(op: Op, policy: RetryPolicy) -> Retry<Op, fn(&E) -> bool, NoHint>
+pub fn retry<Op, Fut, T, E>(op: Op, policy: RetryPolicy) -> Retry<Op, Fut, fn(&E) -> bool, NoHint>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -416,23 +417,9 @@ where
         policy,
         retry_on: |_| true,
         hint: NoHint,
-    }
-}
-
-/// A retry waiting to be awaited (see [`retry`]).
-#[must_use = "a retry does nothing until awaited"]
-pub struct Retry<Op, P, H> {
-    op: Op,
-    policy: RetryPolicy,
-    retry_on: P,
-    hint: H,
-}
-
-impl<Op, P, H> fmt::Debug for Retry<Op, P, H> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Retry")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
+        attempts: 0,
+        budget_end: None,
+        state: State::Start,
     }
 }
 
@@ -459,16 +446,19 @@ impl<E, F: FnMut(&E) -> Option<Duration>> RetryHint<E> for F {
     }
 }
 
-impl<Op, P, H> Retry<Op, P, H> {
+impl<Op, Fut, P, H> Retry<Op, Fut, P, H> {
     /// Retries only errors for which `predicate` returns `true` (the seed's `retry_on`); any
     /// other error ends the retry at once ([`GiveUp::NotRetryable`]). Timeouts of attempts are
     /// always retried.
-    pub fn retry_on<E, Q: FnMut(&E) -> bool>(self, predicate: Q) -> Retry<Op, Q, H> {
+    pub fn retry_on<E, Q: FnMut(&E) -> bool>(self, predicate: Q) -> Retry<Op, Fut, Q, H> {
         Retry {
             op: self.op,
             policy: self.policy,
             retry_on: predicate,
             hint: self.hint,
+            attempts: self.attempts,
+            budget_end: self.budget_end,
+            state: self.state,
         }
     }
 
@@ -499,32 +489,15 @@ impl<Op, P, H> Retry<Op, P, H> {
     /// assert_eq!(rt.clock().elapsed(), Duration::from_secs(7));
     /// # }
     /// ```
-    pub fn retry_after<E, G: FnMut(&E) -> Option<Duration>>(self, hint: G) -> Retry<Op, P, G> {
+    pub fn retry_after<E, G: FnMut(&E) -> Option<Duration>>(self, hint: G) -> Retry<Op, Fut, P, G> {
         Retry {
             op: self.op,
             policy: self.policy,
             retry_on: self.retry_on,
             hint,
-        }
-    }
-}
-
-impl<Op, Fut, T, E, P, H> IntoFuture for Retry<Op, P, H>
-where
-    Op: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    P: FnMut(&E) -> bool,
-    H: RetryHint<E>,
-{
-    type Output = Result<T, RetryError<E>>;
-    type IntoFuture = Retrying<Op, Fut, P, H>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Retrying {
-            retry: self,
-            attempts: 0,
-            budget_end: None,
-            state: State::Start,
+            attempts: self.attempts,
+            budget_end: self.budget_end,
+            state: self.state,
         }
     }
 }
@@ -541,11 +514,15 @@ pin_project_lite::pin_project! {
 }
 
 pin_project_lite::pin_project! {
-    /// The future of an awaited [`Retry`].
-    #[project = RetryingProj]
-    #[must_use = "futures do nothing unless awaited"]
-    pub struct Retrying<Op, Fut, P, H> {
-        retry: Retry<Op, P, H>,
+    /// The future returned by [`retry`]; [`retry_on`](Retry::retry_on) and
+    /// [`retry_after`](Retry::retry_after) refine it before it is awaited.
+    #[project = RetryProj]
+    #[must_use = "a retry does nothing until awaited"]
+    pub struct Retry<Op, Fut, P, H> {
+        op: Op,
+        policy: RetryPolicy,
+        retry_on: P,
+        hint: H,
         attempts: u32,
         budget_end: Option<Instant>,
         #[pin]
@@ -553,16 +530,16 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<Op, Fut, P, H> fmt::Debug for Retrying<Op, Fut, P, H> {
+impl<Op, Fut, P, H> fmt::Debug for Retry<Op, Fut, P, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Retrying")
-            .field("policy", &self.retry.policy)
+        f.debug_struct("Retry")
+            .field("policy", &self.policy)
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
 }
 
-impl<Op, Fut, T, E, P, H> Future for Retrying<Op, Fut, P, H>
+impl<Op, Fut, T, E, P, H> Future for Retry<Op, Fut, P, H>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -576,7 +553,7 @@ where
         loop {
             let failure = match this.state.as_mut().project() {
                 StateProj::Start => {
-                    if let Some(budget) = this.retry.policy.budget {
+                    if let Some(budget) = this.policy.budget {
                         *this.budget_end = Some(time::saturating_add(time::now(), budget));
                     }
                     None
@@ -594,7 +571,7 @@ where
                     Ok(Err(error)) => Some(AttemptError::Failed(error)),
                     Err(elapsed) => Some(AttemptError::TimedOut(elapsed)),
                 },
-                StateProj::Done => panic!("`Retrying` polled after completion"),
+                StateProj::Done => panic!("`Retry` polled after completion"),
             };
             match failure {
                 None => this.start_call(),
@@ -608,7 +585,7 @@ where
     }
 }
 
-impl<Op, Fut, T, E, P, H> RetryingProj<'_, Op, Fut, P, H>
+impl<Op, Fut, T, E, P, H> RetryProj<'_, Op, Fut, P, H>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -623,9 +600,8 @@ where
     /// Makes the next call, under the earliest of its own timeout and the budget.
     fn start_call(&mut self) {
         *self.attempts += 1;
-        let call = (self.retry.op)();
+        let call = (self.op)();
         let timeout = self
-            .retry
             .policy
             .attempt_timeout
             .map(|t| time::saturating_add(time::now(), t));
@@ -650,13 +626,13 @@ where
             last,
         };
         let now = time::now();
-        let mut delay = self.retry.policy.jittered_delay(*self.attempts);
+        let mut delay = self.policy.jittered_delay(*self.attempts);
         match &failure {
             AttemptError::Failed(error) => {
-                if !(self.retry.retry_on)(error) {
+                if !(self.retry_on)(error) {
                     return Err(give_up(GiveUp::NotRetryable, failure));
                 }
-                if let Some(wait) = self.retry.hint.retry_after(error) {
+                if let Some(wait) = self.hint.retry_after(error) {
                     delay = delay.max(wait);
                 }
             }
@@ -666,7 +642,7 @@ where
                 }
             }
         }
-        if *self.attempts >= self.retry.policy.attempts {
+        if *self.attempts >= self.policy.attempts {
             return Err(give_up(GiveUp::Exhausted, failure));
         }
         let wake = time::saturating_add(now, delay);
