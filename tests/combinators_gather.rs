@@ -69,7 +69,7 @@ conformance! {
         assert_eq!(try_gather(Vec::<BoxFut<Result<u8, ()>>>::new()).await, Ok(vec![]));
         assert!(gather_settled(Vec::<BoxFut<Result<u8, ()>>>::new()).await.is_empty());
         let none: Vec<u8> = Vec::new();
-        assert!(bounded_map(none.clone(), 3, |n| ready(n)).unwrap().await.is_empty());
+        assert!(bounded_map(none.clone(), 3, ready).unwrap().await.is_empty());
         assert_eq!(try_bounded_map(none, 3, |n| ready(Ok::<_, ()>(n))).unwrap().await, Ok(vec![]));
     }
 
