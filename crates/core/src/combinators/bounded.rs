@@ -22,8 +22,8 @@ use super::outcome::{settle, Outcome};
 /// ```
 /// use sheepdog_core::combinators::{bounded_map, ZeroLimit};
 ///
-/// let err = bounded_map(vec![1, 2], 0, |n| async move { n }).unwrap_err();
-/// assert_eq!(err, ZeroLimit);
+/// let err = bounded_map(vec![1, 2], 0, |n| async move { n }).err();
+/// assert_eq!(err, Some(ZeroLimit));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the concurrency limit must be at least 1")]

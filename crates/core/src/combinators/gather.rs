@@ -116,10 +116,9 @@ where
 /// ```
 /// use sheepdog_core::combinators::try_gather;
 ///
-/// let ok = futures::executor::block_on(try_gather(vec![
-///     async { Ok::<_, String>(1) },
-///     async { Ok(2) },
-/// ]));
+/// let ok = futures::executor::block_on(try_gather(
+///     [1, 2].map(|n| async move { Ok::<_, String>(n) }),
+/// ));
 /// assert_eq!(ok, Ok(vec![1, 2]));
 /// ```
 pub async fn try_gather<I, T, E>(futures: I) -> Result<Vec<T>, E>

@@ -28,10 +28,9 @@ pub struct EmptyRace;
 /// ```
 /// use sheepdog_core::combinators::{race_ok, RaceOkError};
 ///
-/// let out = futures::executor::block_on(race_ok(vec![
-///     async { Err::<(), _>("dns") },
-///     async { Err("tls") },
-/// ]));
+/// let out = futures::executor::block_on(race_ok(
+///     ["dns", "tls"].map(|e| async move { Err::<(), _>(e) }),
+/// ));
 /// assert_eq!(out, Err(RaceOkError::AllFailed(vec!["dns", "tls"])));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
