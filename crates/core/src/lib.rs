@@ -13,6 +13,7 @@
 //! | [`cancel`] | [`CancelScope`](cancel::CancelScope), [`fail_after`](cancel::fail_after), [`move_on_after`](cancel::move_on_after), [`shield`](cancel::shield), [`checkpoint`](cancel::checkpoint), [`current_effective_deadline`](cancel::current_effective_deadline), [`with_cleanup`](cancel::with_cleanup) |
 //! | [`flow`] | the flow executor: a DAG of named async operations with `max_concurrent`, failure policies, `keep_only` cleanup and progress events |
 //! | [`group`] | task groups: [`task_group`](group::task_group) (in-task, borrowing), [`spawn_group`](group::spawn_group) (parallel), `start`/`started`, [`GroupError`](group::GroupError) |
+//! | [`combinators`] | [`gather`](combinators::gather) / [`try_gather`](combinators::try_gather) / [`gather_settled`](combinators::gather_settled), [`race`](combinators::race) / [`race_ok`](combinators::race_ok), [`bounded_map`](combinators::bounded_map) (+ try, settled, stream), [`CompletionStream`](combinators::CompletionStream), [`retry`](combinators::retry) with [`RetryPolicy`](combinators::RetryPolicy) — in-task, on any executor |
 //! | [`sync`] | fair [`Lock`](sync::Lock), [`Semaphore`](sync::Semaphore), [`CapacityLimiter`](sync::CapacityLimiter), [`Event`](sync::Event), [`Condition`](sync::Condition), bounded [`channel`](sync::channel)s — FIFO with direct hand-off, cancel-safe |
 //! | `testing` (feature `test-util`) | [`VirtualRuntime`](testing::VirtualRuntime): a deterministic runtime with virtual time |
 //!
@@ -73,6 +74,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod cancel;
+pub mod combinators;
 pub mod flow;
 pub mod group;
 pub mod runtime;

@@ -1,0 +1,163 @@
+//! `gather`, `try_gather`, `gather_settled`: run many futures at once, outputs in input order.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::task::Poll;
+
+use futures::future::poll_fn;
+
+use super::inflight::Feed;
+use super::outcome::{settle, Outcome};
+
+/// Runs the futures of `source` concurrently, at most `cap` at once, and collects what `keep`
+/// makes of each output into a vector in input order. The first `Err` from `keep` ends the
+/// run: every future still in flight is dropped at once and no further one is made.
+pub(crate) async fn collect_ordered<I, U, E>(
+    source: I,
+    cap: usize,
+    mut keep: impl FnMut(<I::Item as Future>::Output) -> Result<U, E>,
+) -> Result<Vec<U>, E>
+where
+    I: Iterator,
+    I::Item: Future,
+{
+    let mut outputs: Vec<Option<U>> = Vec::with_capacity(source.size_hint().0);
+    let mut feed = Feed::new(source);
+    poll_fn(move |cx| loop {
+        match feed.poll_next(cx, cap) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some((index, output))) => {
+                let value = match keep(output) {
+                    Ok(value) => value,
+                    Err(error) => {
+                        feed.close();
+                        return Poll::Ready(Err(error));
+                    }
+                };
+                if outputs.len() <= index {
+                    outputs.resize_with(index + 1, || None);
+                }
+                outputs[index] = Some(value);
+            }
+            Poll::Ready(None) => {
+                let outputs = std::mem::take(&mut outputs);
+                return Poll::Ready(Ok(outputs.into_iter().flatten().collect()));
+            }
+        }
+    })
+    .await
+}
+
+pub(crate) fn never<T>(result: Result<T, Infallible>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
+}
+
+/// Runs every future concurrently in the calling task and returns their outputs in input
+/// order (the seed's `gather`).
+///
+/// The futures are polled in place by the returned future — no spawning, any executor, no
+/// `Send` or `'static` needed. An empty input gives an empty vector at once. For futures of
+/// different types, use [`GatherTuple`](super::GatherTuple) on a tuple.
+///
+/// # Panics
+///
+/// A panic in one future propagates out of `gather`; the other futures are dropped as the
+/// panic unwinds. Use [`gather_settled`] to catch panics into their slots.
+///
+/// # Cancel safety
+///
+/// Dropping the returned future (or cancelling the scope around it) drops every future it
+/// holds, at once; their outputs are lost.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::combinators::gather;
+///
+/// let topics = ["market trends", "competitors", "technology"];
+/// let reports = futures::executor::block_on(gather(
+///     topics.iter().map(|topic| async move { format!("analysis of {topic}") }),
+/// ));
+/// assert_eq!(reports[0], "analysis of market trends");
+/// assert_eq!(reports.len(), 3);
+/// ```
+pub async fn gather<I>(futures: I) -> Vec<<I::Item as Future>::Output>
+where
+    I: IntoIterator,
+    I::Item: Future,
+{
+    never(collect_ordered(futures.into_iter(), usize::MAX, Ok).await)
+}
+
+/// Runs every future concurrently and returns their values in input order, or the first
+/// error.
+///
+/// The first future to fail (in the order failures are observed) ends it: every other future is
+/// dropped at once — they are cancelled, not awaited — and that error is returned as is, not
+/// wrapped. Because the rest are dropped, there is never a second error to aggregate.
+///
+/// # Errors
+///
+/// The first error any future returns.
+///
+/// # Panics
+///
+/// A panic in one future propagates; the others are dropped as it unwinds.
+///
+/// # Cancel safety
+///
+/// Dropping the returned future drops every future it holds.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::combinators::try_gather;
+///
+/// let ok = futures::executor::block_on(try_gather(
+///     [1, 2].map(|n| async move { Ok::<_, String>(n) }),
+/// ));
+/// assert_eq!(ok, Ok(vec![1, 2]));
+/// ```
+pub async fn try_gather<I, T, E>(futures: I) -> Result<Vec<T>, E>
+where
+    I: IntoIterator,
+    I::Item: Future<Output = Result<T, E>>,
+{
+    collect_ordered(futures.into_iter(), usize::MAX, |output| output).await
+}
+
+/// Runs every future to the end and returns how each one ended, in input order (the seed's
+/// `gather(..., return_exceptions=True)`).
+///
+/// Errors and panics are caught into their slots as [`Outcome`]s; no failure cancels the
+/// others. A cancellation from outside is not caught: cancelling the enclosing scope (or
+/// dropping the returned future) drops every future, and there is no result at all.
+///
+/// # Cancel safety
+///
+/// Dropping the returned future drops every future it holds; outcomes already collected are
+/// lost.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::combinators::gather_settled;
+///
+/// let results = futures::executor::block_on(gather_settled(
+///     ["task A", "task B"].map(|name| async move {
+///         if name == "task B" { Err(format!("{name} failed")) } else { Ok(name.len()) }
+///     }),
+/// ));
+/// assert_eq!(results[0].ok(), Some(&6));
+/// assert_eq!(results[1].err().map(String::as_str), Some("task B failed"));
+/// ```
+pub async fn gather_settled<I, T, E>(futures: I) -> Vec<Outcome<T, E>>
+where
+    I: IntoIterator,
+    I::Item: Future<Output = Result<T, E>>,
+{
+    never(collect_ordered(futures.into_iter().map(settle), usize::MAX, Ok).await)
+}

@@ -1,0 +1,286 @@
+//! `gather`, `try_gather`, `gather_settled`, the tuple forms and `bounded_map` (+ try, settled,
+//! stream): the reference checklist rows for gather and bounded_map, on every runtime and both
+//! spawn paths; time-dependent properties on the virtual-time runtime.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::{join, pending, ready};
+use futures::StreamExt;
+use proptest::prelude::*;
+use sheepdog_core::cancel::CancelScope;
+use sheepdog_core::combinators::{
+    bounded_map, bounded_map_settled, bounded_map_stream, gather, gather_settled, try_bounded_map,
+    try_gather, GatherTuple, Outcome, SettleTuple, TryGatherTuple, ZeroLimit,
+};
+use sheepdog_core::runtime::{yield_now, Runtime};
+use sheepdog_core::testing::VirtualRuntime;
+use sheepdog_core::time;
+use sheepdog_tests::{conformance, Live};
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Completes with `out` after `yields` trips through the executor.
+async fn after_yields<T>(yields: usize, out: T) -> T {
+    for _ in 0..yields {
+        yield_now().await;
+    }
+    out
+}
+
+/// A future that never finishes and holds a live guard from the moment it is made.
+fn forever<T: Send + 'static>(live: &Live) -> BoxFut<T> {
+    let guard = live.guard();
+    Box::pin(async move {
+        let _guard = guard;
+        pending::<()>().await;
+        unreachable!("pending never completes")
+    })
+}
+
+/// Tracks how many calls are running at once and the peak.
+#[derive(Default)]
+struct Peak {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Peak {
+    async fn run<T>(&self, fut: impl Future<Output = T>) -> T {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let out = fut.await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+conformance! {
+    /// Empty input gives an empty result at once, in every form.
+    async fn empty_input_gives_empty_output(cx) {
+        assert!(gather(Vec::<BoxFut<u8>>::new()).await.is_empty());
+        assert_eq!(try_gather(Vec::<BoxFut<Result<u8, ()>>>::new()).await, Ok(vec![]));
+        assert!(gather_settled(Vec::<BoxFut<Result<u8, ()>>>::new()).await.is_empty());
+        let none: Vec<u8> = Vec::new();
+        assert!(bounded_map(none.clone(), 3, ready).unwrap().await.is_empty());
+        assert_eq!(try_bounded_map(none, 3, |n| ready(Ok::<_, ()>(n))).unwrap().await, Ok(vec![]));
+    }
+
+    /// Outputs come back in input order, whatever order the futures finish in.
+    async fn gather_keeps_input_order(cx) {
+        let out = gather((0..8).map(|i| after_yields(8 - i, i))).await;
+        assert_eq!(out, (0..8).collect::<Vec<_>>());
+    }
+
+    /// The first error is returned bare and every other future is dropped at once.
+    async fn try_gather_first_error_cancels_peers(cx) {
+        let live = Live::new();
+        let futs: Vec<BoxFut<Result<u8, &str>>> = vec![
+            forever(&live),
+            Box::pin(after_yields(2, Err("boom"))),
+            forever(&live),
+            Box::pin(after_yields(5, Err("later"))),
+        ];
+        assert_eq!(live.count(), 2);
+        assert_eq!(try_gather(futs).await, Err("boom"));
+        assert_eq!(live.count(), 0, "the peers were dropped when the error arrived");
+    }
+
+    /// Settled: every outcome in its slot, errors and panics included, in input order.
+    async fn gather_settled_fills_every_slot(cx) {
+        let futs: Vec<BoxFut<Result<u8, String>>> = vec![
+            Box::pin(after_yields(3, Ok(1))),
+            Box::pin(async { Err("refused".to_owned()) }),
+            Box::pin(async {
+                yield_now().await;
+                panic!("bug in task C")
+            }),
+            Box::pin(after_yields(1, Ok(4))),
+        ];
+        let out = gather_settled(futs).await;
+        assert!(matches!(out[0], Outcome::Ok(1)));
+        assert_eq!(out[1].err().map(String::as_str), Some("refused"));
+        assert_eq!(out[2].panic().and_then(|p| p.message()), Some("bug in task C"));
+        assert!(matches!(out[3], Outcome::Ok(4)));
+    }
+
+    /// A cancellation from outside is not caught into the slots: it drops everything.
+    async fn gather_settled_outside_cancel_propagates(cx) {
+        let live = Live::new();
+        let scope = CancelScope::new();
+        let futs: Vec<BoxFut<Result<u8, ()>>> =
+            vec![forever(&live), Box::pin(after_yields(1, Err(()))), forever(&live)];
+        let canceller = scope.clone();
+        let (out, ()) = join(scope.run(gather_settled(futs)), async move {
+            after_yields(3, ()).await;
+            canceller.cancel();
+        })
+        .await;
+        assert!(out.is_none(), "no settled list: the cancellation propagated");
+        assert!(scope.cancelled_caught());
+        assert_eq!(live.count(), 0);
+    }
+
+    /// Tuples of different types: gather, try_gather (first error, bare) and settled.
+    async fn tuples_of_different_types(cx) {
+        let (a, b, c) = (after_yields(2, 1_u8), async { "two" }, after_yields(1, 3.0_f32))
+            .gather()
+            .await;
+        assert_eq!((a, b, c), (1, "two", 3.0));
+        let ok = (async { Ok::<_, String>(1) }, after_yields(1, Ok("x"))).try_gather().await;
+        assert_eq!(ok, Ok((1, "x")));
+        let live = Live::new();
+        let err = (forever::<Result<u8, &str>>(&live), after_yields(1, Err::<(), _>("down")))
+            .try_gather()
+            .await;
+        assert_eq!(err, Err("down"));
+        assert_eq!(live.count(), 0);
+        let (x, y) = (async { Ok::<_, ()>(5) }, async { Err::<(), _>("no") })
+            .gather_settled()
+            .await;
+        assert!(x.is_ok() && y.is_err());
+    }
+
+    /// A zero limit is a typed error, before the items are read.
+    async fn bounded_map_rejects_zero_limit(cx) {
+        let read = AtomicUsize::new(0);
+        let items = (0..3).inspect(|_| {
+            read.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(bounded_map(items, 0, ready).err(), Some(ZeroLimit));
+        assert_eq!(read.load(Ordering::SeqCst), 0);
+        assert!(try_bounded_map(0..3, 0, |n| ready(Ok::<_, ()>(n))).is_err());
+        assert!(bounded_map_settled(0..3, 0, |n| ready(Ok::<_, ()>(n))).is_err());
+        assert!(bounded_map_stream(0..3, 0, ready).is_err());
+    }
+
+    /// Exactly `limit` calls run at the peak, started in input order, results in input order,
+    /// and never more than `limit` futures exist at once.
+    async fn bounded_map_runs_exactly_limit(cx) {
+        let peak = Peak::default();
+        let live = Live::new();
+        let most_alive = AtomicUsize::new(0);
+        let started = Mutex::new(Vec::new());
+        let out = bounded_map(0..20_usize, 4, |i| {
+            started.lock().unwrap().push(i);
+            let guard = live.guard();
+            most_alive.fetch_max(live.count(), Ordering::SeqCst);
+            let peak = &peak;
+            async move {
+                let _guard = guard;
+                peak.run(after_yields(1 + (i * 7) % 5, i * 10)).await
+            }
+        })
+        .unwrap()
+        .await;
+        assert_eq!(out, (0..20).map(|i| i * 10).collect::<Vec<_>>());
+        assert_eq!(peak.peak(), 4);
+        assert_eq!(most_alive.load(Ordering::SeqCst), 4, "O(limit) futures, not O(n)");
+        assert_eq!(*started.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    /// The first error drops the calls in flight, and queued items never start.
+    async fn try_bounded_map_error_stops_everything(cx) {
+        let live = Live::new();
+        let started = Mutex::new(Vec::new());
+        let out = try_bounded_map(0..10_usize, 3, |i| {
+            started.lock().unwrap().push(i);
+            let fut: BoxFut<Result<usize, String>> = if i == 1 {
+                Box::pin(after_yields(2, Err(format!("item {i} failed"))))
+            } else {
+                forever(&live)
+            };
+            fut
+        })
+        .unwrap()
+        .await;
+        assert_eq!(out, Err("item 1 failed".to_owned()));
+        assert_eq!(*started.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(live.count(), 0);
+    }
+
+    /// Settled bounded_map: failures stay in their slots and do not stop the others.
+    async fn bounded_map_settled_keeps_going(cx) {
+        let out = bounded_map_settled(0..6_u32, 2, |i| async move {
+            yield_now().await;
+            if i % 3 == 1 { Err(i) } else { Ok(i) }
+        })
+        .unwrap()
+        .await;
+        let errs: Vec<u32> = out.iter().filter_map(|o| o.err().copied()).collect();
+        assert_eq!(errs, vec![1, 4]);
+        assert_eq!(out.iter().filter(|o| o.is_ok()).count(), 4);
+    }
+
+    /// The stream form: endless input, input order, at most `limit` in flight.
+    async fn bounded_map_stream_is_ordered_and_bounded(cx) {
+        let peak = Arc::new(Peak::default());
+        let p = Arc::clone(&peak);
+        let stream = bounded_map_stream(0_usize.., 3, move |i| {
+            let p = Arc::clone(&p);
+            async move { p.run(after_yields((i * 5) % 4, i)).await }
+        })
+        .unwrap();
+        let first: Vec<usize> = stream.take(12).collect().await;
+        assert_eq!(first, (0..12).collect::<Vec<_>>());
+        assert!(peak.peak() <= 3 && peak.peak() >= 2, "peak {}", peak.peak());
+    }
+}
+
+/// Random delays on virtual time: outputs always in input order, the peak never above the
+/// limit, and the whole run as long as a greedy `limit`-slot schedule predicts.
+fn check_order(delays: Vec<u64>, limit: usize) -> Result<(), TestCaseError> {
+    let rt = VirtualRuntime::new();
+    let peak = Peak::default();
+    let n = delays.len();
+    let out = rt.block_on(async {
+        bounded_map(delays.iter().copied().enumerate(), limit, |(i, ms)| {
+            let peak = &peak;
+            async move {
+                peak.run(time::sleep(Duration::from_millis(ms))).await;
+                i
+            }
+        })
+        .unwrap()
+        .await
+    });
+    prop_assert_eq!(out, (0..n).collect::<Vec<_>>());
+    prop_assert!(peak.peak() <= limit);
+    prop_assert_eq!(peak.peak(), limit.min(n));
+    // Greedy schedule: each item starts when the earliest of `limit` slots frees.
+    let mut slots = vec![0_u64; limit];
+    for ms in &delays {
+        let slot = slots.iter_mut().min().expect("limit >= 1");
+        *slot += ms;
+    }
+    let expected = slots.into_iter().max().unwrap_or(0);
+    prop_assert_eq!(rt.clock().elapsed(), Duration::from_millis(expected));
+    let ordered = rt.block_on(gather(delays.iter().enumerate().map(
+        |(i, &ms)| async move {
+            time::sleep(Duration::from_millis(ms)).await;
+            i
+        },
+    )));
+    prop_assert_eq!(ordered, (0..n).collect::<Vec<_>>());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Input order and the limit hold for random delays (virtual time).
+    #[test]
+    fn bounded_map_order_and_limit_hold(
+        delays in proptest::collection::vec(0_u64..50, 0..40),
+        limit in 1_usize..8,
+    ) {
+        check_order(delays, limit)?;
+    }
+}
