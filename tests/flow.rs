@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use proptest::prelude::*;
+use sheepdog_core::combinators::RetryPolicy;
 use sheepdog_core::flow::{
     EventKind, FailurePolicy, FlowBuilder, FlowCanceller, GraphError, NodeError, NodeId,
     NodeStatus, Outcome, RunOptions,
@@ -291,6 +292,44 @@ conformance! {
         });
         let report = graph.build().unwrap().run(RunOptions::new().spawned()).await;
         assert_eq!(report.output(sum), Some(&140));
+    }
+
+    /// A node with a retry policy is called again with the same inputs until it succeeds;
+    /// one that fails every attempt reports how many ran (virtual time).
+    async fn node_retry(cx) {
+        if !cx.flavor.is_virtual() {
+            return;
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let policy = RetryPolicy::builder()
+            .attempts(3)
+            .base_delay(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let mut graph = FlowBuilder::<&str>::new();
+        let seed = graph.node("seed", &[], |_| async { Ok(10u32) });
+        let counter = Arc::clone(&calls);
+        let flaky = graph.node("flaky", &["seed"], move |inputs| {
+            let call = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call < 2 {
+                    return Err("try again");
+                }
+                Ok(inputs.get(seed).copied().unwrap_or(0) + 1)
+            }
+        });
+        let hopeless = graph.node("hopeless", &[], |_| async { Err::<(), _>("never") });
+        graph.retry(flaky, policy.clone()).retry(hopeless, policy);
+        let report = graph.build().unwrap().run(RunOptions::new()).await;
+        assert_eq!(report.output(flaky), Some(&11));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        match report.status(hopeless) {
+            NodeStatus::Failed(error) => match &**error {
+                NodeError::Retried(retried) => assert_eq!(retried.attempts(), 3),
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     /// A node timeout fails the node with `Timeout` (virtual time).

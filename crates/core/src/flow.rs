@@ -49,6 +49,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
 
 use crate::cancel::fail_after;
+use crate::combinators::{retry, RetryError, RetryPolicy};
 use crate::runtime::{self, CatchPanic, JoinError, Panic};
 
 mod graph;
@@ -58,8 +59,9 @@ pub use graph::{FlowBuilder, GraphError};
 /// A node's output, type-erased; [`NodeRef`] gives it back its type.
 type Output = Arc<dyn Any + Send + Sync>;
 
-/// A node's operation: called with its inputs, once per run.
-type Operation<E> = Box<dyn Fn(Inputs<E>) -> BoxFuture<'static, Result<Output, E>> + Send + Sync>;
+/// A node's operation: called with its inputs, once per run (once per attempt with a retry
+/// policy).
+type Operation<E> = Arc<dyn Fn(Inputs<E>) -> BoxFuture<'static, Result<Output, E>> + Send + Sync>;
 
 /// A node of a flow, by position in the order the builder added them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,6 +120,10 @@ pub enum NodeError<E> {
     /// The operation panicked; the payload is kept.
     #[error("the node panicked")]
     Panicked(Panic),
+    /// The operation failed every attempt its retry policy allowed
+    /// ([`FlowBuilder::retry`]).
+    #[error("the node failed after {} attempts", .0.attempts())]
+    Retried(RetryError<E>),
 }
 
 /// A node's dependencies' outputs (and failures, under [`FailurePolicy::Continue`]).
@@ -429,6 +435,7 @@ pub struct Flow<E> {
     names: Arc<[Arc<str>]>,
     operations: Vec<Operation<E>>,
     timeouts: Vec<Option<Duration>>,
+    retries: Vec<Option<RetryPolicy>>,
     deps: Vec<Vec<NodeId>>,
     dependents: Vec<Vec<NodeId>>,
 }
@@ -595,15 +602,14 @@ impl<'f, E: Send + Sync + 'static> Run<'f, E> {
                     .collect(),
             };
             self.emit(index, EventKind::Started);
-            let operation = (self.flow.operations[index])(inputs);
+            let operation = self.operation(index, inputs);
             let timeout = self.flow.timeouts[index];
             let node = async move {
                 match timeout {
-                    None => operation.await.map_err(NodeError::Failed),
-                    Some(limit) => match fail_after(limit, operation).await {
-                        Ok(result) => result.map_err(NodeError::Failed),
-                        Err(_) => Err(NodeError::Timeout(limit)),
-                    },
+                    None => operation.await,
+                    Some(limit) => fail_after(limit, operation)
+                        .await
+                        .unwrap_or(Err(NodeError::Timeout(limit))),
                 }
             };
             let running: Running<E> = if self.options.spawn {
@@ -613,6 +619,26 @@ impl<'f, E: Send + Sync + 'static> Run<'f, E> {
                 Box::pin(async move { (index, joined(CatchPanic::new(node).await)) })
             };
             self.running.push(running);
+        }
+    }
+
+    /// One run of node `index`'s operation: a single call, or calls under its retry policy.
+    fn operation(
+        &self,
+        index: usize,
+        inputs: Inputs<E>,
+    ) -> BoxFuture<'static, Result<Output, NodeError<E>>> {
+        let operation = Arc::clone(&self.flow.operations[index]);
+        match self.flow.retries[index].clone() {
+            None => {
+                let call = operation(inputs);
+                Box::pin(async move { call.await.map_err(NodeError::Failed) })
+            }
+            Some(policy) => Box::pin(async move {
+                retry(move || operation(inputs.clone()), policy)
+                    .await
+                    .map_err(NodeError::Retried)
+            }),
         }
     }
 

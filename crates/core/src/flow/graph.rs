@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use super::{Flow, Inputs, NodeId, NodeRef, Operation, Output};
+use crate::combinators::RetryPolicy;
 
 /// Why a graph cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +37,7 @@ struct Spec<E> {
     deps: Vec<String>,
     operation: Operation<E>,
     timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
 }
 
 /// Builds a [`Flow`]: add named nodes with their dependencies, then [`build`] it.
@@ -94,7 +96,7 @@ impl<E: Send + Sync + 'static> FlowBuilder<E> {
         T: Send + Sync + 'static,
     {
         let id = NodeId(self.specs.len());
-        let operation: Operation<E> = Box::new(move |inputs| {
+        let operation: Operation<E> = Arc::new(move |inputs| {
             operation(inputs)
                 .map(|result| result.map(|output| Arc::new(output) as Output))
                 .boxed()
@@ -104,6 +106,7 @@ impl<E: Send + Sync + 'static> FlowBuilder<E> {
             deps: deps.iter().map(|&dep| dep.to_owned()).collect(),
             operation,
             timeout: None,
+            retry: None,
         });
         NodeRef {
             id,
@@ -120,6 +123,20 @@ impl<E: Send + Sync + 'static> FlowBuilder<E> {
     /// If `node` was not made by this builder.
     pub fn timeout(&mut self, node: impl Into<NodeId>, timeout: Duration) -> &mut Self {
         self.specs[node.into().0].timeout = Some(timeout);
+        self
+    }
+
+    /// Retries `node`'s operation under `policy` (see
+    /// [`retry`](crate::combinators::retry)): each attempt is called with the same inputs, and a
+    /// node that fails every attempt fails with
+    /// [`NodeError::Retried`](super::NodeError::Retried). A [`timeout`](FlowBuilder::timeout)
+    /// bounds all the attempts together.
+    ///
+    /// # Panics
+    ///
+    /// If `node` was not made by this builder.
+    pub fn retry(&mut self, node: impl Into<NodeId>, policy: RetryPolicy) -> &mut Self {
+        self.specs[node.into().0].retry = Some(policy);
         self
     }
 
@@ -168,15 +185,18 @@ impl<E: Send + Sync + 'static> FlowBuilder<E> {
         let mut names = Vec::with_capacity(self.specs.len());
         let mut operations = Vec::with_capacity(self.specs.len());
         let mut timeouts = Vec::with_capacity(self.specs.len());
+        let mut retries = Vec::with_capacity(self.specs.len());
         for spec in self.specs {
             names.push(spec.name);
             operations.push(spec.operation);
             timeouts.push(spec.timeout);
+            retries.push(spec.retry);
         }
         Ok(Flow {
             names: names.into(),
             operations,
             timeouts,
+            retries,
             deps,
             dependents,
         })
