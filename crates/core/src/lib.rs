@@ -77,6 +77,7 @@ pub mod cancel;
 pub mod combinators;
 pub mod flow;
 pub mod group;
+mod ready;
 pub mod runtime;
 mod shim;
 pub mod sync;

@@ -14,45 +14,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
-use futures::task::AtomicWaker;
-
-/// What the slot wakers share with the driver.
-#[derive(Default)]
-struct Ready {
-    /// Slots woken since the driver last looked.
-    queue: Mutex<Vec<usize>>,
-    /// The task that polls the driver.
-    parent: AtomicWaker,
-}
-
-/// The waker of one slot.
-struct SlotWaker {
-    slot: usize,
-    /// Whether the slot is already on a ready list (its wake would be redundant).
-    queued: AtomicBool,
-    ready: Arc<Ready>,
-}
-
-impl Wake for SlotWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            self.ready
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(self.slot);
-            self.ready.parent.wake();
-        }
-    }
-}
+use crate::ready::{ReadyList, SlotWaker};
 
 struct Slot<F> {
     /// `None` while the slot is free.
@@ -69,7 +34,7 @@ pub(crate) struct InFlight<F> {
     free: Vec<usize>,
     /// Slots to poll in this round, in order.
     todo: VecDeque<usize>,
-    ready: Arc<Ready>,
+    ready: Arc<ReadyList>,
     len: usize,
 }
 
@@ -117,22 +82,18 @@ impl<F> InFlight<F> {
         };
         let entry = &mut self.slots[slot];
         entry.key = key;
-        entry.state.queued.store(true, Ordering::Release);
+        entry.state.scheduled();
         self.todo.push_back(slot);
         self.len += 1;
     }
 
     fn new_slot(&mut self, future: F) -> usize {
         let slot = self.slots.len();
-        let state = Arc::new(SlotWaker {
-            slot,
-            queued: AtomicBool::new(true),
-            ready: Arc::clone(&self.ready),
-        });
+        let (state, waker) = SlotWaker::new(slot, &self.ready);
         self.slots.push(Slot {
             future: Box::pin(Some(future)),
             key: 0,
-            waker: Waker::from(Arc::clone(&state)),
+            waker,
             state,
         });
         slot
@@ -140,12 +101,7 @@ impl<F> InFlight<F> {
 
     /// Moves the slots woken since the last look onto this round's list.
     fn take_woken(&mut self) {
-        let mut queue = self
-            .ready
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.todo.extend(queue.drain(..));
+        self.ready.drain_into(&mut self.todo);
     }
 }
 
@@ -159,7 +115,7 @@ impl<F: Future> InFlight<F> {
         if self.is_empty() {
             return Poll::Ready(None);
         }
-        self.ready.parent.register(cx.waker());
+        self.ready.register(cx.waker());
         self.take_woken();
         while let Some(slot) = self.todo.pop_front() {
             if let Poll::Ready(done) = self.poll_slot(slot) {
@@ -173,7 +129,7 @@ impl<F: Future> InFlight<F> {
     /// the slot.
     fn poll_slot(&mut self, slot: usize) -> Poll<(usize, F::Output)> {
         let entry = &mut self.slots[slot];
-        entry.state.queued.store(false, Ordering::Release);
+        entry.state.polling();
         let Some(future) = entry.future.as_mut().as_pin_mut() else {
             // A stale wake of a future that has finished.
             return Poll::Pending;

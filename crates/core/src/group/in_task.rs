@@ -1,15 +1,13 @@
-//! The children of an in-task group: a slab polled by the group's own future, with a ready
-//! queue fed by one small waker per waiting child.
+//! The children of an in-task group: a slab polled by the group's own future, each slot with
+//! its own waker on the shared ready list (`crate::ready`).
 
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Context;
-
-use futures::task::{waker_ref, ArcWake, AtomicWaker};
+use std::task::{Context, Waker};
 
 use super::member::{Entry, Shared};
+use crate::ready::{ReadyList, SlotWaker};
 
 /// How many children one poll of the group polls before it yields to its executor.
 const BUDGET: usize = 4096;
@@ -26,44 +24,15 @@ pub(crate) struct InTask<'env, E, D: ?Sized> {
     incoming: Mutex<Vec<Pin<Box<D>>>>,
     /// Only the group's future uses it; the mutex makes the group `Sync`.
     slab: Mutex<Slab<D>>,
-    ready: Arc<ReadyQueue>,
+    ready: Arc<ReadyList>,
     _env: PhantomData<&'env ()>,
 }
 
 struct Slab<D: ?Sized> {
-    children: Vec<Option<Slot<D>>>,
+    children: Vec<Option<Pin<Box<D>>>>,
+    /// Each slot's waker, made once and kept for whichever child occupies the slot.
+    wakers: Vec<(Arc<SlotWaker>, Waker)>,
     free: Vec<usize>,
-    /// Wakers of finished children that nobody else holds, reused for the next ones, so a
-    /// child that finishes at its first poll costs no waker allocation.
-    spare: Vec<Arc<ChildWaker>>,
-}
-
-struct Slot<D: ?Sized> {
-    child: Pin<Box<D>>,
-    waker: Arc<ChildWaker>,
-}
-
-/// Indices of children woken since the group's future last polled them.
-struct ReadyQueue {
-    indices: Mutex<Vec<usize>>,
-    group: AtomicWaker,
-}
-
-/// The waker a child is polled with: waking it queues the child's index.
-struct ChildWaker {
-    index: AtomicUsize,
-    /// Already in the ready queue (so a burst of wake-ups queues it once).
-    queued: AtomicBool,
-    queue: Arc<ReadyQueue>,
-}
-
-impl ArcWake for ChildWaker {
-    fn wake_by_ref(this: &Arc<Self>) {
-        if !this.queued.swap(true, Ordering::AcqRel) {
-            lock(&this.queue.indices).push(this.index.load(Ordering::Acquire));
-            this.queue.group.wake();
-        }
-    }
 }
 
 impl<E, D: ?Sized> InTask<'_, E, D> {
@@ -73,13 +42,10 @@ impl<E, D: ?Sized> InTask<'_, E, D> {
             incoming: Mutex::new(Vec::new()),
             slab: Mutex::new(Slab {
                 children: Vec::new(),
+                wakers: Vec::new(),
                 free: Vec::new(),
-                spare: Vec::new(),
             }),
-            ready: Arc::new(ReadyQueue {
-                indices: Mutex::new(Vec::new()),
-                group: AtomicWaker::new(),
-            }),
+            ready: Arc::default(),
             _env: PhantomData,
         }
     }
@@ -91,7 +57,7 @@ impl<E, D: ?Sized> InTask<'_, E, D> {
         // The group drains the whole list when it runs: wake it for the first one only.
         if incoming.len() == 1 {
             drop(incoming);
-            self.ready.group.wake();
+            self.ready.wake_parent();
         }
     }
 
@@ -107,12 +73,13 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
     /// Polls new and woken children until none is left to poll, or the budget is spent (then
     /// the group's future is woken again, so its executor gets a turn first).
     pub(crate) fn poll_children(&self, cx: &mut Context<'_>) {
-        self.ready.group.register(cx.waker());
+        self.ready.register(cx.waker());
         let mut slab = lock(&self.slab);
+        let mut woken = Vec::new();
         let mut polled = 0;
         loop {
             let incoming = std::mem::take(&mut *lock(&self.incoming));
-            let woken = std::mem::take(&mut *lock(&self.ready.indices));
+            self.ready.drain_into(&mut woken);
             if incoming.is_empty() && woken.is_empty() {
                 return;
             }
@@ -121,7 +88,7 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
                 let index = slab.insert(child, &self.ready);
                 slab.poll(index, &self.shared);
             }
-            for index in woken {
+            for index in woken.drain(..) {
                 slab.poll(index, &self.shared);
             }
             if polled >= BUDGET {
@@ -137,7 +104,7 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
         for index in 0..slab.children.len() {
             let swept = slab.children[index]
                 .as_mut()
-                .is_some_and(|slot| slot.child.as_mut().sweep(&self.shared));
+                .is_some_and(|child| child.as_mut().sweep(&self.shared));
             if swept {
                 slab.remove(index);
             }
@@ -146,35 +113,21 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
 }
 
 impl<D: ?Sized> Slab<D> {
-    fn insert(&mut self, child: Pin<Box<D>>, queue: &Arc<ReadyQueue>) -> usize {
+    fn insert(&mut self, child: Pin<Box<D>>, ready: &Arc<ReadyList>) -> usize {
         let index = self.free.pop().unwrap_or(self.children.len());
-        let waker = self.spare.pop().unwrap_or_else(|| {
-            Arc::new(ChildWaker {
-                index: AtomicUsize::new(index),
-                queued: AtomicBool::new(false),
-                queue: Arc::clone(queue),
-            })
-        });
-        waker.index.store(index, Ordering::Release);
-        let slot = Some(Slot { child, waker });
         if index == self.children.len() {
-            self.children.push(slot);
+            self.children.push(Some(child));
+            self.wakers.push(SlotWaker::new(index, ready));
         } else {
-            self.children[index] = slot;
+            self.children[index] = Some(child);
+            self.wakers[index].0.scheduled();
         }
         index
     }
 
     fn remove(&mut self, index: usize) {
-        if let Some(slot) = self.children[index].take() {
+        if self.children[index].take().is_some() {
             self.free.push(index);
-            drop(slot.child);
-            // Reuse the waker only if no clone of it is left anywhere.
-            let mut waker = slot.waker;
-            if Arc::get_mut(&mut waker).is_some() {
-                waker.queued.store(false, Ordering::Release);
-                self.spare.push(waker);
-            }
         }
     }
 
@@ -184,15 +137,14 @@ impl<D: ?Sized> Slab<D> {
     {
         // A stale index (the child ended since it was woken) finds an empty or reused slot:
         // at worst a spurious poll.
-        let Some(slot) = self.children.get_mut(index).and_then(Option::as_mut) else {
+        let Some(child) = self.children.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        slot.waker.queued.store(false, Ordering::Release);
-        let waker = waker_ref(&slot.waker);
-        let polled = slot
-            .child
+        let (state, waker) = &self.wakers[index];
+        state.polling();
+        let polled = child
             .as_mut()
-            .poll_entry(&mut Context::from_waker(&waker), group);
+            .poll_entry(&mut Context::from_waker(waker), group);
         if polled.is_ready() {
             self.remove(index);
         }
