@@ -58,6 +58,8 @@ mod error;
 mod handle;
 mod in_task;
 mod member;
+#[cfg(all(test, shuttle))]
+mod model;
 
 pub use error::{GroupClosed, GroupError, StartError, TaskError};
 use handle::StartSlot;

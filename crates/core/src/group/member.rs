@@ -6,13 +6,14 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 
 use crate::cancel::node::{self, Current, Deadline, Frame, Node};
+use crate::shim::AtomicUsize;
 
 pub(crate) type Payload = Box<dyn Any + Send + 'static>;
 
@@ -98,7 +99,7 @@ impl<E> Shared<E> {
         self.state.load(Ordering::Acquire) & CLOSED != 0
     }
 
-    fn settled(&self) {
+    pub(crate) fn settled(&self) {
         if self.state.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.waker.wake();
         }
