@@ -63,6 +63,28 @@ impl Peak {
 }
 
 conformance! {
+    /// A panic in one future propagates out of `gather` with its payload, and the other
+    /// futures are dropped as it unwinds.
+    async fn gather_panic_propagates_and_drops_peers(cx) {
+        use futures::FutureExt;
+        let live = Live::new();
+        let futures: Vec<BoxFut<u8>> = vec![
+            forever(&live),
+            Box::pin(async {
+                yield_now().await;
+                std::panic::panic_any(String::from("gather payload"))
+            }),
+            forever(&live),
+        ];
+        let caught = std::panic::AssertUnwindSafe(gather(futures)).catch_unwind().await;
+        let payload = caught.expect_err("the panic propagates");
+        assert_eq!(
+            payload.downcast_ref::<String>().map(String::as_str),
+            Some("gather payload")
+        );
+        assert_eq!(live.count(), 0, "the peers were dropped");
+    }
+
     /// Empty input gives an empty result at once, in every form.
     async fn empty_input_gives_empty_output(cx) {
         assert!(gather(Vec::<BoxFut<u8>>::new()).await.is_empty());

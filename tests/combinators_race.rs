@@ -30,6 +30,24 @@ fn forever<T: Send + 'static>(live: &Live) -> BoxFut<T> {
 }
 
 conformance! {
+    /// A panic in one racer propagates out of `race` with its payload; the others are
+    /// dropped as it unwinds.
+    async fn race_panic_propagates_and_drops_losers(cx) {
+        use futures::FutureExt;
+        let live = Live::new();
+        let racers: Vec<BoxFut<u8>> = vec![
+            forever(&live),
+            Box::pin(async {
+                yield_now().await;
+                std::panic::panic_any(7_u32)
+            }),
+        ];
+        let caught = std::panic::AssertUnwindSafe(race(racers)).catch_unwind().await;
+        let payload = caught.expect_err("the panic propagates");
+        assert_eq!(payload.downcast_ref::<u32>(), Some(&7));
+        assert_eq!(live.count(), 0, "the losers were dropped");
+    }
+
     /// Empty input is a typed error, not a hang or a panic.
     async fn empty_input_is_an_error(cx) {
         assert_eq!(race(Vec::<BoxFut<u8>>::new()).await, Err(EmptyRace));
