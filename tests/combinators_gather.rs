@@ -3,12 +3,11 @@
 //! spawn paths; time-dependent properties on the virtual-time runtime.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::{join, pending, ready};
+use futures::future::{join, ready};
 use futures::StreamExt;
 use proptest::prelude::*;
 use sheepdog_core::cancel::CancelScope;
@@ -19,27 +18,7 @@ use sheepdog_core::combinators::{
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
-use sheepdog_tests::{conformance, Live};
-
-type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// Completes with `out` after `yields` trips through the executor.
-async fn after_yields<T>(yields: usize, out: T) -> T {
-    for _ in 0..yields {
-        yield_now().await;
-    }
-    out
-}
-
-/// A future that never finishes and holds a live guard from the moment it is made.
-fn forever<T: Send + 'static>(live: &Live) -> BoxFut<T> {
-    let guard = live.guard();
-    Box::pin(async move {
-        let _guard = guard;
-        pending::<()>().await;
-        unreachable!("pending never completes")
-    })
-}
+use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live};
 
 /// Tracks how many calls are running at once and the peak.
 #[derive(Default)]

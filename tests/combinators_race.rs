@@ -1,33 +1,9 @@
 //! `race` and `race_ok`: the reference checklist rows for race, on every runtime and both
 //! spawn paths.
 
-use std::future::Future;
-use std::pin::Pin;
-
-use futures::future::pending;
 use sheepdog_core::combinators::{race, race_ok, EmptyRace, RaceOkError};
 use sheepdog_core::runtime::yield_now;
-use sheepdog_tests::{conformance, Live};
-
-type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-fn after_yields<T: Send + 'static>(yields: usize, out: T) -> BoxFut<T> {
-    Box::pin(async move {
-        for _ in 0..yields {
-            yield_now().await;
-        }
-        out
-    })
-}
-
-fn forever<T: Send + 'static>(live: &Live) -> BoxFut<T> {
-    let guard = live.guard();
-    Box::pin(async move {
-        let _guard = guard;
-        pending::<()>().await;
-        unreachable!("pending never completes")
-    })
-}
+use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live};
 
 conformance! {
     /// A panic in one racer propagates out of `race` with its payload; the others are

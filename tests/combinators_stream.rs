@@ -2,8 +2,6 @@
 //! limit and no limit, early break cancels the rest, errors) on every runtime and both spawn
 //! paths, and the progress guarantees of each variant on the virtual-time runtime.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,18 +12,7 @@ use sheepdog_core::combinators::{CompletionStream, ZeroLimit};
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
-use sheepdog_tests::{conformance, pending_until_dropped, Live};
-
-type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-fn after_yields<T: Send + 'static>(yields: usize, out: T) -> BoxFut<T> {
-    Box::pin(async move {
-        for _ in 0..yields {
-            yield_now().await;
-        }
-        out
-    })
-}
+use sheepdog_tests::{after_yields, conformance, pending_until_dropped, BoxFut, Live};
 
 /// Polls `stream` once (admitting and starting its futures) and ignores the result.
 async fn poll_once<S: Stream + Unpin>(stream: &mut S) {

@@ -11,19 +11,8 @@ use sheepdog_core::group::{
     local_task_group, task_group, GroupError, StartError, Started, TaskError,
 };
 use sheepdog_core::runtime::yield_now;
-use sheepdog_tests::{conformance, pending_until_dropped, Live};
+use sheepdog_tests::{conformance, forever, pending_until_dropped, Live};
 use std::future::Future;
-
-/// A child that never finishes; its live guard exists from the moment it is made, so the
-/// count also proves that children dropped before their first poll are gone.
-fn forever<E>(live: &Live) -> impl Future<Output = Result<(), E>> + Send + 'static {
-    let guard = live.guard();
-    async move {
-        let _guard = guard;
-        pending::<()>().await;
-        Ok(())
-    }
-}
 
 /// A child that completes at once, then panics when it is dropped.
 struct PanicsOnDrop;
@@ -198,7 +187,7 @@ conformance! {
         let live = Live::new();
         let live = &live;
         let caught = AssertUnwindSafe(task_group(|tg| async move {
-            tg.spawn(forever::<()>(live));
+            tg.spawn(forever::<Result<(), ()>>(live));
             tg.start(|_s: Started<u8, ()>| async {
                 yield_now().await;
                 panic!("boom before started");
@@ -269,7 +258,7 @@ conformance! {
         let live = &live;
         let out: Result<(), _> = task_group(|tg| async move {
             for _ in 0..5 {
-                tg.spawn(forever(live));
+                tg.spawn(forever::<Result<(), _>>(live));
             }
             tg.spawn(async {
                 yield_now().await;
@@ -289,7 +278,7 @@ conformance! {
         let live = Live::new();
         let live = &live;
         let out: Result<(), _> = task_group(|tg| async move {
-            tg.spawn(forever(live));
+            tg.spawn(forever::<Result<(), _>>(live));
             yield_now().await;
             Err("body failed")
         })
@@ -326,7 +315,7 @@ conformance! {
         let live = Live::new();
         let live = &live;
         let caught = AssertUnwindSafe(task_group(|tg| async move {
-            tg.spawn(forever::<u8>(live));
+            tg.spawn(forever::<Result<(), u8>>(live));
             tg.spawn(async {
                 yield_now().await;
                 std::panic::panic_any(42_u32);
@@ -370,7 +359,7 @@ conformance! {
         let live = Live::new();
         let live = &live;
         let out = task_group(|tg| async move {
-            tg.spawn(forever::<()>(live));
+            tg.spawn(forever::<Result<(), ()>>(live));
             yield_now().await;
             tg.cancel();
             Ok("result")
@@ -431,7 +420,7 @@ conformance! {
         let out: Result<(), GroupError<String>> = task_group(|outer| async move {
             outer.spawn(async move {
                 task_group(|inner| async move {
-                    inner.spawn(forever::<String>(live));
+                    inner.spawn(forever::<Result<(), String>>(live));
                     pending::<()>().await;
                     Ok(())
                 })
@@ -462,7 +451,7 @@ conformance! {
         let canceller = scope.clone();
         let (out, ()) = join(
             scope.run(task_group(|tg| async move {
-                tg.spawn(forever::<()>(live));
+                tg.spawn(forever::<Result<(), ()>>(live));
                 Ok(())
             })),
             async move {
@@ -529,7 +518,7 @@ conformance! {
             let live = &live;
             let mut group = Box::pin(task_group(|tg| async move {
                 for _ in 0..3 {
-                    tg.spawn(forever::<()>(live));
+                    tg.spawn(forever::<Result<(), ()>>(live));
                 }
                 let _guard = live.guard();
                 pending::<()>().await;

@@ -13,19 +13,8 @@ use sheepdog_core::group::{
     Started, TaskError,
 };
 use sheepdog_core::runtime::yield_now;
-use sheepdog_tests::{conformance, with_group_runtime, Live};
+use sheepdog_tests::{conformance, forever, with_group_runtime, Live};
 use std::future::Future;
-
-/// A child that never finishes; its live guard exists from the moment it is made, so the
-/// count also proves that children dropped before their first poll are gone.
-fn forever<E>(live: &Live) -> impl Future<Output = Result<(), E>> + Send + 'static {
-    let guard = live.guard();
-    async move {
-        let _guard = guard;
-        pending::<()>().await;
-        Ok(())
-    }
-}
 
 /// Yields until `live` drops to zero (spawned children are dropped by their runtime).
 async fn until_zero(live: &Live) {
@@ -61,7 +50,7 @@ async fn first_error_cancels<S: GroupRuntime>(
     live: Live,
 ) -> Result<(), &'static str> {
     for _ in 0..4 {
-        tg.spawn(forever(&live));
+        tg.spawn(forever::<Result<(), _>>(&live));
     }
     tg.spawn(async {
         yield_now().await;
@@ -97,7 +86,7 @@ async fn waits_under_outer_cancel<S: GroupRuntime>(
     cleaned: Arc<AtomicUsize>,
 ) -> Result<(), ()> {
     for _ in 0..3 {
-        tg.spawn(forever(&live));
+        tg.spawn(forever::<Result<(), _>>(&live));
     }
     let guard = CleanupOnDrop(cleaned);
     tg.spawn(async move {
@@ -172,7 +161,7 @@ conformance! {
         let live = Live::new();
         let group_live = live.clone();
         let caught = AssertUnwindSafe(spawn_group(|tg| async move {
-            tg.spawn(forever::<()>(&group_live));
+            tg.spawn(forever::<Result<(), ()>>(&group_live));
             tg.spawn(async {
                 yield_now().await;
                 std::panic::panic_any(String::from("child payload"));
@@ -258,7 +247,7 @@ conformance! {
         let live = Live::new();
         let group_live = live.clone();
         let out = spawn_group(|tg| async move {
-            tg.spawn(forever::<()>(&group_live));
+            tg.spawn(forever::<Result<(), ()>>(&group_live));
             yield_now().await;
             tg.cancel();
             Ok("kept")
@@ -295,7 +284,7 @@ conformance! {
             let group_live = live.clone();
             let mut group = Box::pin(spawn_group(|tg| async move {
                 for _ in 0..3 {
-                    tg.spawn(forever::<()>(&group_live));
+                    tg.spawn(forever::<Result<(), ()>>(&group_live));
                 }
                 pending::<()>().await;
                 Ok(())

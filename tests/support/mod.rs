@@ -299,6 +299,30 @@ impl Drop for LiveGuard {
     }
 }
 
+/// A boxed `Send` future, for inputs that mix several futures of one output type.
+pub type BoxFut<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Completes with `out` after `yields` trips through the executor.
+pub fn after_yields<T: Send + 'static>(yields: usize, out: T) -> BoxFut<T> {
+    Box::pin(async move {
+        for _ in 0..yields {
+            sheepdog_core::runtime::yield_now().await;
+        }
+        out
+    })
+}
+
+/// A future that never finishes and holds a guard of `live` from the moment it is made, so the
+/// count also proves that futures dropped before their first poll are gone.
+pub fn forever<T: Send + 'static>(live: &Live) -> BoxFut<T> {
+    let guard = live.guard();
+    Box::pin(async move {
+        let _guard = guard;
+        futures::future::pending::<()>().await;
+        unreachable!("pending never completes")
+    })
+}
+
 /// Sends `()` on a oneshot when dropped, so a test can await the drop of a task's future.
 #[derive(Debug)]
 pub struct DropSignal(Option<futures::channel::oneshot::Sender<()>>);
