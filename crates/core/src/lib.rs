@@ -13,6 +13,7 @@
 //! | [`cancel`] | [`CancelScope`](cancel::CancelScope), [`fail_after`](cancel::fail_after), [`move_on_after`](cancel::move_on_after), [`shield`](cancel::shield), [`checkpoint`](cancel::checkpoint), [`current_effective_deadline`](cancel::current_effective_deadline), [`with_cleanup`](cancel::with_cleanup) |
 //! | [`group`] | task groups: [`task_group`](group::task_group) (in-task, borrowing), [`spawn_group`](group::spawn_group) (parallel), `start`/`started`, [`GroupError`](group::GroupError) |
 //! | [`sync`] | fair [`Lock`](sync::Lock), [`Semaphore`](sync::Semaphore), [`CapacityLimiter`](sync::CapacityLimiter), [`Event`](sync::Event), [`Condition`](sync::Condition), bounded [`channel`](sync::channel)s — FIFO with direct hand-off, cancel-safe |
+//! | [`rate`] | [`RateLimiter`](rate::RateLimiter) (alias `RateLimitedExecutor`): request and token budgets per interval (sliding or fixed window), a bounded FIFO queue, a concurrency limit, reservation with settlement, provider feedback (pause, remaining budgets), graceful shutdown |
 //! | `testing` (feature `test-util`) | [`VirtualRuntime`](testing::VirtualRuntime): a deterministic runtime with virtual time |
 //!
 //! # Semantics every runtime shares
@@ -73,6 +74,7 @@
 
 pub mod cancel;
 pub mod group;
+pub mod rate;
 pub mod runtime;
 mod shim;
 pub mod sync;

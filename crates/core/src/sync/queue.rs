@@ -111,9 +111,50 @@ impl<R, G> WaitList<R, G> {
     /// the waiter's waker, to be woken after the caller's lock is released.
     pub(crate) fn grant_front(&mut self, grant: impl FnOnce(R) -> G) -> Option<Waker> {
         let key = self.head?;
+        Some(self.grant(key, grant))
+    }
+
+    /// Grants the waiter `key`, wherever it is in line (for queues whose caller allows
+    /// overtaking). Returns its waker, to be woken after the caller's lock is released.
+    ///
+    /// # Panics
+    ///
+    /// If `key` is not waiting.
+    pub(crate) fn grant(&mut self, key: usize, grant: impl FnOnce(R) -> G) -> Waker {
         let (request, waker) = self.unlink(key);
         self.slots[key] = Slot::Granted(grant(request));
-        Some(waker)
+        waker
+    }
+
+    /// The key of the oldest waiter.
+    pub(crate) fn front_key(&self) -> Option<usize> {
+        self.head
+    }
+
+    /// A clone of the oldest waiter's waker.
+    pub(crate) fn front_waker(&self) -> Option<Waker> {
+        match &self.slots[self.head?] {
+            Slot::Waiting { waker, .. } => Some(waker.clone()),
+            _ => unreachable!("the line holds only waiting slots"),
+        }
+    }
+
+    /// The waiters' keys and requests, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &R)> + '_ {
+        let mut next = self.head;
+        std::iter::from_fn(move || {
+            let key = next?;
+            let Slot::Waiting {
+                request,
+                next: after,
+                ..
+            } = &self.slots[key]
+            else {
+                unreachable!("the line holds only waiting slots")
+            };
+            next = *after;
+            Some((key, request))
+        })
     }
 
     /// Grants every waiter, oldest first, collecting their wakers into `wakers`.
