@@ -1546,7 +1546,7 @@ fn settle(state: &mut State, mark: &mut Mark, accounted: u64, tokens: u64) {
     let Some(now) = state.clock() else { return };
     if tokens > accounted {
         let id = state.id();
-        state.ledger.add(now, [0, tokens - accounted], id);
+        state.ledger.charge(now, mark, [0, tokens - accounted], id);
     } else {
         state.ledger.refund(mark, [0, accounted - tokens]);
     }

@@ -226,6 +226,33 @@ impl Ledger {
         }
     }
 
+    /// Charges `amount` more to reservation `mark`, as if it had been reserved with it: in the
+    /// same log entry or window if that is still counted, otherwise as used at `now` (then
+    /// `fresh_id` identifies it).
+    pub(crate) fn charge(&mut self, now: Instant, mark: &mut Mark, amount: Amount, fresh_id: u64) {
+        if amount == [0, 0] {
+            return;
+        }
+        let counted = match &mut self.mode {
+            Mode::Sliding { log } => match log.binary_search_by_key(&mark.id, |e| e.id) {
+                Ok(index) => {
+                    let entry = &mut log[index];
+                    entry.amount[0] += amount[0];
+                    entry.amount[1] += amount[1];
+                    true
+                }
+                Err(_) => false,
+            },
+            Mode::Fixed { window, .. } => *window == mark.window,
+        };
+        if counted {
+            self.used = [0, 1].map(|d| self.used[d].saturating_add(amount[d]));
+            mark.amount = [0, 1].map(|d| mark.amount[d] + amount[d]);
+        } else {
+            *mark = self.take(now, amount, fresh_id);
+        }
+    }
+
     /// Gives back `amount` of what reservation `mark` recorded, if it is still counted (a
     /// sliding entry still in the last interval; a fixed window still current). Returns what
     /// was actually given back.
@@ -245,10 +272,8 @@ impl Ledger {
             Mode::Fixed { window, .. } if *window == mark.window => amount,
             Mode::Fixed { .. } => [0; 2],
         };
-        for d in 0..2 {
-            self.used[d] = self.used[d].saturating_sub(given[d]);
-            mark.amount[d] -= amount[d];
-        }
+        self.used = [0, 1].map(|d| self.used[d].saturating_sub(given[d]));
+        mark.amount = [0, 1].map(|d| mark.amount[d] - amount[d]);
         given
     }
 
@@ -341,6 +366,26 @@ mod tests {
             assert_eq!(l.refund(&mut mark, [0, 100]), [0, 20]);
             assert_eq!(l.left(), [None, Some(100)]);
             assert_eq!(mark.amount, [0, 0]);
+        }
+    }
+
+    #[test]
+    fn charges_join_their_reservation_and_can_be_refunded() {
+        let t0 = Instant::now();
+        for mut l in [sliding(None, Some(1000)), fixed(None, Some(1000))] {
+            l.advance(t0);
+            let mut mark = l.take(t0, l.cost(100), 1);
+            l.charge(t0 + SEC, &mut mark, [0, 50], 2);
+            assert_eq!(l.left(), [None, Some(850)]);
+            assert_eq!(l.refund(&mut mark, [0, 130]), [0, 130]);
+            assert_eq!(l.left(), [None, Some(980)]);
+            // Once the reservation is no longer counted, a charge is a new use.
+            l.advance(t0 + 10 * SEC);
+            assert_eq!(l.left(), [None, Some(1000)]);
+            l.charge(t0 + 10 * SEC, &mut mark, [0, 70], 3);
+            assert_eq!(l.left(), [None, Some(930)]);
+            assert_eq!(l.refund(&mut mark, [0, 100]), [0, 70]);
+            assert_eq!(l.left(), [None, Some(1000)]);
         }
     }
 
