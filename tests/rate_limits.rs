@@ -951,3 +951,48 @@ proptest! {
         }
     }
 }
+
+/// Regression: a waiter blocked only by the concurrency limit has no timer; when a slot frees
+/// while the budget is still short, it must be woken to arm one, or it waits forever.
+#[test]
+fn slot_freed_before_budget_returns() {
+    let took = virtual_run(|| async {
+        let limiter = RateLimiter::builder()
+            .limit_requests(1)
+            .concurrency_limit(1)
+            .capacity_refresh_time(MINUTE)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(0).unwrap();
+        let l = limiter.clone();
+        let waiter = runtime::spawn(async move { l.submit(0, async { time::now() }).await });
+        let l = limiter.clone();
+        until(move || l.statistics().queued == 1).await;
+        time::sleep(SEC).await;
+        drop(held);
+        let start = time::now() - SEC;
+        assert_eq!(waiter.await.unwrap().unwrap() - start, MINUTE);
+    });
+    assert_eq!(took, MINUTE);
+}
+
+/// Regression: `resume` must let the head of the line look again, or it sleeps until the end
+/// of the pause it no longer has.
+#[test]
+fn resume_wakes_a_waiter_sleeping_on_the_pause() {
+    let took = virtual_run(|| async {
+        let limiter = RateLimiter::builder()
+            .limit_requests(1)
+            .capacity_refresh_time(MINUTE)
+            .build()
+            .unwrap();
+        limiter.submit(0, async {}).await.unwrap();
+        limiter.pause_for(2 * MINUTE);
+        let l = limiter.clone();
+        let waiter = runtime::spawn(async move { l.submit(0, async {}).await });
+        time::sleep(30 * SEC).await; // the pause lasts to 120 s, the budget is back at 60 s
+        limiter.resume();
+        waiter.await.unwrap().unwrap();
+    });
+    assert_eq!(took, MINUTE);
+}

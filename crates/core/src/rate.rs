@@ -31,7 +31,7 @@
 //! holds more than the budget, and nothing comes back in a lump at a window edge) or
 //! [`FixedWindow`](Replenishment::FixedWindow) (lionagi's: everything comes back at each
 //! multiple of the interval). No background task is involved: budgets are brought up to date
-//! from [`time::now`](crate::time::now) whenever the limiter is used, and the job at the head
+//! from [`time::now`] whenever the limiter is used, and the job at the head
 //! of the line sleeps until the instant its cost fits.
 //!
 //! # Order
@@ -647,7 +647,11 @@ impl State {
 
     /// Admits waiters while the head of the line (or, with overtaking, any waiter in the
     /// queue) can be admitted; wakes them, and the new head so it re-arms its timer.
-    fn serve(&mut self, config: &Config, wakers: &mut Wakers) {
+    ///
+    /// `nudge` also wakes the head when nobody was admitted: callers that changed what the
+    /// head waits for (a freed slot, a refund, a pause) pass `true`, so a head that had no
+    /// timer, or one for a later instant, looks again. The head's own poll passes `false`.
+    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) {
         if self.waiters.is_empty() {
             return;
         }
@@ -667,7 +671,7 @@ impl State {
             wakers.push(self.waiters.grant(key, |_| Ok(mark)));
             admitted = true;
         }
-        if admitted {
+        if admitted || nudge {
             wakers.extend(self.waiters.front_waker());
         }
     }
@@ -1056,7 +1060,7 @@ impl RateLimiter {
         {
             let mut state = self.lock();
             state.paused_until = None;
-            state.serve(&self.shared.config, &mut wakers);
+            state.serve(&self.shared.config, &mut wakers, true);
         }
         wakers.wake_all();
     }
@@ -1233,7 +1237,7 @@ impl Shared {
         let drained = {
             let mut state = self.lock();
             f(&mut state);
-            state.serve(&self.config, &mut wakers);
+            state.serve(&self.config, &mut wakers, true);
             state.drained()
         };
         wakers.wake_all();
@@ -1338,7 +1342,7 @@ impl Future for Acquire<'_> {
                     let mut granted = state.waiters.poll(key, cx.waker());
                     if granted.is_none() {
                         // Time may have passed: admit whoever fits now, this waiter included.
-                        state.serve(config, &mut wakers);
+                        state.serve(config, &mut wakers, false);
                         granted = state.waiters.take_grant(key);
                     }
                     if let Some(grant) = granted {
@@ -1387,15 +1391,13 @@ impl Drop for Acquire<'_> {
             let was_head = state.waiters.front_key() == Some(key);
             match state.waiters.abandon(key) {
                 Abandoned::Waiting(_) => {
-                    state.serve(&shared.config, &mut wakers);
-                    if was_head {
-                        wakers.extend(state.waiters.front_waker());
-                    }
+                    // A new head must arm its own timer.
+                    state.serve(&shared.config, &mut wakers, was_head);
                 }
                 Abandoned::Granted(Ok(mut mark)) => {
                     // Admitted but never taken: nothing was used, so everything goes back.
                     state.release(&mut mark);
-                    state.serve(&shared.config, &mut wakers);
+                    state.serve(&shared.config, &mut wakers, true);
                 }
                 Abandoned::Granted(Err(_)) => {}
             }
