@@ -491,6 +491,7 @@ impl RateLimiterBuilder {
             allow_overtaking: self.allow_overtaking,
             interval,
             replenishment: self.replenishment,
+            reads_clock: self.limits != [None, None],
         };
         let state = State {
             ledger: Ledger::new(self.limits, interval, self.replenishment),
@@ -566,6 +567,8 @@ struct Config {
     allow_overtaking: bool,
     interval: Duration,
     replenishment: Replenishment,
+    /// Whether a budget is limited, so that admission must read the clock.
+    reads_clock: bool,
 }
 
 type Grant = Result<Mark, RateLimitError>;
@@ -591,12 +594,19 @@ impl State {
     /// Reads the clock if anything depends on it (limited budgets or a pause), brings the
     /// budgets and the pause up to date, and returns the instant.
     fn clock(&mut self) -> Option<Instant> {
+        self.clock_with(None)
+    }
+
+    /// [`clock`](Self::clock), with the clock read before the lock was taken if it was (so
+    /// the lock is held for less time).
+    fn clock_with(&mut self, read: Option<Instant>) -> Option<Instant> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
         }
+        let now = read.unwrap_or_else(time::now);
         let now = match self.last_now {
-            Some(last) => time::now().max(last),
-            None => time::now(),
+            Some(last) => now.max(last),
+            None => now,
         };
         self.last_now = Some(now);
         self.ledger.advance(now);
@@ -975,9 +985,10 @@ impl RateLimiter {
     /// ```
     pub fn try_acquire(&self, tokens: u64) -> Result<Permit, RateLimitError> {
         let config = &self.shared.config;
+        let read = config.reads_clock.then(time::now);
         let mut state = self.lock();
         state.refuse(tokens)?;
-        let now = state.clock();
+        let now = state.clock_with(read);
         if (state.waiters.is_empty() || config.allow_overtaking) && state.admissible(config, tokens)
         {
             let mark = state.reserve(now, tokens);
@@ -1311,6 +1322,7 @@ impl Future for Acquire<'_> {
         let shared = &this.limiter.shared;
         let config = &shared.config;
         let mut wakers = Wakers::default();
+        let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now);
         let wake_at = {
             let mut state = shared.lock();
             let key = match this.state {
@@ -1319,7 +1331,7 @@ impl Future for Acquire<'_> {
                         this.state = AcquireState::Done;
                         return Poll::Ready(Err(refused));
                     }
-                    let now = state.clock();
+                    let now = state.clock_with(read);
                     if (state.waiters.is_empty() || config.allow_overtaking)
                         && state.admissible(config, this.tokens)
                     {

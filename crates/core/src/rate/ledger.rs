@@ -117,7 +117,7 @@ impl Ledger {
         match &mut self.mode {
             Mode::Sliding { log } => {
                 while let Some(entry) = log.front() {
-                    if saturating_add(entry.at, self.interval) > now {
+                    if now.saturating_duration_since(entry.at) < self.interval {
                         break;
                     }
                     for (used, amount) in self.used.iter_mut().zip(entry.amount) {
