@@ -661,9 +661,11 @@ impl State {
     /// `nudge` also wakes the head when nobody was admitted: callers that changed what the
     /// head waits for (a freed slot, a refund, a pause) pass `true`, so a head that had no
     /// timer, or one for a later instant, looks again. The head's own poll passes `false`.
-    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) {
+    ///
+    /// Returns the instant it read, if it read the clock.
+    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Instant> {
         if self.waiters.is_empty() {
-            return;
+            return None;
         }
         let now = self.clock();
         let mut admitted = false;
@@ -684,6 +686,7 @@ impl State {
         if admitted || nudge {
             wakers.extend(self.waiters.front_waker());
         }
+        now
     }
 
     /// When the head of the line should look again if nothing else happens: the end of a
@@ -1325,13 +1328,14 @@ impl Future for Acquire<'_> {
         let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now);
         let wake_at = {
             let mut state = shared.lock();
+            let now;
             let key = match this.state {
                 AcquireState::Start => {
                     if let Err(refused) = state.refuse(this.tokens) {
                         this.state = AcquireState::Done;
                         return Poll::Ready(Err(refused));
                     }
-                    let now = state.clock_with(read);
+                    now = state.clock_with(read);
                     if (state.waiters.is_empty() || config.allow_overtaking)
                         && state.admissible(config, this.tokens)
                     {
@@ -1352,9 +1356,10 @@ impl Future for Acquire<'_> {
                 }
                 AcquireState::Queued(key) => {
                     let mut granted = state.waiters.poll(key, cx.waker());
+                    let mut read = None;
                     if granted.is_none() {
                         // Time may have passed: admit whoever fits now, this waiter included.
-                        state.serve(config, &mut wakers, false);
+                        read = state.serve(config, &mut wakers, false);
                         granted = state.waiters.take_grant(key);
                     }
                     if let Some(grant) = granted {
@@ -1364,12 +1369,13 @@ impl Future for Acquire<'_> {
                         wakers.wake_all();
                         return Poll::Ready(permit);
                     }
+                    now = read;
                     key
                 }
                 AcquireState::Done => panic!("`Acquire` polled after it completed"),
             };
             if state.waiters.front_key() == Some(key) {
-                let now = state.clock();
+                let now = now.or_else(|| state.clock());
                 state.next_wake(config, now)
             } else {
                 None
