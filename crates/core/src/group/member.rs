@@ -59,11 +59,19 @@ impl<E> Shared<E> {
 
     /// Counts a new member in, unless the group has finished.
     pub(crate) fn join(&self) -> bool {
-        self.state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                (state & CLOSED == 0).then_some(state + 1)
-            })
-            .is_ok()
+        let mut state = self.state.load(Ordering::Acquire);
+        while state & CLOSED == 0 {
+            match self.state.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+        false
     }
 
     /// Closes the group if no member is left; otherwise registers `waker` for the last one.
