@@ -794,7 +794,10 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        self.submit_with(tokens, |_usage| job).await
+        let permit = self.acquire(tokens).await?;
+        let output = job.await;
+        drop(permit);
+        Ok(output)
     }
 
     /// Like [`submit`](Self::submit), but `job` is called with a [`Usage`] handle through
@@ -871,7 +874,10 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        self.try_submit_with(tokens, |_usage| job).await
+        let permit = self.try_acquire_queued(tokens).await?;
+        let output = job.await;
+        drop(permit);
+        Ok(output)
     }
 
     /// [`submit_with`](Self::submit_with) that fails with [`RateLimitError::QueueFull`]
