@@ -996,3 +996,50 @@ fn resume_wakes_a_waiter_sleeping_on_the_pause() {
     });
     assert_eq!(took, MINUTE);
 }
+
+/// Plain threads hammer one limiter (lock-free fast paths racing the queue's lock): the
+/// concurrency limit holds, every job completes, nothing is left running or queued. Once with
+/// unlimited budgets (admission and release both lock-free while nobody waits) and once with
+/// budgets (release lock-free).
+#[test]
+fn threads_race_the_fast_paths() {
+    const THREADS: usize = 4;
+    let rounds = if cfg!(miri) { 20 } else { 2_000 };
+    for budgets in [false, true] {
+        let mut builder = RateLimiter::builder()
+            .concurrency_limit(2)
+            .queue_capacity(None);
+        if budgets {
+            builder = builder.limit_requests(1 << 40).limit_tokens(1 << 40);
+        }
+        let limiter = builder.build().unwrap();
+        let occupancy = Arc::new(Occupancy::default());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..THREADS {
+            let (l, o, done) = (limiter.clone(), Arc::clone(&occupancy), done_tx.clone());
+            std::thread::spawn(move || {
+                for i in 0..rounds {
+                    if (t + i) % 3 == 0 {
+                        if let Ok(permit) = l.try_acquire(1) {
+                            futures::executor::block_on(o.hold(0));
+                            drop(permit);
+                        }
+                    } else {
+                        futures::executor::block_on(l.submit(1, o.hold(1))).unwrap();
+                    }
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..THREADS {
+            done_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("watchdog: a thread hung");
+        }
+        let max = occupancy.max.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&max), "max in flight {max}");
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.queued), (0, 0));
+        assert_eq!(stats.admitted, stats.completed);
+    }
+}

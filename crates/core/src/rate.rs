@@ -63,6 +63,7 @@
 //! The guide, with every lionagi defect and how it is avoided, is `docs/rate.md`.
 
 mod ledger;
+mod slots;
 
 use std::fmt;
 use std::future::Future;
@@ -74,6 +75,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ledger::{Ledger, Mark, TOKENS};
+use slots::Slots;
 
 use crate::sync::queue::{Abandoned, WaitList, Wakers};
 use crate::sync::Event;
@@ -487,27 +489,26 @@ impl RateLimiterBuilder {
         };
         let config = Config {
             queue_capacity: self.queue_capacity,
-            concurrency_limit: self.concurrency_limit,
             allow_overtaking: self.allow_overtaking,
             interval,
             replenishment: self.replenishment,
             reads_clock: self.limits != [None, None],
         };
+        let slots = Arc::new(Slots::new(self.concurrency_limit));
         let state = State {
             ledger: Ledger::new(self.limits, interval, self.replenishment),
-            running: 0,
+            slots: Arc::clone(&slots),
             waiters: WaitList::default(),
             paused_until: None,
             closed: false,
             last_now: None,
             next_id: 1,
-            admitted: 0,
             rejected: 0,
-            completed: 0,
         };
         Ok(RateLimiter {
             shared: Arc::new(Shared {
                 config,
+                slots,
                 state: Mutex::new(state),
                 drained: Event::new(),
             }),
@@ -555,6 +556,8 @@ pub struct RateLimiter {
 
 struct Shared {
     config: Config,
+    /// The concurrency slots and counters, also used without the lock.
+    slots: Arc<Slots>,
     state: Mutex<State>,
     /// Set once the limiter is closed and nothing waits or runs.
     drained: Event,
@@ -563,7 +566,6 @@ struct Shared {
 #[derive(Debug)]
 struct Config {
     queue_capacity: Option<usize>,
-    concurrency_limit: Option<usize>,
     allow_overtaking: bool,
     interval: Duration,
     replenishment: Replenishment,
@@ -576,7 +578,9 @@ type Grant = Result<Mark, RateLimitError>;
 #[derive(Debug)]
 struct State {
     ledger: Ledger,
-    running: usize,
+    /// The same slots as `Shared::slots`; under the lock they change only while `SLOW` is
+    /// set, or through the compare-and-swap that sets it.
+    slots: Arc<Slots>,
     /// Everyone waiting, in order: the first `queue_capacity` are the queue, the rest wait for
     /// room. The request is the estimated token cost.
     waiters: WaitList<u64, Grant>,
@@ -585,9 +589,7 @@ struct State {
     /// The latest instant read, so that the clock seen under the lock never goes backwards.
     last_now: Option<Instant>,
     next_id: u64,
-    admitted: u64,
     rejected: u64,
-    completed: u64,
 }
 
 impl State {
@@ -612,6 +614,7 @@ impl State {
         self.ledger.advance(now);
         if self.paused_until.is_some_and(|until| until <= now) {
             self.paused_until = None;
+            self.sync_slow();
         }
         Some(now)
     }
@@ -621,23 +624,21 @@ impl State {
         self.next_id
     }
 
-    fn slot_free(&self, config: &Config) -> bool {
-        config
-            .concurrency_limit
-            .is_none_or(|limit| self.running < limit)
+    /// Keeps the `SLOW` flag in line with who waits, closing and pausing.
+    fn sync_slow(&self) {
+        self.slots
+            .set_slow(!self.waiters.is_empty() || self.closed || self.paused_until.is_some());
     }
 
-    /// Whether a job of `tokens` could be admitted now, ignoring who waits (after `clock`).
-    fn admissible(&self, config: &Config, tokens: u64) -> bool {
-        self.slot_free(config)
-            && self.paused_until.is_none()
-            && self.ledger.fits(self.ledger.cost(tokens))
+    /// Whether a job of `tokens` is within the budgets and admission is not paused, ignoring
+    /// the slots and who waits (after `clock`).
+    fn budget_ok(&self, tokens: u64) -> bool {
+        self.paused_until.is_none() && self.ledger.fits(self.ledger.cost(tokens))
     }
 
-    /// Reserves the cost of a job of `tokens` and takes a slot (after `clock`).
+    /// Reserves the cost of a job of `tokens`, whose slot was taken (after `clock`).
     fn reserve(&mut self, now: Option<Instant>, tokens: u64) -> Mark {
         let id = self.id();
-        self.running += 1;
         match now {
             Some(now) => {
                 let cost = self.ledger.cost(tokens);
@@ -652,7 +653,7 @@ impl State {
         self.clock();
         let amount = mark.amount;
         self.ledger.refund(mark, amount);
-        self.running -= 1;
+        self.slots.release_locked();
     }
 
     /// Admits waiters while the head of the line (or, with overtaking, any waiter in the
@@ -665,11 +666,12 @@ impl State {
     /// Returns the instant it read, if it read the clock.
     fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Instant> {
         if self.waiters.is_empty() {
+            self.sync_slow();
             return None;
         }
         let now = self.clock();
         let mut admitted = false;
-        while self.slot_free(config) && self.paused_until.is_none() {
+        while self.paused_until.is_none() {
             let ledger = &self.ledger;
             let fits = |&(_, &tokens): &(usize, &u64)| ledger.fits(ledger.cost(tokens));
             let next = if config.allow_overtaking {
@@ -679,6 +681,9 @@ impl State {
                 self.waiters.iter().next().filter(fits)
             };
             let Some((key, &tokens)) = next else { break };
+            if !self.slots.take_or_flag(true, false) {
+                break;
+            }
             let mark = self.reserve(now, tokens);
             wakers.push(self.waiters.grant(key, |_| Ok(mark)));
             admitted = true;
@@ -686,6 +691,7 @@ impl State {
         if admitted || nudge {
             wakers.extend(self.waiters.front_waker());
         }
+        self.sync_slow();
         now
     }
 
@@ -694,7 +700,7 @@ impl State {
     /// a released slot can help, or the line is empty.
     fn next_wake(&self, config: &Config, now: Option<Instant>) -> Option<Instant> {
         let now = now?;
-        if self.waiters.is_empty() || !self.slot_free(config) {
+        if self.waiters.is_empty() || !self.slots.free() {
             return None;
         }
         if let Some(until) = self.paused_until {
@@ -714,7 +720,7 @@ impl State {
     }
 
     fn drained(&self) -> bool {
-        self.closed && self.waiters.is_empty() && self.running == 0
+        self.closed && self.waiters.is_empty() && self.slots.running() == 0
     }
 
     /// Refuses a job that can never be admitted (closed, or too costly), counting it.
@@ -993,17 +999,22 @@ impl RateLimiter {
     /// assert_eq!(limiter.try_acquire(0).unwrap_err(), RateLimitError::WouldWait);
     /// ```
     pub fn try_acquire(&self, tokens: u64) -> Result<Permit, RateLimitError> {
-        let config = &self.shared.config;
+        let shared = &self.shared;
+        let config = &shared.config;
+        if !config.reads_clock && shared.slots.try_take_fast() {
+            shared.slots.count_admitted();
+            return Ok(Permit::new(shared, Mark::empty(0), tokens));
+        }
         let read = config.reads_clock.then(time::now);
         let mut state = self.lock();
         state.refuse(tokens)?;
         let now = state.clock_with(read);
-        if (state.waiters.is_empty() || config.allow_overtaking) && state.admissible(config, tokens)
-        {
+        let ok = (state.waiters.is_empty() || config.allow_overtaking) && state.budget_ok(tokens);
+        if shared.slots.take_or_flag(ok, false) {
             let mark = state.reserve(now, tokens);
-            state.admitted += 1;
+            shared.slots.count_admitted();
             drop(state);
-            return Ok(Permit::new(&self.shared, mark, tokens));
+            return Ok(Permit::new(shared, mark, tokens));
         }
         state.rejected += 1;
         Err(RateLimitError::WouldWait)
@@ -1038,6 +1049,7 @@ impl RateLimiter {
             let mut state = self.lock();
             let until = state.paused_until.map_or(until, |p| p.max(until));
             state.paused_until = Some(until);
+            state.slots.set_slow(true);
             state.clock();
             // The head re-reads the pause and re-arms its timer.
             wakers.extend(state.waiters.front_waker());
@@ -1134,12 +1146,12 @@ impl RateLimiter {
         RateLimiterStatistics {
             queued: waiting.min(capacity),
             waiting_for_room: waiting.saturating_sub(capacity),
-            running: state.running,
+            running: self.shared.slots.running(),
             requests_left,
             tokens_left,
-            admitted: state.admitted,
+            admitted: self.shared.slots.admitted.load(Ordering::Relaxed),
             rejected: state.rejected,
-            completed: state.completed,
+            completed: self.shared.slots.completed.load(Ordering::Relaxed),
             paused_until: state.paused_until,
             closed: state.closed,
         }
@@ -1190,6 +1202,7 @@ impl RateLimiter {
         let drained = {
             let mut state = self.lock();
             state.closed = true;
+            state.sync_slow();
             state.drained()
         };
         if drained {
@@ -1228,6 +1241,7 @@ impl RateLimiter {
         let drained = {
             let mut state = self.lock();
             state.closed = true;
+            state.sync_slow();
             if mode == ShutdownMode::CancelQueued {
                 let cancelled = state.waiters.len() as u64;
                 state.rejected += cancelled;
@@ -1314,7 +1328,7 @@ impl<'a> Acquire<'a> {
 
     fn permit(&self, state: &mut State, grant: Grant) -> Result<Permit, RateLimitError> {
         let mark = grant?;
-        state.admitted += 1;
+        state.slots.count_admitted();
         Ok(Permit::new(&self.limiter.shared, mark, self.tokens))
     }
 }
@@ -1331,6 +1345,12 @@ impl Future for Acquire<'_> {
         let shared = &this.limiter.shared;
         let config = &shared.config;
         let mut wakers = Wakers::default();
+        if this.state == AcquireState::Start && !config.reads_clock && shared.slots.try_take_fast()
+        {
+            this.state = AcquireState::Done;
+            shared.slots.count_admitted();
+            return Poll::Ready(Ok(Permit::new(shared, Mark::empty(0), this.tokens)));
+        }
         let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now);
         let wake_at = {
             let mut state = shared.lock();
@@ -1342,19 +1362,23 @@ impl Future for Acquire<'_> {
                         return Poll::Ready(Err(refused));
                     }
                     now = state.clock_with(read);
-                    if (state.waiters.is_empty() || config.allow_overtaking)
-                        && state.admissible(config, this.tokens)
-                    {
+                    let ok = (state.waiters.is_empty() || config.allow_overtaking)
+                        && state.budget_ok(this.tokens);
+                    let full = this.no_room_wait
+                        && config
+                            .queue_capacity
+                            .is_some_and(|capacity| state.waiters.len() >= capacity);
+                    // Takes a slot, or raises `SLOW` before queueing: a release meanwhile
+                    // then serves this waiter instead of being lost.
+                    if shared.slots.take_or_flag(ok, !full) {
                         this.state = AcquireState::Done;
                         let mark = state.reserve(now, this.tokens);
                         return Poll::Ready(this.permit(&mut state, Ok(mark)));
                     }
-                    if let Some(capacity) = config.queue_capacity {
-                        if this.no_room_wait && state.waiters.len() >= capacity {
-                            state.rejected += 1;
-                            this.state = AcquireState::Done;
-                            return Poll::Ready(Err(RateLimitError::QueueFull { capacity }));
-                        }
+                    if let (true, Some(capacity)) = (full, config.queue_capacity) {
+                        state.rejected += 1;
+                        this.state = AcquireState::Done;
+                        return Poll::Ready(Err(RateLimitError::QueueFull { capacity }));
                     }
                     let key = state.waiters.push(this.tokens, cx.waker());
                     this.state = AcquireState::Queued(key);
@@ -1553,13 +1577,19 @@ impl Drop for Permit {
             .map(|cell| cell.load(Ordering::Acquire))
             .filter(|&tokens| tokens != UNREPORTED);
         let accounted = self.accounted;
+        let settles = reported.is_some_and(|tokens| tokens != accounted);
+        let slots = &self.shared.slots;
+        if !settles && slots.release_fast() {
+            slots.count_completed();
+            return;
+        }
         let mark = &mut self.mark;
         self.shared.update(|state| {
             if let Some(tokens) = reported {
                 settle(state, mark, accounted, tokens);
             }
-            state.running -= 1;
-            state.completed += 1;
+            state.slots.release_locked();
+            state.slots.count_completed();
         });
     }
 }
