@@ -1697,3 +1697,81 @@ impl Usage {
         Some(self.cell.load(Ordering::Acquire)).filter(|&tokens| tokens != UNREPORTED)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::Waker;
+
+    use super::*;
+
+    fn poll<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// Poll level, no runtime and no timer (runs under miri): queueing behind the concurrency
+    /// limit, hand-off on release, a dropped admitted waiter passing its slot on, `QueueFull`,
+    /// and shutdown failing what waits.
+    #[test]
+    fn hand_off_and_refusals_without_a_runtime() {
+        let limiter = RateLimiter::builder()
+            .concurrency_limit(1)
+            .queue_capacity(2)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(0).unwrap();
+        let mut a = pin!(limiter.acquire(0));
+        let mut b = pin!(limiter.try_acquire_queued(0));
+        assert!(poll(a.as_mut()).is_pending());
+        assert!(poll(b.as_mut()).is_pending());
+        let mut c = pin!(limiter.try_acquire_queued(0));
+        assert_eq!(
+            poll(c.as_mut()).map(|r| r.map(drop)),
+            Poll::Ready(Err(RateLimitError::QueueFull { capacity: 2 }))
+        );
+        drop(held); // handed to `a`, which has not taken it yet
+        assert_eq!(limiter.statistics().running, 1);
+        assert_eq!(
+            limiter.try_acquire(0).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+        let Poll::Ready(Ok(permit_a)) = poll(a.as_mut()) else {
+            panic!("a was handed the slot")
+        };
+        let mut shutdown = pin!(limiter.shutdown(ShutdownMode::CancelQueued));
+        assert!(poll(shutdown.as_mut()).is_pending(), "`a` still runs");
+        assert_eq!(
+            poll(b.as_mut()).map(|r| r.map(drop)),
+            Poll::Ready(Err(RateLimitError::Closed))
+        );
+        drop(permit_a);
+        assert!(poll(shutdown.as_mut()).is_ready());
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.completed, stats.running), (2, 2, 0));
+        assert_eq!((stats.rejected, stats.queued), (3, 0));
+    }
+
+    /// The lock-free paths (unlimited budgets) and the queue agree on the slot count.
+    #[test]
+    fn fast_paths_defer_to_waiters() {
+        let limiter = RateLimiter::builder().concurrency_limit(2).build().unwrap();
+        let one = limiter.try_acquire(0).unwrap();
+        let two = limiter.try_acquire(0).unwrap();
+        let mut waiter = pin!(limiter.acquire(0));
+        assert!(poll(waiter.as_mut()).is_pending());
+        drop(one); // goes through the lock, to the waiter
+        assert_eq!(
+            limiter.try_acquire(0).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+        let Poll::Ready(Ok(three)) = poll(waiter.as_mut()) else {
+            panic!("handed off")
+        };
+        drop((two, three));
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.admitted, stats.completed), (0, 3, 3));
+        // Nobody waits any more: both slots are free to the fast path again.
+        let _x = limiter.try_acquire(0).unwrap();
+        let _y = limiter.try_acquire(0).unwrap();
+    }
+}
