@@ -688,7 +688,10 @@ impl State {
             wakers.push(self.waiters.grant(key, |_| Ok(mark)));
             admitted = true;
         }
-        if admitted || nudge {
+        // Only a head that may sleep on a timer (budgets or a pause) needs the nudge: without
+        // them, whatever frees its way admits it right here.
+        let timed = !self.ledger.is_unlimited() || self.paused_until.is_some();
+        if (admitted || nudge) && timed {
             wakers.extend(self.waiters.front_waker());
         }
         self.sync_slow();

@@ -248,20 +248,24 @@ impl<R, G> WaitList<R, G> {
     }
 }
 
-/// Wakers collected under a lock and woken after it is released; one waker needs no
-/// allocation.
+/// Wakers collected under a lock and woken after it is released; two wakers (a granted waiter
+/// and the next head of a line) need no allocation.
 #[derive(Debug, Default)]
 #[must_use = "collected wakers must be woken"]
 pub(crate) struct Wakers {
     one: Option<Waker>,
+    two: Option<Waker>,
     more: Vec<Waker>,
 }
 
 impl Wakers {
     pub(crate) fn push(&mut self, waker: Waker) {
-        match self.one {
-            None => self.one = Some(waker),
-            Some(_) => self.more.push(waker),
+        if self.one.is_none() {
+            self.one = Some(waker);
+        } else if self.two.is_none() {
+            self.two = Some(waker);
+        } else {
+            self.more.push(waker);
         }
     }
 
@@ -273,6 +277,9 @@ impl Wakers {
 
     pub(crate) fn wake_all(self) {
         if let Some(waker) = self.one {
+            waker.wake();
+        }
+        if let Some(waker) = self.two {
             waker.wake();
         }
         self.more.into_iter().for_each(Waker::wake);
