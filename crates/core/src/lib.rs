@@ -15,6 +15,7 @@
 //! | [`group`] | task groups: [`task_group`](group::task_group) (in-task, borrowing), [`spawn_group`](group::spawn_group) (parallel), `start`/`started`, [`GroupError`](group::GroupError) |
 //! | [`combinators`] | [`gather`](combinators::gather) / [`try_gather`](combinators::try_gather) / [`gather_settled`](combinators::gather_settled), [`race`](combinators::race) / [`race_ok`](combinators::race_ok), [`bounded_map`](combinators::bounded_map) (+ try, settled, stream), [`CompletionStream`](combinators::CompletionStream), [`retry`](combinators::retry) with [`RetryPolicy`](combinators::RetryPolicy) — in-task, on any executor |
 //! | [`sync`] | fair [`Lock`](sync::Lock), [`Semaphore`](sync::Semaphore), [`CapacityLimiter`](sync::CapacityLimiter), [`Event`](sync::Event), [`Condition`](sync::Condition), bounded [`channel`](sync::channel)s — FIFO with direct hand-off, cancel-safe |
+//! | [`rate`] | [`RateLimiter`](rate::RateLimiter) (alias `RateLimitedExecutor`): request and token budgets per interval (sliding or fixed window), a bounded FIFO queue, a concurrency limit, reservation with settlement, provider feedback (pause, remaining budgets), graceful shutdown |
 //! | `testing` (feature `test-util`) | [`VirtualRuntime`](testing::VirtualRuntime): a deterministic runtime with virtual time |
 //!
 //! # Semantics every runtime shares
@@ -77,6 +78,7 @@ pub mod cancel;
 pub mod combinators;
 pub mod flow;
 pub mod group;
+pub mod rate;
 mod ready;
 pub mod runtime;
 mod shim;

@@ -58,7 +58,7 @@ mod event;
 mod limiter;
 mod lock;
 mod permits;
-mod queue;
+pub(crate) mod queue;
 mod semaphore;
 
 #[cfg(all(test, shuttle))]

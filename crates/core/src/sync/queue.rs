@@ -111,9 +111,50 @@ impl<R, G> WaitList<R, G> {
     /// the waiter's waker, to be woken after the caller's lock is released.
     pub(crate) fn grant_front(&mut self, grant: impl FnOnce(R) -> G) -> Option<Waker> {
         let key = self.head?;
+        Some(self.grant(key, grant))
+    }
+
+    /// Grants the waiter `key`, wherever it is in line (for queues whose caller allows
+    /// overtaking). Returns its waker, to be woken after the caller's lock is released.
+    ///
+    /// # Panics
+    ///
+    /// If `key` is not waiting.
+    pub(crate) fn grant(&mut self, key: usize, grant: impl FnOnce(R) -> G) -> Waker {
         let (request, waker) = self.unlink(key);
         self.slots[key] = Slot::Granted(grant(request));
-        Some(waker)
+        waker
+    }
+
+    /// The key of the oldest waiter.
+    pub(crate) fn front_key(&self) -> Option<usize> {
+        self.head
+    }
+
+    /// A clone of the oldest waiter's waker.
+    pub(crate) fn front_waker(&self) -> Option<Waker> {
+        match &self.slots[self.head?] {
+            Slot::Waiting { waker, .. } => Some(waker.clone()),
+            _ => unreachable!("the line holds only waiting slots"),
+        }
+    }
+
+    /// The waiters' keys and requests, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &R)> + '_ {
+        let mut next = self.head;
+        std::iter::from_fn(move || {
+            let key = next?;
+            let Slot::Waiting {
+                request,
+                next: after,
+                ..
+            } = &self.slots[key]
+            else {
+                unreachable!("the line holds only waiting slots")
+            };
+            next = *after;
+            Some((key, request))
+        })
     }
 
     /// Grants every waiter, oldest first, collecting their wakers into `wakers`.
@@ -207,20 +248,24 @@ impl<R, G> WaitList<R, G> {
     }
 }
 
-/// Wakers collected under a lock and woken after it is released; one waker needs no
-/// allocation.
+/// Wakers collected under a lock and woken after it is released; two wakers (a granted waiter
+/// and the next head of a line) need no allocation.
 #[derive(Debug, Default)]
 #[must_use = "collected wakers must be woken"]
 pub(crate) struct Wakers {
     one: Option<Waker>,
+    two: Option<Waker>,
     more: Vec<Waker>,
 }
 
 impl Wakers {
     pub(crate) fn push(&mut self, waker: Waker) {
-        match self.one {
-            None => self.one = Some(waker),
-            Some(_) => self.more.push(waker),
+        if self.one.is_none() {
+            self.one = Some(waker);
+        } else if self.two.is_none() {
+            self.two = Some(waker);
+        } else {
+            self.more.push(waker);
         }
     }
 
@@ -232,6 +277,9 @@ impl Wakers {
 
     pub(crate) fn wake_all(self) {
         if let Some(waker) = self.one {
+            waker.wake();
+        }
+        if let Some(waker) = self.two {
             waker.wake();
         }
         self.more.into_iter().for_each(Waker::wake);

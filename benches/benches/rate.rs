@@ -1,0 +1,363 @@
+//! Rate limiter (target T8 of docs/performance.md): sheepdog's `RateLimiter` against governor
+//! (GCRA, one budget, no queue) and leaky-bucket (fair, one budget), in one run.
+//!
+//! - `check`: an admission that succeeds, 10,000 per iteration, no runtime. sheepdog checks
+//!   both budgets (requests and tokens) and takes a permit, which is then dropped (the release
+//!   is part of every admission); governor checks one limiter (`check`) or two (`check` +
+//!   `check_n`, the same two budgets). Budgets are large enough never to refuse.
+//! - `reject`: an admission refused because the budget is spent.
+//! - `two_threads`: two threads each run 100,000 admissions on one shared limiter; the figure
+//!   per item is per op per thread.
+//! - `async_fast_path`: `acquire(..)` polled once (ready at once) + release; leaky-bucket's
+//!   fair `acquire_one` polled once.
+//! - `queued_round_trip`: one waiter queues behind a held permit, the permit is dropped (direct
+//!   hand-off), the waiter takes it: per round trip.
+//! - `jobs_100k`: 100,000 jobs, unlimited budgets, concurrency limit 64, on
+//!   `futures::executor::block_on`: `buffer_unordered(64)` alone (the reference), the same with
+//!   every job going through `submit` (the limiter's overhead on the fast path); for jobs that
+//!   yield once, also all 100,000 `submit`s polled at once so that all but 64 wait in line
+//!   (the queued path).
+//!
+//! Run with `cargo bench -p sheepdog-benches --bench rate`.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::Barrier;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use divan::counter::ItemsCount;
+use divan::{black_box, Bencher};
+use futures::stream::{self, StreamExt};
+use governor::{Quota, RateLimiter as Governor};
+use sheepdog_core::rate::{RateLimiter, Replenishment};
+
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+
+/// Operations per iteration.
+const OPS: usize = 10_000;
+
+fn main() {
+    divan::main();
+}
+
+/// Polls `future` once with a no-op waker; it must be ready.
+fn poll_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("expected a ready future"),
+    }
+}
+
+/// A sheepdog limiter with both budgets so large it never refuses. The interval is short so
+/// that the sliding log stays small (what came in more than 10 ms ago has left it).
+fn roomy(replenishment: Replenishment) -> RateLimiter {
+    RateLimiter::builder()
+        .limit_requests(1 << 40)
+        .limit_tokens(1 << 50)
+        .capacity_refresh_time(Duration::from_millis(10))
+        .replenishment(replenishment)
+        .build()
+        .unwrap()
+}
+
+fn roomy_governor() -> governor::DefaultDirectRateLimiter {
+    Governor::direct(Quota::per_second(NonZeroU32::MAX))
+}
+
+/// An admission that succeeds.
+#[divan::bench_group(sample_count = 200)]
+mod check {
+    use super::*;
+
+    #[divan::bench]
+    fn sheepdog_continuous(bencher: Bencher<'_, '_>) {
+        let limiter = roomy(Replenishment::Continuous);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(
+                    black_box(&limiter).try_acquire(black_box(3)).unwrap(),
+                ));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn sheepdog_fixed_window(bencher: Bencher<'_, '_>) {
+        let limiter = roomy(Replenishment::FixedWindow);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(
+                    black_box(&limiter).try_acquire(black_box(3)).unwrap(),
+                ));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn governor_one_budget(bencher: Bencher<'_, '_>) {
+        let limiter = roomy_governor();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                black_box(black_box(&limiter).check()).unwrap();
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn governor_two_budgets(bencher: Bencher<'_, '_>) {
+        let requests = roomy_governor();
+        let tokens = roomy_governor();
+        let three = NonZeroU32::new(3).unwrap();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                black_box(black_box(&requests).check()).unwrap();
+                black_box(black_box(&tokens).check_n(three))
+                    .unwrap()
+                    .unwrap();
+            }
+        });
+    }
+}
+
+/// An admission refused because the budget is spent.
+#[divan::bench_group(sample_count = 200)]
+mod reject {
+    use super::*;
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let limiter = RateLimiter::builder()
+            .limit_requests(1)
+            .limit_tokens(1_000)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .build()
+            .unwrap();
+        drop(limiter.try_acquire(1).unwrap());
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                black_box(black_box(&limiter).try_acquire(black_box(3))).unwrap_err();
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn governor(bencher: Bencher<'_, '_>) {
+        let limiter = Governor::direct(Quota::per_hour(NonZeroU32::MIN));
+        limiter.check().unwrap();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                black_box(black_box(&limiter).check()).unwrap_err();
+            }
+        });
+    }
+}
+
+/// Two threads admit on one shared limiter.
+#[divan::bench_group(sample_count = 30)]
+mod two_threads {
+    use super::*;
+
+    const OPS_PER_THREAD: usize = 100_000;
+
+    /// Runs `op` [`OPS_PER_THREAD`] times on this thread and on a second one, started
+    /// together.
+    fn both<S: Sync>(shared: &S, op: fn(&S)) {
+        let barrier = Barrier::new(2);
+        let work = || {
+            barrier.wait();
+            for _ in 0..OPS_PER_THREAD {
+                op(black_box(shared));
+            }
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(work);
+            work();
+        });
+    }
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let limiter = roomy(Replenishment::Continuous);
+        bencher
+            .counter(ItemsCount::new(OPS_PER_THREAD))
+            .bench_local(|| {
+                both(&limiter, |l| drop(black_box(l.try_acquire(3).unwrap())));
+            });
+    }
+
+    #[divan::bench]
+    fn governor(bencher: Bencher<'_, '_>) {
+        let limiter = roomy_governor();
+        bencher
+            .counter(ItemsCount::new(OPS_PER_THREAD))
+            .bench_local(|| {
+                both(&limiter, |l| l.check().unwrap());
+            });
+    }
+}
+
+/// `acquire` ready at once, polled once, and released.
+#[divan::bench_group(sample_count = 200)]
+mod async_fast_path {
+    use super::*;
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let limiter = roomy(Replenishment::Continuous);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                drop(black_box(
+                    poll_ready(black_box(&limiter).acquire(3)).unwrap(),
+                ));
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn leaky_bucket_fair(bencher: Bencher<'_, '_>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        let limiter = leaky_bucket::RateLimiter::builder()
+            .max(usize::MAX / 2)
+            .initial(usize::MAX / 2)
+            .refill(1)
+            .build();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            for _ in 0..OPS {
+                poll_ready(black_box(&limiter).acquire_one());
+            }
+        });
+    }
+}
+
+/// A waiter queues behind a held permit and is handed it when the permit is dropped.
+#[divan::bench_group(sample_count = 200)]
+mod queued_round_trip {
+    use super::*;
+
+    #[divan::bench]
+    fn sheepdog(bencher: Bencher<'_, '_>) {
+        let limiter = RateLimiter::builder()
+            .limit_requests(1 << 40)
+            .limit_tokens(1 << 50)
+            .capacity_refresh_time(Duration::from_millis(10))
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let cx = &mut Context::from_waker(Waker::noop());
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            let mut held = limiter.try_acquire(1).unwrap();
+            for _ in 0..OPS {
+                let mut waiter = pin!(limiter.acquire(1));
+                assert!(waiter.as_mut().poll(cx).is_pending());
+                drop(held);
+                let Poll::Ready(Ok(permit)) = waiter.as_mut().poll(cx) else {
+                    panic!("handed off")
+                };
+                held = black_box(permit);
+            }
+        });
+    }
+}
+
+/// 100,000 jobs, unlimited budgets, at most 64 at once: `ready` jobs complete at their first
+/// poll; `yield_once` jobs yield once first, so that with all 100,000 submitted at once the
+/// limiter's queue holds every job past the first 64.
+#[divan::bench_group(sample_count = 30)]
+mod jobs_100k {
+    use super::*;
+    use sheepdog_core::runtime::yield_now;
+
+    const JOBS: usize = 100_000;
+    const LIMIT: usize = 64;
+
+    fn unlimited() -> RateLimiter {
+        RateLimiter::builder()
+            .concurrency_limit(LIMIT)
+            .queue_capacity(None)
+            .build()
+            .unwrap()
+    }
+
+    /// Runs every job of `jobs` with at most `at_once` polled together.
+    fn run<F: Future>(jobs: impl Iterator<Item = F>, at_once: usize) {
+        futures::executor::block_on(stream::iter(jobs).buffer_unordered(at_once).for_each(
+            |out| async move {
+                black_box(out);
+            },
+        ));
+    }
+
+    #[divan::bench]
+    fn ready_buffer_unordered(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run((0..JOBS).map(|i| async move { black_box(i) }), LIMIT);
+        });
+    }
+
+    #[divan::bench]
+    fn ready_sheepdog_submit(bencher: Bencher<'_, '_>) {
+        let limiter = unlimited();
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run(
+                (0..JOBS).map(|i| limiter.submit(0, async move { black_box(i) })),
+                LIMIT,
+            );
+        });
+    }
+
+    #[divan::bench]
+    fn yield_once_buffer_unordered(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run(
+                (0..JOBS).map(|i| async move {
+                    yield_now().await;
+                    black_box(i)
+                }),
+                LIMIT,
+            );
+        });
+    }
+
+    #[divan::bench]
+    fn yield_once_sheepdog_submit(bencher: Bencher<'_, '_>) {
+        let limiter = unlimited();
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run(
+                (0..JOBS).map(|i| {
+                    limiter.submit(0, async move {
+                        yield_now().await;
+                        black_box(i)
+                    })
+                }),
+                LIMIT,
+            );
+        });
+    }
+
+    #[divan::bench]
+    fn yield_once_sheepdog_all_queued(bencher: Bencher<'_, '_>) {
+        let limiter = unlimited();
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run(
+                (0..JOBS).map(|i| {
+                    limiter.submit(0, async move {
+                        yield_now().await;
+                        black_box(i)
+                    })
+                }),
+                JOBS,
+            );
+        });
+    }
+}

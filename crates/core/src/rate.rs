@@ -1,0 +1,1780 @@
+//! A rate-limited executor: request and token budgets per interval, a bounded FIFO queue and a
+//! concurrency limit, for any async job (lionagi's `iModel` rate limiting, without its defects).
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`RateLimiter`] (alias [`RateLimitedExecutor`]) | the executor: [`submit`](RateLimiter::submit) a job with its estimated token cost; it waits in line for room, budget and a slot, then runs |
+//! | [`RateLimiterBuilder`] | the seed's knobs: `limit_requests`, `limit_tokens`, `capacity_refresh_time`, `queue_capacity`, `concurrency_limit`, plus [`Replenishment`] and overtaking |
+//! | [`Permit`] | an admission held by the caller (streams, long-lived work): a concurrency slot and a reservation, settled with the real usage |
+//! | [`Usage`] | the handle a job reports its real token usage through |
+//! | [`RateLimiterStatistics`] | queued, running, budgets left, admitted, rejected, completed |
+//! | [`RateLimitError`], [`RateLimitConfigError`] | what can go wrong, typed |
+//!
+//! # The model
+//!
+//! A job costs one request and its estimated number of tokens. It is *admitted* when, at the
+//! head of the line, there is a free concurrency slot, admission is not paused, and both
+//! budgets have room for its cost; the cost is then reserved, and the job runs while it holds
+//! its slot. When it ends, its real token usage (if it reported one) settles the reservation:
+//! the difference is refunded or charged.
+//!
+//! | situation | [`submit`](RateLimiter::submit) | [`try_submit`](RateLimiter::try_submit) | [`try_acquire`](RateLimiter::try_acquire) |
+//! |---|---|---|---|
+//! | admissible now, nobody waiting | runs at once | runs at once | `Ok(Permit)` |
+//! | must wait, room in the queue | waits in line | waits in line | [`WouldWait`](RateLimitError::WouldWait) |
+//! | must wait, queue full | waits for room, in order | [`QueueFull`](RateLimitError::QueueFull) | [`WouldWait`](RateLimitError::WouldWait) |
+//! | cost above the whole token budget | [`ExceedsTokenWindow`](RateLimitError::ExceedsTokenWindow) at once | the same | the same |
+//! | closed or shut down | [`Closed`](RateLimitError::Closed) | the same | the same |
+//!
+//! Replenishment is [`Continuous`](Replenishment::Continuous) (the default: what a job used
+//! comes back exactly one interval after it was admitted, so no interval-long window ever
+//! holds more than the budget, and nothing comes back in a lump at a window edge) or
+//! [`FixedWindow`](Replenishment::FixedWindow) (lionagi's: everything comes back at each
+//! multiple of the interval). No background task is involved: budgets are brought up to date
+//! from [`time::now`] whenever the limiter is used, and the job at the head
+//! of the line sleeps until the instant its cost fits.
+//!
+//! # Order
+//!
+//! Jobs are admitted strictly in the order they started waiting: a small job never overtakes a
+//! big one ahead of it, unless the builder's
+//! [`allow_overtaking`](RateLimiterBuilder::allow_overtaking) says so. Admission hands the
+//! slot and the reservation directly to the waiter, so a newcomer cannot take them first.
+//!
+//! # Cancellation
+//!
+//! Waiting is a cancellation point of the ambient [cancel scope](crate::cancel), and dropping a
+//! waiting [`submit`](RateLimiter::submit) (for instance when the scope's deadline passes)
+//! frees its place in line and reserves nothing: a reservation handed to it but not yet taken
+//! is given back, and the next in line is served. Dropping a running job releases its slot
+//! and settles its reported usage.
+//!
+//! # lionagi → sheepdog
+//!
+//! | lionagi | sheepdog |
+//! |---|---|
+//! | `iModel(limit_requests=60, limit_tokens=100_000, capacity_refresh_time=60, queue_capacity=100, concurrency_limit=5)` | `RateLimiter::builder().limit_requests(60).limit_tokens(100_000).capacity_refresh_time(Duration::from_secs(60)).queue_capacity(100).concurrency_limit(5).build()?` |
+//! | `RateLimitedAPIExecutor`, `append` + `forward`, `invoke()` | [`RateLimitedExecutor`], [`submit(tokens, job)`](RateLimiter::submit) |
+//! | `try_enqueue` → `False` | [`try_submit`](RateLimiter::try_submit) → [`QueueFull`](RateLimitError::QueueFull) |
+//! | `required_tokens` (estimated, never settled) | the cost argument, settled through [`Usage`] or [`Permit::settle`] |
+//! | `stream()` (bypassed admission) | [`acquire`](RateLimiter::acquire) a [`Permit`] and hold it while the stream runs |
+//! | `executor.stop()` | [`shutdown(ShutdownMode)`](RateLimiter::shutdown) |
+//!
+//! The guide, with every lionagi defect and how it is avoided, is `docs/rate.md`.
+
+mod ledger;
+mod slots;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ledger::{Ledger, Mark, TOKENS};
+use slots::Slots;
+
+use crate::sync::queue::{Abandoned, WaitList, Wakers};
+use crate::sync::Event;
+use crate::time::{self, Sleep};
+
+/// lionagi's name for the executor; the same type as [`RateLimiter`].
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::RateLimitedExecutor;
+///
+/// let executor = RateLimitedExecutor::builder().limit_requests(60).build().unwrap();
+/// assert_eq!(executor.statistics().requests_left, Some(60));
+/// ```
+pub type RateLimitedExecutor = RateLimiter;
+
+/// The futures returned by [`RateLimiter::acquire`] and [`RateLimiter::try_acquire_queued`].
+pub mod futures {
+    pub use super::Acquire;
+}
+
+/// How used budget comes back.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::{RateLimiter, Replenishment};
+///
+/// let lionagi_like = RateLimiter::builder()
+///     .limit_requests(60)
+///     .replenishment(Replenishment::FixedWindow)
+///     .build()
+///     .unwrap();
+/// # drop(lionagi_like);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Replenishment {
+    /// What a job used comes back exactly one interval after its admission (a sliding window).
+    /// The budget refills continuously as uses age out, never in one lump at a window edge,
+    /// and no interval-long window, wherever it starts, ever holds more admissions or tokens
+    /// than the budget. (A classic token bucket that starts full cannot promise that: it lets
+    /// nearly twice the budget through in the first interval.)
+    #[default]
+    Continuous,
+    /// lionagi's: the budgets are full again at each multiple of the interval after the first
+    /// use; what was not used is lost. Two windows' worth can pass in a short time across an
+    /// edge. A charge beyond the budget is carried over to the next windows as debt.
+    FixedWindow,
+}
+
+/// What [`RateLimiter::shutdown`] does with the jobs still waiting in line.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::ShutdownMode;
+///
+/// assert_ne!(ShutdownMode::FinishQueued, ShutdownMode::CancelQueued);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Let them be admitted under the budgets as usual, and run.
+    FinishQueued,
+    /// Fail them at once with [`RateLimitError::Closed`].
+    CancelQueued,
+}
+
+/// A job was not admitted.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::{RateLimitError, RateLimiter};
+///
+/// let limiter = RateLimiter::builder().limit_tokens(1_000).build().unwrap();
+/// let err = limiter.try_acquire(5_000).unwrap_err();
+/// assert_eq!(err, RateLimitError::ExceedsTokenWindow { cost: 5_000, limit: 1_000 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateLimitError {
+    /// The queue of waiting jobs is full (`try_*` only; `submit` waits for room).
+    #[error("the rate limiter's queue is full ({capacity} waiting)")]
+    QueueFull {
+        /// The queue capacity.
+        capacity: usize,
+    },
+    /// The job's estimated cost is more than the whole token budget of an interval: it could
+    /// never be admitted.
+    #[error("a cost of {cost} tokens exceeds the whole token budget of {limit} per interval")]
+    ExceedsTokenWindow {
+        /// The job's estimated cost.
+        cost: u64,
+        /// The token budget per interval.
+        limit: u64,
+    },
+    /// The limiter was closed or shut down, before the job was admitted.
+    #[error("the rate limiter is closed")]
+    Closed,
+    /// The job could not be admitted at once ([`try_acquire`](RateLimiter::try_acquire) only).
+    #[error("the job cannot be admitted without waiting")]
+    WouldWait,
+}
+
+/// A knob of [`RateLimiterBuilder`] has a value that cannot work.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::{RateLimitConfigError, RateLimiter};
+///
+/// let err = RateLimiter::builder().limit_requests(0).build().unwrap_err();
+/// assert_eq!(err, RateLimitConfigError::Zero { knob: "limit_requests" });
+/// let err = RateLimiter::builder().capacity_refresh_secs(f64::NAN).build().unwrap_err();
+/// assert!(matches!(err, RateLimitConfigError::InvalidInterval { .. }));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateLimitConfigError {
+    /// A limit or capacity of zero (`None`, not zero, means unlimited).
+    #[error("{knob} must be at least 1 (use None for unlimited)")]
+    Zero {
+        /// Which knob.
+        knob: &'static str,
+    },
+    /// The refresh interval is zero, negative, not a number, or too large.
+    #[error("capacity_refresh_time must be a positive, finite duration (got {secs} s)")]
+    InvalidInterval {
+        /// The interval asked for, in seconds.
+        secs: f64,
+    },
+}
+
+/// A snapshot of a [`RateLimiter`], from [`RateLimiter::statistics`].
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::RateLimiter;
+///
+/// let limiter = RateLimiter::builder().limit_requests(10).limit_tokens(500).build().unwrap();
+/// let permit = limiter.try_acquire(200).unwrap();
+/// let stats = limiter.statistics();
+/// assert_eq!((stats.running, stats.queued, stats.admitted), (1, 0, 1));
+/// assert_eq!((stats.requests_left, stats.tokens_left), (Some(9), Some(300)));
+/// drop(permit);
+/// assert_eq!(limiter.statistics().completed, 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimiterStatistics {
+    /// Jobs waiting in the queue (at most the queue capacity).
+    pub queued: usize,
+    /// Callers of `submit` waiting for room in a full queue.
+    pub waiting_for_room: usize,
+    /// Jobs admitted and not finished (permits alive).
+    pub running: usize,
+    /// Requests left in the budget now; `None` if unlimited.
+    pub requests_left: Option<u64>,
+    /// Tokens left in the budget now; `None` if unlimited.
+    pub tokens_left: Option<u64>,
+    /// Jobs admitted so far.
+    pub admitted: u64,
+    /// Jobs refused so far (queue full, too costly, closed, cancelled by shutdown, would wait).
+    pub rejected: u64,
+    /// Admitted jobs that have finished (their permits were dropped).
+    pub completed: u64,
+    /// The instant admission is paused until, if it is paused.
+    pub paused_until: Option<Instant>,
+    /// Whether the limiter was closed or shut down.
+    pub closed: bool,
+}
+
+/// Builds a [`RateLimiter`] from the seed's knobs. Every limit defaults to `None` (unlimited)
+/// except the queue capacity (100, as lionagi's `iModel`) and the interval (60 s).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use sheepdog_core::rate::RateLimiter;
+///
+/// let limiter = RateLimiter::builder()
+///     .limit_requests(60)          // requests per interval
+///     .limit_tokens(100_000)       // tokens per interval
+///     .capacity_refresh_time(Duration::from_secs(60))
+///     .queue_capacity(100)         // jobs that may wait
+///     .concurrency_limit(5)        // jobs (streams included) running at once
+///     .build()
+///     .unwrap();
+/// assert_eq!(limiter.statistics().tokens_left, Some(100_000));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct RateLimiterBuilder {
+    limits: [Option<u64>; 2],
+    interval: Interval,
+    queue_capacity: Option<usize>,
+    concurrency_limit: Option<usize>,
+    replenishment: Replenishment,
+    allow_overtaking: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Interval {
+    Duration(Duration),
+    Secs(f64),
+}
+
+impl Default for RateLimiterBuilder {
+    fn default() -> Self {
+        RateLimiterBuilder {
+            limits: [None, None],
+            interval: Interval::Duration(Duration::from_secs(60)),
+            queue_capacity: Some(100),
+            concurrency_limit: None,
+            replenishment: Replenishment::Continuous,
+            allow_overtaking: false,
+        }
+    }
+}
+
+impl RateLimiterBuilder {
+    /// Requests admitted per interval (lionagi's `limit_requests`); `None` is unlimited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limited = RateLimiter::builder().limit_requests(60).build().unwrap();
+    /// let unlimited = RateLimiter::builder().limit_requests(None).build().unwrap();
+    /// assert_eq!(limited.statistics().requests_left, Some(60));
+    /// assert_eq!(unlimited.statistics().requests_left, None);
+    /// ```
+    pub fn limit_requests(mut self, limit: impl Into<Option<u64>>) -> Self {
+        self.limits[ledger::REQUESTS] = limit.into();
+        self
+    }
+
+    /// Tokens admitted per interval (lionagi's `limit_tokens`); `None` is unlimited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_tokens(100_000).build().unwrap();
+    /// assert_eq!(limiter.statistics().tokens_left, Some(100_000));
+    /// ```
+    pub fn limit_tokens(mut self, limit: impl Into<Option<u64>>) -> Self {
+        self.limits[TOKENS] = limit.into();
+        self
+    }
+
+    /// The interval the budgets are counted over (lionagi's `capacity_refresh_time`; default
+    /// 60 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let per_second = RateLimiter::builder()
+    ///     .limit_requests(10)
+    ///     .capacity_refresh_time(Duration::from_secs(1))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(per_second);
+    /// ```
+    pub fn capacity_refresh_time(mut self, interval: Duration) -> Self {
+        self.interval = Interval::Duration(interval);
+        self
+    }
+
+    /// The interval in seconds, as lionagi takes it. Zero, negative, NaN or infinite values
+    /// make [`build`](Self::build) fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// assert!(RateLimiter::builder().capacity_refresh_secs(0.5).build().is_ok());
+    /// assert!(RateLimiter::builder().capacity_refresh_secs(-1.0).build().is_err());
+    /// ```
+    pub fn capacity_refresh_secs(mut self, secs: f64) -> Self {
+        self.interval = Interval::Secs(secs);
+        self
+    }
+
+    /// How many jobs may wait in line (default 100); `None` is unbounded. When the queue is
+    /// full, [`submit`](RateLimiter::submit) waits for room (in order) and
+    /// [`try_submit`](RateLimiter::try_submit) fails with
+    /// [`QueueFull`](RateLimitError::QueueFull).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// assert!(RateLimiter::builder().queue_capacity(10).build().is_ok());
+    /// assert!(RateLimiter::builder().queue_capacity(0).build().is_err());
+    /// ```
+    pub fn queue_capacity(mut self, capacity: impl Into<Option<usize>>) -> Self {
+        self.queue_capacity = capacity.into();
+        self
+    }
+
+    /// How many admitted jobs (and held [`Permit`]s, streams included) may run at once;
+    /// `None` (the default) is unlimited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().concurrency_limit(1).build().unwrap();
+    /// let held = limiter.try_acquire(0).unwrap();
+    /// assert!(limiter.try_acquire(0).is_err());
+    /// drop(held);
+    /// assert!(limiter.try_acquire(0).is_ok());
+    /// ```
+    pub fn concurrency_limit(mut self, limit: impl Into<Option<usize>>) -> Self {
+        self.concurrency_limit = limit.into();
+        self
+    }
+
+    /// How used budget comes back (default [`Replenishment::Continuous`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::{RateLimiter, Replenishment};
+    ///
+    /// let limiter = RateLimiter::builder()
+    ///     .replenishment(Replenishment::FixedWindow)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(limiter);
+    /// ```
+    pub fn replenishment(mut self, replenishment: Replenishment) -> Self {
+        self.replenishment = replenishment;
+        self
+    }
+
+    /// Lets a waiting job that fits be admitted before earlier ones that do not (default
+    /// `false`: strict arrival order). Overtaking raises throughput with mixed costs, but a
+    /// big job may then wait for as long as small ones keep coming.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_tokens(100).allow_overtaking(true).build();
+    /// assert!(limiter.is_ok());
+    /// ```
+    pub fn allow_overtaking(mut self, allow: bool) -> Self {
+        self.allow_overtaking = allow;
+        self
+    }
+
+    /// Checks the knobs and builds the limiter; its budgets start full.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitConfigError::Zero`] for a limit, queue capacity or concurrency limit of zero;
+    /// [`RateLimitConfigError::InvalidInterval`] for an interval that is zero, negative, NaN
+    /// or infinite.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::{RateLimitConfigError, RateLimiter};
+    ///
+    /// // lionagi waits forever with `limit_requests=0`; here it is an error.
+    /// assert_eq!(
+    ///     RateLimiter::builder().limit_requests(0).build().unwrap_err(),
+    ///     RateLimitConfigError::Zero { knob: "limit_requests" },
+    /// );
+    /// ```
+    pub fn build(self) -> Result<RateLimiter, RateLimitConfigError> {
+        let zero = |knob| Err(RateLimitConfigError::Zero { knob });
+        if self.limits[ledger::REQUESTS] == Some(0) {
+            return zero("limit_requests");
+        }
+        if self.limits[TOKENS] == Some(0) {
+            return zero("limit_tokens");
+        }
+        if self.queue_capacity == Some(0) {
+            return zero("queue_capacity");
+        }
+        if self.concurrency_limit == Some(0) {
+            return zero("concurrency_limit");
+        }
+        let interval = match self.interval {
+            Interval::Duration(d) if !d.is_zero() => d,
+            Interval::Duration(d) => {
+                return Err(RateLimitConfigError::InvalidInterval {
+                    secs: d.as_secs_f64(),
+                })
+            }
+            Interval::Secs(secs) => match Duration::try_from_secs_f64(secs) {
+                Ok(d) if !d.is_zero() => d,
+                _ => return Err(RateLimitConfigError::InvalidInterval { secs }),
+            },
+        };
+        let config = Config {
+            queue_capacity: self.queue_capacity,
+            allow_overtaking: self.allow_overtaking,
+            interval,
+            replenishment: self.replenishment,
+            reads_clock: self.limits != [None, None],
+        };
+        let slots = Arc::new(Slots::new(self.concurrency_limit));
+        let state = State {
+            ledger: Ledger::new(self.limits, interval, self.replenishment),
+            slots: Arc::clone(&slots),
+            waiters: WaitList::default(),
+            paused_until: None,
+            closed: false,
+            last_now: None,
+            next_id: 1,
+            rejected: 0,
+        };
+        Ok(RateLimiter {
+            shared: Arc::new(Shared {
+                config,
+                slots,
+                state: Mutex::new(state),
+                drained: Event::new(),
+            }),
+        })
+    }
+}
+
+/// A rate-limited executor: request and token budgets per interval, a bounded FIFO queue of
+/// waiting jobs and a concurrency limit (see the [module documentation](self) for the model).
+///
+/// Cloning gives another handle to the same limiter.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use std::time::Duration;
+/// use sheepdog_core::rate::RateLimiter;
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+/// use sheepdog_core::time;
+///
+/// let rt = VirtualRuntime::new();
+/// let clock = rt.clock();
+/// rt.block_on(async {
+///     let limiter = RateLimiter::builder()
+///         .limit_requests(2)
+///         .capacity_refresh_time(Duration::from_secs(60))
+///         .build()
+///         .unwrap();
+///     let start = time::now();
+///     for i in 0..3 {
+///         limiter.submit(0, async { i }).await.unwrap();
+///     }
+///     // The third request waited until the first one's budget came back.
+///     assert_eq!(time::now() - start, Duration::from_secs(60));
+/// });
+/// assert_eq!(clock.elapsed(), Duration::from_secs(60));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RateLimiter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    /// The concurrency slots and counters, also used without the lock.
+    slots: Arc<Slots>,
+    state: Mutex<State>,
+    /// Set once the limiter is closed and nothing waits or runs.
+    drained: Event,
+}
+
+#[derive(Debug)]
+struct Config {
+    queue_capacity: Option<usize>,
+    allow_overtaking: bool,
+    interval: Duration,
+    replenishment: Replenishment,
+    /// Whether a budget is limited, so that admission must read the clock.
+    reads_clock: bool,
+}
+
+type Grant = Result<Mark, RateLimitError>;
+
+#[derive(Debug)]
+struct State {
+    ledger: Ledger,
+    /// The same slots as `Shared::slots`; under the lock they change only while `SLOW` is
+    /// set, or through the compare-and-swap that sets it.
+    slots: Arc<Slots>,
+    /// Everyone waiting, in order: the first `queue_capacity` are the queue, the rest wait for
+    /// room. The request is the estimated token cost.
+    waiters: WaitList<u64, Grant>,
+    paused_until: Option<Instant>,
+    closed: bool,
+    /// The latest instant read, so that the clock seen under the lock never goes backwards.
+    last_now: Option<Instant>,
+    next_id: u64,
+    rejected: u64,
+}
+
+impl State {
+    /// Reads the clock if anything depends on it (limited budgets or a pause), brings the
+    /// budgets and the pause up to date, and returns the instant.
+    fn clock(&mut self) -> Option<Instant> {
+        self.clock_with(None)
+    }
+
+    /// [`clock`](Self::clock), with the clock read before the lock was taken if it was (so
+    /// the lock is held for less time).
+    fn clock_with(&mut self, read: Option<Instant>) -> Option<Instant> {
+        if self.ledger.is_unlimited() && self.paused_until.is_none() {
+            return None;
+        }
+        let now = read.unwrap_or_else(time::now);
+        let now = match self.last_now {
+            Some(last) => now.max(last),
+            None => now,
+        };
+        self.last_now = Some(now);
+        self.ledger.advance(now);
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+            self.sync_slow();
+        }
+        Some(now)
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Keeps the `SLOW` flag in line with who waits, closing and pausing.
+    fn sync_slow(&self) {
+        self.slots
+            .set_slow(!self.waiters.is_empty() || self.closed || self.paused_until.is_some());
+    }
+
+    /// Whether a job of `tokens` is within the budgets and admission is not paused, ignoring
+    /// the slots and who waits (after `clock`).
+    fn budget_ok(&self, tokens: u64) -> bool {
+        self.paused_until.is_none() && self.ledger.fits(self.ledger.cost(tokens))
+    }
+
+    /// Reserves the cost of a job of `tokens`, whose slot was taken (after `clock`).
+    fn reserve(&mut self, now: Option<Instant>, tokens: u64) -> Mark {
+        let id = self.id();
+        match now {
+            Some(now) => {
+                let cost = self.ledger.cost(tokens);
+                self.ledger.take(now, cost, id)
+            }
+            None => Mark::empty(id),
+        }
+    }
+
+    /// Gives back everything a reservation holds, and its slot.
+    fn release(&mut self, mark: &mut Mark) {
+        self.clock();
+        let amount = mark.amount;
+        self.ledger.refund(mark, amount);
+        self.slots.release_locked();
+    }
+
+    /// Admits waiters while the head of the line (or, with overtaking, any waiter in the
+    /// queue) can be admitted; wakes them, and the new head so it re-arms its timer.
+    ///
+    /// `nudge` also wakes the head when nobody was admitted: callers that changed what the
+    /// head waits for (a freed slot, a refund, a pause) pass `true`, so a head that had no
+    /// timer, or one for a later instant, looks again. The head's own poll passes `false`.
+    ///
+    /// Returns the instant it read, if it read the clock.
+    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Instant> {
+        if self.waiters.is_empty() {
+            self.sync_slow();
+            return None;
+        }
+        let now = self.clock();
+        let mut admitted = false;
+        while self.paused_until.is_none() {
+            let ledger = &self.ledger;
+            let fits = |&(_, &tokens): &(usize, &u64)| ledger.fits(ledger.cost(tokens));
+            let next = if config.allow_overtaking {
+                let queue = config.queue_capacity.unwrap_or(usize::MAX);
+                self.waiters.iter().take(queue).find(fits)
+            } else {
+                self.waiters.iter().next().filter(fits)
+            };
+            let Some((key, &tokens)) = next else { break };
+            if !self.slots.take_or_flag(true, false) {
+                break;
+            }
+            let mark = self.reserve(now, tokens);
+            wakers.push(self.waiters.grant(key, |_| Ok(mark)));
+            admitted = true;
+        }
+        // Only a head that may sleep on a timer (budgets or a pause) needs the nudge: without
+        // them, whatever frees its way admits it right here.
+        let timed = !self.ledger.is_unlimited() || self.paused_until.is_some();
+        if (admitted || nudge) && timed {
+            wakers.extend(self.waiters.front_waker());
+        }
+        self.sync_slow();
+        now
+    }
+
+    /// When the head of the line should look again if nothing else happens: the end of a
+    /// pause, or the instant its cost (with overtaking: any queued cost) fits. `None` when only
+    /// a released slot can help, or the line is empty.
+    fn next_wake(&self, config: &Config, now: Option<Instant>) -> Option<Instant> {
+        let now = now?;
+        if self.waiters.is_empty() || !self.slots.free() {
+            return None;
+        }
+        if let Some(until) = self.paused_until {
+            return Some(until);
+        }
+        if config.allow_overtaking {
+            let queue = config.queue_capacity.unwrap_or(usize::MAX);
+            self.waiters
+                .iter()
+                .take(queue)
+                .map(|(_, &tokens)| self.ledger.ready_at(now, self.ledger.cost(tokens)))
+                .min()
+        } else {
+            let tokens = *self.waiters.front()?;
+            Some(self.ledger.ready_at(now, self.ledger.cost(tokens)))
+        }
+    }
+
+    fn drained(&self) -> bool {
+        self.closed && self.waiters.is_empty() && self.slots.running() == 0
+    }
+
+    /// Refuses a job that can never be admitted (closed, or too costly), counting it.
+    fn refuse(&mut self, tokens: u64) -> Result<(), RateLimitError> {
+        let refusal = if self.closed {
+            RateLimitError::Closed
+        } else {
+            match self.ledger.limits()[TOKENS] {
+                Some(limit) if tokens > limit => RateLimitError::ExceedsTokenWindow {
+                    cost: tokens,
+                    limit,
+                },
+                _ => return Ok(()),
+            }
+        };
+        self.rejected += 1;
+        Err(refusal)
+    }
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("config", &self.shared.config)
+            .field("statistics", &self.statistics())
+            .finish()
+    }
+}
+
+impl RateLimiter {
+    /// A builder with every limit unlimited, a queue of 100 and a 60 s interval.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let limiter = sheepdog_core::rate::RateLimiter::builder().build().unwrap();
+    /// assert_eq!(limiter.statistics().requests_left, None);
+    /// ```
+    pub fn builder() -> RateLimiterBuilder {
+        RateLimiterBuilder::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// Waits in line until the job can be admitted, then runs `job` and returns its output.
+    /// `tokens` is the job's estimated token cost (ignored when tokens are unlimited); each
+    /// job also costs one request. When the queue is full, waits for room first, in order.
+    ///
+    /// Use [`submit_with`](Self::submit_with) to report the job's real usage.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::ExceedsTokenWindow`] at once if `tokens` is above the token budget;
+    /// [`RateLimitError::Closed`] if the limiter is closed, or shut down with
+    /// [`ShutdownMode::CancelQueued`] while the job waited.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits frees its place in line and reserves nothing;
+    /// dropping it while `job` runs drops `job` and releases its slot (the estimated cost stays
+    /// charged).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_requests(60).limit_tokens(10_000).build().unwrap();
+    /// let answer = futures::executor::block_on(limiter.submit(120, async { 42 })).unwrap();
+    /// assert_eq!(answer, 42);
+    /// assert_eq!(limiter.statistics().tokens_left, Some(9_880));
+    /// ```
+    pub async fn submit<F: Future>(
+        &self,
+        tokens: u64,
+        job: F,
+    ) -> Result<F::Output, RateLimitError> {
+        let permit = self.acquire(tokens).await?;
+        let output = job.await;
+        drop(permit);
+        Ok(output)
+    }
+
+    /// Like [`submit`](Self::submit), but `job` is called with a [`Usage`] handle through
+    /// which it reports its real token usage; when it ends, the difference from the estimate
+    /// is refunded or charged.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`submit`](Self::submit); usage reported before the drop is settled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_tokens(1_000).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let reply = limiter
+    ///         .submit_with(500, |usage| async move {
+    ///             // The provider said the call really took 120 tokens.
+    ///             usage.report(120);
+    ///             "reply"
+    ///         })
+    ///         .await
+    ///         .unwrap();
+    ///     assert_eq!(reply, "reply");
+    /// });
+    /// assert_eq!(limiter.statistics().tokens_left, Some(880));
+    /// ```
+    pub async fn submit_with<J, F>(&self, tokens: u64, job: J) -> Result<F::Output, RateLimitError>
+    where
+        J: FnOnce(Usage) -> F,
+        F: Future,
+    {
+        let mut permit = self.acquire(tokens).await?;
+        let output = job(permit.usage()).await;
+        drop(permit);
+        Ok(output)
+    }
+
+    /// Like [`submit`](Self::submit), but fails with [`RateLimitError::QueueFull`] at once
+    /// instead of waiting for room in a full queue (it still waits in line once queued).
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::QueueFull`], and those of [`submit`](Self::submit).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`submit`](Self::submit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::FutureExt;
+    /// use sheepdog_core::rate::{RateLimitError, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::builder().concurrency_limit(1).queue_capacity(1).build().unwrap();
+    /// let _running = limiter.try_acquire(0).unwrap();
+    /// futures::executor::block_on(async {
+    ///     let mut waiting = std::pin::pin!(limiter.try_submit(0, async {}));
+    ///     // Polled once, it takes the only place in the queue.
+    ///     assert!(waiting.as_mut().now_or_never().is_none());
+    ///     let err = limiter.try_submit(0, async {}).await.unwrap_err();
+    ///     assert_eq!(err, RateLimitError::QueueFull { capacity: 1 });
+    /// });
+    /// ```
+    pub async fn try_submit<F: Future>(
+        &self,
+        tokens: u64,
+        job: F,
+    ) -> Result<F::Output, RateLimitError> {
+        let permit = self.try_acquire_queued(tokens).await?;
+        let output = job.await;
+        drop(permit);
+        Ok(output)
+    }
+
+    /// [`submit_with`](Self::submit_with) that fails with [`RateLimitError::QueueFull`]
+    /// instead of waiting for room.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_submit`](Self::try_submit).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_tokens(100).build().unwrap();
+    /// let out = futures::executor::block_on(
+    ///     limiter.try_submit_with(10, |usage| async move { usage.report(25); 1 }),
+    /// );
+    /// assert_eq!(out, Ok(1));
+    /// assert_eq!(limiter.statistics().tokens_left, Some(75));
+    /// ```
+    pub async fn try_submit_with<J, F>(
+        &self,
+        tokens: u64,
+        job: J,
+    ) -> Result<F::Output, RateLimitError>
+    where
+        J: FnOnce(Usage) -> F,
+        F: Future,
+    {
+        let mut permit = self.try_acquire_queued(tokens).await?;
+        let output = job(permit.usage()).await;
+        drop(permit);
+        Ok(output)
+    }
+
+    /// Waits in line like [`submit`](Self::submit) and returns the admission itself: a
+    /// [`Permit`] that holds a concurrency slot and the reservation until it is dropped. Use it
+    /// for streams and other long-lived work, and [settle](Permit::settle) the real usage.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future frees its place in line and reserves nothing (a
+    /// permit handed to it but not yet taken is given back).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_tokens(1_000).concurrency_limit(2).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let mut stream_permit = limiter.acquire(300).await.unwrap();
+    ///     assert_eq!(limiter.statistics().running, 1);
+    ///     // ... the stream runs; at its end the provider reports 340 tokens.
+    ///     stream_permit.settle(340);
+    /// });
+    /// let stats = limiter.statistics();
+    /// assert_eq!((stats.running, stats.tokens_left), (0, Some(660)));
+    /// ```
+    pub fn acquire(&self, tokens: u64) -> Acquire<'_> {
+        Acquire::new(self, tokens, false)
+    }
+
+    /// [`acquire`](Self::acquire) that fails with [`RateLimitError::QueueFull`] instead of
+    /// waiting for room in a full queue.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_submit`](Self::try_submit).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().build().unwrap();
+    /// let permit = futures::executor::block_on(limiter.try_acquire_queued(10)).unwrap();
+    /// assert_eq!(permit.tokens(), 10);
+    /// ```
+    pub fn try_acquire_queued(&self, tokens: u64) -> Acquire<'_> {
+        Acquire::new(self, tokens, true)
+    }
+
+    /// Admits a job of `tokens` now, without waiting at all, or fails.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::WouldWait`] if others wait, no slot is free, admission is paused or
+    /// the budgets are short; [`ExceedsTokenWindow`](RateLimitError::ExceedsTokenWindow) and
+    /// [`Closed`](RateLimitError::Closed) as [`submit`](Self::submit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::{RateLimitError, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::builder().limit_requests(1).build().unwrap();
+    /// let first = limiter.try_acquire(0).unwrap();
+    /// drop(first); // the request stays spent until the interval has passed
+    /// assert_eq!(limiter.try_acquire(0).unwrap_err(), RateLimitError::WouldWait);
+    /// ```
+    pub fn try_acquire(&self, tokens: u64) -> Result<Permit, RateLimitError> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        if !config.reads_clock && shared.slots.try_take_fast() {
+            shared.slots.count_admitted();
+            return Ok(Permit::new(shared, Mark::empty(0), tokens));
+        }
+        let read = config.reads_clock.then(time::now);
+        let mut state = self.lock();
+        state.refuse(tokens)?;
+        let now = state.clock_with(read);
+        let ok = (state.waiters.is_empty() || config.allow_overtaking) && state.budget_ok(tokens);
+        if shared.slots.take_or_flag(ok, false) {
+            let mark = state.reserve(now, tokens);
+            shared.slots.count_admitted();
+            drop(state);
+            return Ok(Permit::new(shared, mark, tokens));
+        }
+        state.rejected += 1;
+        Err(RateLimitError::WouldWait)
+    }
+
+    /// Pauses admission until `until` (for an HTTP 429 with `Retry-After`). A pause only ever
+    /// extends: an earlier instant than the current pause changes nothing. Jobs already
+    /// running are not affected.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")] {
+    /// use std::time::Duration;
+    /// use sheepdog_core::rate::RateLimiter;
+    /// use sheepdog_core::runtime::Runtime;
+    /// use sheepdog_core::testing::VirtualRuntime;
+    /// use sheepdog_core::time;
+    ///
+    /// VirtualRuntime::new().block_on(async {
+    ///     let limiter = RateLimiter::builder().build().unwrap();
+    ///     let retry_at = time::now() + Duration::from_secs(30);
+    ///     limiter.pause_until(retry_at);
+    ///     limiter.submit(0, async {}).await.unwrap();
+    ///     assert_eq!(time::now(), retry_at);
+    /// });
+    /// # }
+    /// ```
+    pub fn pause_until(&self, until: Instant) {
+        let mut wakers = Wakers::default();
+        {
+            let mut state = self.lock();
+            let until = state.paused_until.map_or(until, |p| p.max(until));
+            state.paused_until = Some(until);
+            state.slots.set_slow(true);
+            state.clock();
+            // The head re-reads the pause and re-arms its timer.
+            wakers.extend(state.waiters.front_waker());
+        }
+        wakers.wake_all();
+    }
+
+    /// Pauses admission for `duration` from now (`Retry-After: <seconds>`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sheepdog_core::rate::{RateLimitError, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::builder().build().unwrap();
+    /// limiter.pause_for(Duration::from_secs(60));
+    /// assert!(limiter.statistics().paused_until.is_some());
+    /// assert_eq!(limiter.try_acquire(0).unwrap_err(), RateLimitError::WouldWait);
+    /// ```
+    pub fn pause_for(&self, duration: Duration) {
+        self.pause_until(time::now() + duration);
+    }
+
+    /// Ends a pause at once, and admits whoever can be admitted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().build().unwrap();
+    /// limiter.pause_for(Duration::from_secs(60));
+    /// limiter.resume();
+    /// assert!(limiter.try_acquire(0).is_ok());
+    /// ```
+    pub fn resume(&self) {
+        let mut wakers = Wakers::default();
+        {
+            let mut state = self.lock();
+            state.paused_until = None;
+            state.serve(&self.shared.config, &mut wakers, true);
+        }
+        wakers.wake_all();
+    }
+
+    /// Lowers what is left of the budgets to a provider's own count (for example its
+    /// `x-ratelimit-remaining-requests` / `-tokens` headers); `None` leaves a budget alone.
+    /// The difference is counted as used now and comes back like any use. A figure above
+    /// what the limiter has left changes nothing: the provider's count cannot include the
+    /// requests still on their way to it, so raising from it could over-admit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_requests(60).limit_tokens(100_000).build().unwrap();
+    /// limiter.update_remaining(Some(5), Some(200_000));
+    /// let stats = limiter.statistics();
+    /// assert_eq!((stats.requests_left, stats.tokens_left), (Some(5), Some(100_000)));
+    /// ```
+    pub fn update_remaining(&self, requests: Option<u64>, tokens: Option<u64>) {
+        let mut wakers = Wakers::default();
+        {
+            let mut state = self.lock();
+            if let Some(now) = state.clock() {
+                let id = state.id();
+                state.ledger.lower_to(now, [requests, tokens], id);
+            }
+            wakers.extend(state.waiters.front_waker());
+        }
+        wakers.wake_all();
+    }
+
+    /// A snapshot of the queue, the running jobs, the budgets and the counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_requests(3).build().unwrap();
+    /// let stats = limiter.statistics();
+    /// assert_eq!((stats.queued, stats.running, stats.requests_left), (0, 0, Some(3)));
+    /// ```
+    pub fn statistics(&self) -> RateLimiterStatistics {
+        let mut state = self.lock();
+        state.clock();
+        let waiting = state.waiters.len();
+        let capacity = self.shared.config.queue_capacity.unwrap_or(usize::MAX);
+        let [requests_left, tokens_left] = state.ledger.left();
+        RateLimiterStatistics {
+            queued: waiting.min(capacity),
+            waiting_for_room: waiting.saturating_sub(capacity),
+            running: self.shared.slots.running(),
+            requests_left,
+            tokens_left,
+            admitted: self.shared.slots.admitted.load(Ordering::Relaxed),
+            rejected: state.rejected,
+            completed: self.shared.slots.completed.load(Ordering::Relaxed),
+            paused_until: state.paused_until,
+            closed: state.closed,
+        }
+    }
+
+    /// The refresh interval the budgets are counted over.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().build().unwrap();
+    /// assert_eq!(limiter.capacity_refresh_time(), Duration::from_secs(60));
+    /// ```
+    pub fn capacity_refresh_time(&self) -> Duration {
+        self.shared.config.interval
+    }
+
+    /// How used budget comes back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::{RateLimiter, Replenishment};
+    ///
+    /// let limiter = RateLimiter::builder().build().unwrap();
+    /// assert_eq!(limiter.replenishment(), Replenishment::Continuous);
+    /// ```
+    pub fn replenishment(&self) -> Replenishment {
+        self.shared.config.replenishment
+    }
+
+    /// Closes admission: new jobs fail with [`RateLimitError::Closed`]; jobs already waiting
+    /// are still admitted and run. Idempotent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::{RateLimitError, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::builder().build().unwrap();
+    /// limiter.close();
+    /// assert_eq!(limiter.try_acquire(0).unwrap_err(), RateLimitError::Closed);
+    /// ```
+    pub fn close(&self) {
+        let drained = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.sync_slow();
+            state.drained()
+        };
+        if drained {
+            self.shared.drained.set();
+        }
+    }
+
+    /// Closes admission, deals with the waiting jobs as `mode` says, and returns once no job
+    /// waits or runs. Running jobs are not interrupted: they belong to their callers' cancel
+    /// scopes (cancel those to stop them).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops the waiting only; the limiter stays closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::FutureExt;
+    /// use sheepdog_core::rate::{RateLimitError, RateLimiter, ShutdownMode};
+    ///
+    /// let limiter = RateLimiter::builder().concurrency_limit(1).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let running = limiter.try_acquire(0).unwrap();
+    ///     let mut queued = std::pin::pin!(limiter.submit(0, async {}));
+    ///     assert!(queued.as_mut().now_or_never().is_none());
+    ///     let mut shutdown = std::pin::pin!(limiter.shutdown(ShutdownMode::CancelQueued));
+    ///     assert!(shutdown.as_mut().now_or_never().is_none()); // `running` still runs
+    ///     assert_eq!(queued.await.unwrap_err(), RateLimitError::Closed);
+    ///     drop(running);
+    ///     shutdown.await;
+    /// });
+    /// ```
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        let mut wakers = Wakers::default();
+        let drained = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.sync_slow();
+            if mode == ShutdownMode::CancelQueued {
+                let cancelled = state.waiters.len() as u64;
+                state.rejected += cancelled;
+                state
+                    .waiters
+                    .grant_all(|_| Err(RateLimitError::Closed), &mut wakers);
+            }
+            state.drained()
+        };
+        wakers.wake_all();
+        if drained {
+            self.shared.drained.set();
+        }
+        self.shared.drained.wait().await;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` under the lock, serves the line, wakes whoever was admitted and marks the
+    /// limiter drained if it is.
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let mut wakers = Wakers::default();
+        let drained = {
+            let mut state = self.lock();
+            f(&mut state);
+            state.serve(&self.config, &mut wakers, true);
+            state.drained()
+        };
+        wakers.wake_all();
+        if drained {
+            self.drained.set();
+        }
+    }
+}
+
+/// The future returned by [`RateLimiter::acquire`] and [`RateLimiter::try_acquire_queued`]:
+/// waits in line for admission and yields a [`Permit`].
+///
+/// # Cancel safety
+///
+/// Cancel safe: dropped while waiting, it leaves the line; dropped after it was admitted but
+/// before it completed, it gives the reservation and the slot back to the next in line.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Acquire<'a> {
+    limiter: &'a RateLimiter,
+    tokens: u64,
+    /// Fail with `QueueFull` instead of waiting for room.
+    no_room_wait: bool,
+    state: AcquireState,
+    /// The head of the line's timer: the instant its cost fits or a pause ends.
+    timer: Option<Sleep>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcquireState {
+    Start,
+    Queued(usize),
+    Done,
+}
+
+impl fmt::Debug for Acquire<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("tokens", &self.tokens)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Acquire<'a> {
+    fn new(limiter: &'a RateLimiter, tokens: u64, no_room_wait: bool) -> Self {
+        Acquire {
+            limiter,
+            tokens,
+            no_room_wait,
+            state: AcquireState::Start,
+            timer: None,
+        }
+    }
+
+    fn permit(&self, state: &mut State, grant: Grant) -> Result<Permit, RateLimitError> {
+        let mark = grant?;
+        state.slots.count_admitted();
+        Ok(Permit::new(&self.limiter.shared, mark, self.tokens))
+    }
+}
+
+impl Future for Acquire<'_> {
+    type Output = Result<Permit, RateLimitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if crate::cancel::is_cancelled() {
+            // The catching scope was woken and will drop this wait.
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        let shared = &this.limiter.shared;
+        let config = &shared.config;
+        let mut wakers = Wakers::default();
+        if this.state == AcquireState::Start && !config.reads_clock && shared.slots.try_take_fast()
+        {
+            this.state = AcquireState::Done;
+            shared.slots.count_admitted();
+            return Poll::Ready(Ok(Permit::new(shared, Mark::empty(0), this.tokens)));
+        }
+        let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now);
+        let wake_at = {
+            let mut state = shared.lock();
+            let now;
+            let key = match this.state {
+                AcquireState::Start => {
+                    if let Err(refused) = state.refuse(this.tokens) {
+                        this.state = AcquireState::Done;
+                        return Poll::Ready(Err(refused));
+                    }
+                    now = state.clock_with(read);
+                    let ok = (state.waiters.is_empty() || config.allow_overtaking)
+                        && state.budget_ok(this.tokens);
+                    let full = this.no_room_wait
+                        && config
+                            .queue_capacity
+                            .is_some_and(|capacity| state.waiters.len() >= capacity);
+                    // Takes a slot, or raises `SLOW` before queueing: a release meanwhile
+                    // then serves this waiter instead of being lost.
+                    if shared.slots.take_or_flag(ok, !full) {
+                        this.state = AcquireState::Done;
+                        let mark = state.reserve(now, this.tokens);
+                        return Poll::Ready(this.permit(&mut state, Ok(mark)));
+                    }
+                    if let (true, Some(capacity)) = (full, config.queue_capacity) {
+                        state.rejected += 1;
+                        this.state = AcquireState::Done;
+                        return Poll::Ready(Err(RateLimitError::QueueFull { capacity }));
+                    }
+                    let key = state.waiters.push(this.tokens, cx.waker());
+                    this.state = AcquireState::Queued(key);
+                    key
+                }
+                AcquireState::Queued(key) => {
+                    let mut granted = state.waiters.poll(key, cx.waker());
+                    let mut read = None;
+                    if granted.is_none() {
+                        // Time may have passed: admit whoever fits now, this waiter included.
+                        read = state.serve(config, &mut wakers, false);
+                        granted = state.waiters.take_grant(key);
+                    }
+                    if let Some(grant) = granted {
+                        this.state = AcquireState::Done;
+                        let permit = this.permit(&mut state, grant);
+                        drop(state);
+                        wakers.wake_all();
+                        return Poll::Ready(permit);
+                    }
+                    now = read;
+                    key
+                }
+                AcquireState::Done => panic!("`Acquire` polled after it completed"),
+            };
+            if state.waiters.front_key() == Some(key) {
+                let now = now.or_else(|| state.clock());
+                state.next_wake(config, now)
+            } else {
+                None
+            }
+        };
+        wakers.wake_all();
+        if let Some(at) = wake_at {
+            let timer = this.timer.get_or_insert_with(|| time::sleep_until(at));
+            if timer.deadline() != at {
+                timer.reset(at);
+            }
+            if Pin::new(timer).poll(cx).is_ready() {
+                // Due already: look again through the executor.
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Acquire<'_> {
+    fn drop(&mut self) {
+        let AcquireState::Queued(key) = std::mem::replace(&mut self.state, AcquireState::Done)
+        else {
+            return;
+        };
+        let shared = &self.limiter.shared;
+        let mut wakers = Wakers::default();
+        let drained = {
+            let mut state = shared.lock();
+            let was_head = state.waiters.front_key() == Some(key);
+            match state.waiters.abandon(key) {
+                Abandoned::Waiting(_) => {
+                    // A new head must arm its own timer.
+                    state.serve(&shared.config, &mut wakers, was_head);
+                }
+                Abandoned::Granted(Ok(mut mark)) => {
+                    // Admitted but never taken: nothing was used, so everything goes back.
+                    state.release(&mut mark);
+                    state.serve(&shared.config, &mut wakers, true);
+                }
+                Abandoned::Granted(Err(_)) => {}
+            }
+            state.drained()
+        };
+        wakers.wake_all();
+        if drained {
+            shared.drained.set();
+        }
+    }
+}
+
+/// An admission: a concurrency slot and a reservation of one request and the estimated
+/// tokens, held until dropped. Returned by [`RateLimiter::acquire`]; [`submit`](
+/// RateLimiter::submit) holds one while its job runs.
+///
+/// Keep it for the whole life of a stream or other long-lived work, so the work counts
+/// against the concurrency limit the whole time. [`settle`](Self::settle) (or a [`Usage`]
+/// handle) reports the real token usage; dropping the permit releases the slot.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::RateLimiter;
+///
+/// let limiter = RateLimiter::builder().limit_tokens(1_000).build().unwrap();
+/// let mut permit = limiter.try_acquire(400).unwrap();
+/// assert_eq!(limiter.statistics().tokens_left, Some(600));
+/// permit.settle(100); // 300 tokens refunded
+/// assert_eq!(limiter.statistics().tokens_left, Some(900));
+/// ```
+pub struct Permit {
+    shared: Arc<Shared>,
+    mark: Mark,
+    /// The estimate the job was admitted with.
+    tokens: u64,
+    /// What is currently charged for it (the estimate, until settled).
+    accounted: u64,
+    usage: Option<Arc<AtomicU64>>,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("tokens", &self.tokens)
+            .field("accounted", &self.accounted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    fn new(shared: &Arc<Shared>, mark: Mark, tokens: u64) -> Self {
+        Permit {
+            shared: Arc::clone(shared),
+            mark,
+            tokens,
+            accounted: tokens,
+            usage: None,
+        }
+    }
+
+    /// The estimated token cost it was admitted with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let limiter = sheepdog_core::rate::RateLimiter::builder().build().unwrap();
+    /// assert_eq!(limiter.try_acquire(7).unwrap().tokens(), 7);
+    /// ```
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Settles the real token usage so far: the difference from what is currently charged is
+    /// refunded or charged at once. May be called again as usage grows (a stream); each call
+    /// replaces the previous figure.
+    ///
+    /// A refund gives back budget that is still counted (continuous mode: admitted less than
+    /// an interval ago; fixed window: the current window); a charge counts as used now, and
+    /// may make the budget go into debt, which delays later jobs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_tokens(1_000).build().unwrap();
+    /// let mut permit = limiter.try_acquire(100).unwrap();
+    /// permit.settle(250); // 150 more charged
+    /// assert_eq!(limiter.statistics().tokens_left, Some(750));
+    /// ```
+    pub fn settle(&mut self, tokens: u64) {
+        let accounted = self.accounted;
+        let mark = &mut self.mark;
+        self.shared
+            .update(|state| settle(state, mark, accounted, tokens));
+        self.accounted = tokens;
+    }
+
+    /// A handle through which the job reports its real usage; it is settled when the permit
+    /// is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder().limit_tokens(1_000).build().unwrap();
+    /// let mut permit = limiter.try_acquire(100).unwrap();
+    /// permit.usage().report(40);
+    /// drop(permit);
+    /// assert_eq!(limiter.statistics().tokens_left, Some(960));
+    /// ```
+    pub fn usage(&mut self) -> Usage {
+        let cell = self
+            .usage
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(UNREPORTED)));
+        Usage {
+            cell: Arc::clone(cell),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let reported = self
+            .usage
+            .as_ref()
+            .map(|cell| cell.load(Ordering::Acquire))
+            .filter(|&tokens| tokens != UNREPORTED);
+        let accounted = self.accounted;
+        let settles = reported.is_some_and(|tokens| tokens != accounted);
+        let slots = &self.shared.slots;
+        if !settles && slots.release_fast() {
+            slots.count_completed();
+            return;
+        }
+        let mark = &mut self.mark;
+        self.shared.update(|state| {
+            if let Some(tokens) = reported {
+                settle(state, mark, accounted, tokens);
+            }
+            state.slots.release_locked();
+            state.slots.count_completed();
+        });
+    }
+}
+
+/// Refunds or charges the difference between `accounted` and `tokens`.
+fn settle(state: &mut State, mark: &mut Mark, accounted: u64, tokens: u64) {
+    if state.ledger.limits()[TOKENS].is_none() || tokens == accounted {
+        return;
+    }
+    let Some(now) = state.clock() else { return };
+    if tokens > accounted {
+        let id = state.id();
+        state.ledger.charge(now, mark, [0, tokens - accounted], id);
+    } else {
+        state.ledger.refund(mark, [0, accounted - tokens]);
+    }
+}
+
+const UNREPORTED: u64 = u64::MAX;
+
+/// Reports a job's real token usage, to be settled against its estimate when the job ends.
+/// Cloneable; every clone reports for the same job.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::rate::RateLimiter;
+///
+/// let limiter = RateLimiter::builder().limit_tokens(1_000).build().unwrap();
+/// futures::executor::block_on(limiter.submit_with(200, |usage| async move {
+///     for chunk in [30, 40, 50] {
+///         usage.add(chunk); // a stream reports as it goes
+///     }
+/// }))
+/// .unwrap();
+/// assert_eq!(limiter.statistics().tokens_left, Some(880));
+/// ```
+#[derive(Clone)]
+pub struct Usage {
+    cell: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Usage")
+            .field("reported", &self.reported())
+            .finish()
+    }
+}
+
+impl Usage {
+    /// Sets the job's total real usage (replacing earlier reports).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let limiter = sheepdog_core::rate::RateLimiter::builder().build().unwrap();
+    /// let mut permit = limiter.try_acquire(10).unwrap();
+    /// let usage = permit.usage();
+    /// usage.report(12);
+    /// assert_eq!(usage.reported(), Some(12));
+    /// ```
+    pub fn report(&self, tokens: u64) {
+        self.cell
+            .store(tokens.min(UNREPORTED - 1), Ordering::Release);
+    }
+
+    /// Adds `tokens` to the reported usage (starting from zero).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let limiter = sheepdog_core::rate::RateLimiter::builder().build().unwrap();
+    /// let mut permit = limiter.try_acquire(10).unwrap();
+    /// let usage = permit.usage();
+    /// usage.add(3);
+    /// usage.add(4);
+    /// assert_eq!(usage.reported(), Some(7));
+    /// ```
+    pub fn add(&self, tokens: u64) {
+        let mut seen = self.cell.load(Ordering::Acquire);
+        loop {
+            let base = if seen == UNREPORTED { 0 } else { seen };
+            let new = base.saturating_add(tokens).min(UNREPORTED - 1);
+            match self
+                .cell
+                .compare_exchange_weak(seen, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// The usage reported so far, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let limiter = sheepdog_core::rate::RateLimiter::builder().build().unwrap();
+    /// let mut permit = limiter.try_acquire(10).unwrap();
+    /// assert_eq!(permit.usage().reported(), None);
+    /// ```
+    pub fn reported(&self) -> Option<u64> {
+        Some(self.cell.load(Ordering::Acquire)).filter(|&tokens| tokens != UNREPORTED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::Waker;
+
+    use super::*;
+
+    fn poll<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// Poll level, no runtime and no timer (runs under miri): queueing behind the concurrency
+    /// limit, hand-off on release, a dropped admitted waiter passing its slot on, `QueueFull`,
+    /// and shutdown failing what waits.
+    #[test]
+    fn hand_off_and_refusals_without_a_runtime() {
+        let limiter = RateLimiter::builder()
+            .concurrency_limit(1)
+            .queue_capacity(2)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(0).unwrap();
+        let mut a = pin!(limiter.acquire(0));
+        let mut b = pin!(limiter.try_acquire_queued(0));
+        assert!(poll(a.as_mut()).is_pending());
+        assert!(poll(b.as_mut()).is_pending());
+        let mut c = pin!(limiter.try_acquire_queued(0));
+        assert_eq!(
+            poll(c.as_mut()).map(|r| r.map(drop)),
+            Poll::Ready(Err(RateLimitError::QueueFull { capacity: 2 }))
+        );
+        drop(held); // handed to `a`, which has not taken it yet
+        assert_eq!(limiter.statistics().running, 1);
+        assert_eq!(
+            limiter.try_acquire(0).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+        let Poll::Ready(Ok(permit_a)) = poll(a.as_mut()) else {
+            panic!("a was handed the slot")
+        };
+        let mut shutdown = pin!(limiter.shutdown(ShutdownMode::CancelQueued));
+        assert!(poll(shutdown.as_mut()).is_pending(), "`a` still runs");
+        assert_eq!(
+            poll(b.as_mut()).map(|r| r.map(drop)),
+            Poll::Ready(Err(RateLimitError::Closed))
+        );
+        drop(permit_a);
+        assert!(poll(shutdown.as_mut()).is_ready());
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.completed, stats.running), (2, 2, 0));
+        assert_eq!((stats.rejected, stats.queued), (3, 0));
+    }
+
+    /// The lock-free paths (unlimited budgets) and the queue agree on the slot count.
+    #[test]
+    fn fast_paths_defer_to_waiters() {
+        let limiter = RateLimiter::builder().concurrency_limit(2).build().unwrap();
+        let one = limiter.try_acquire(0).unwrap();
+        let two = limiter.try_acquire(0).unwrap();
+        let mut waiter = pin!(limiter.acquire(0));
+        assert!(poll(waiter.as_mut()).is_pending());
+        drop(one); // goes through the lock, to the waiter
+        assert_eq!(
+            limiter.try_acquire(0).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+        let Poll::Ready(Ok(three)) = poll(waiter.as_mut()) else {
+            panic!("handed off")
+        };
+        drop((two, three));
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.admitted, stats.completed), (0, 3, 3));
+        // Nobody waits any more: both slots are free to the fast path again.
+        let _x = limiter.try_acquire(0).unwrap();
+        let _y = limiter.try_acquire(0).unwrap();
+    }
+}
