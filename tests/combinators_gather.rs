@@ -254,7 +254,11 @@ fn check_order(delays: Vec<u64>, limit: usize) -> Result<(), TestCaseError> {
     });
     prop_assert_eq!(out, (0..n).collect::<Vec<_>>());
     prop_assert!(peak.peak() <= limit);
-    prop_assert_eq!(peak.peak(), limit.min(n));
+    // A zero delay completes at its first poll, before the next item starts, so the limit is
+    // only sure to be reached when every item waits.
+    if delays.iter().all(|&ms| ms > 0) {
+        prop_assert_eq!(peak.peak(), limit.min(n));
+    }
     // Greedy schedule: each item starts when the earliest of `limit` slots frees.
     let mut slots = vec![0_u64; limit];
     for ms in &delays {
