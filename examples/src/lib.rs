@@ -1,1 +1,2 @@
-//! Runnable examples live in this package's `examples` targets; see `demo.rs`.
+//! Runnable examples live in this package's `examples` targets: `demo.rs`, and one example per
+//! section of the seed page (see the README's "Examples" section).
