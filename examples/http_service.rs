@@ -1,6 +1,7 @@
 //! The rate-limited API story, over real HTTP on loopback with tokio: a server that enforces a
 //! rate limit with `429 Too Many Requests` and a retry-after hint, and a client that fans out
-//! requests with `bounded_map` and `retry`, waiting as long as the server asks.
+//! requests through a `RateLimiter` with `bounded_map` and `retry`, waiting as long as the
+//! server asks when it still says 429.
 //!
 //! ```text
 //! cargo run -p sheepdog-examples --example http_service
@@ -13,8 +14,10 @@
 //!   `429` with two hints: the standard `Retry-After` (whole seconds, rounded up, as HTTP
 //!   defines it) and `Retry-After-Ms`, the exact wait in **milliseconds** until the window
 //!   ends, which this client reads.
-//! - The client sends 30 requests, 8 at a time, each through `retry` with `.retry_after(..)`,
-//!   so a 429 waits until the next window instead of hammering the server.
+//! - The client sends 30 requests, 8 at a time. Each call goes through the client's
+//!   `RateLimiter` (5 requests per 200 ms, the server's published limit), and through `retry`
+//!   with `.retry_after(..)`, so the rare 429 that still comes back (the client's window slides,
+//!   the server's is fixed) waits until the next window instead of hammering the server.
 //! - Shutdown: the accept loop runs in a cancel scope; cancelling it stops accepting, and the
 //!   group waits for the connections in flight. The program prints a summary and ends.
 
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 use sheepdog::cancel::{fail_after, CancelScope};
 use sheepdog::combinators::{bounded_map, retry, RetryPolicy};
 use sheepdog::group::{spawn_group, task_group};
+use sheepdog::rate::{RateLimitError, RateLimiter};
 use sheepdog::Runtime;
 use sheepdog_tokio::TokioRuntime;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -167,6 +171,8 @@ enum HttpError {
     /// Any other status.
     Status(u16),
     Io(io::Error),
+    /// The client's own rate limiter refused the request (it was closed).
+    Limiter(RateLimitError),
 }
 
 impl fmt::Display for HttpError {
@@ -175,6 +181,7 @@ impl fmt::Display for HttpError {
             HttpError::RateLimited { retry_after } => write!(f, "429, retry after {retry_after:?}"),
             HttpError::Status(code) => write!(f, "HTTP status {code}"),
             HttpError::Io(error) => write!(f, "I/O error: {error}"),
+            HttpError::Limiter(error) => write!(f, "rate limiter: {error}"),
         }
     }
 }
@@ -235,27 +242,42 @@ fn main() -> io::Result<()> {
             .build()
             .expect("a valid policy");
         let (calls, rate_limited) = (AtomicU32::new(0), Cell::new(0_u32));
+        let limiter = RateLimiter::builder()
+            .limit_requests(u64::from(LIMIT))
+            .capacity_refresh_time(WINDOW)
+            .concurrency_limit(CONCURRENCY)
+            .build()
+            .expect("a valid limit");
         let start = Instant::now();
 
         let run = task_group(|tg| {
             let (stats, accepting) = (Arc::clone(&stats), accepting.clone());
-            let (calls, rate_limited, policy) = (&calls, &rate_limited, &policy);
+            let (calls, rate_limited, policy, limiter) = (&calls, &rate_limited, &policy, &limiter);
             async move {
                 let server = tg.spawn(serve(listener, accepting.clone(), stats));
-                // Issue #7: once the rate-limited executor lands, the client submits each
-                // request through it, so it stays under the limit instead of learning the
-                // limit from 429s; `retry` and the hint remain for the server's word.
+                // Every call goes through the client's rate limiter, set to the server's
+                // published limit, so the client stays under it instead of learning it from
+                // 429s. Its window slides while the server's is fixed, and requests take time
+                // to arrive, so a rare 429 can still come back: `retry` and the hint handle it.
                 let results = bounded_map(1..=REQUESTS, CONCURRENCY, |i| {
                     let path = format!("/summarize/doc{i}");
                     async move {
                         retry(
                             || {
                                 calls.fetch_add(1, Ordering::SeqCst);
-                                get(addr, &path)
+                                let request = get(addr, &path);
+                                async move {
+                                    limiter
+                                        .submit(0, request)
+                                        .await
+                                        .unwrap_or_else(|e| Err(HttpError::Limiter(e)))
+                                }
                             },
                             policy.clone(),
                         )
-                        .retry_on(|e: &HttpError| !matches!(e, HttpError::Status(_)))
+                        .retry_on(|e: &HttpError| {
+                            !matches!(e, HttpError::Status(_) | HttpError::Limiter(_))
+                        })
                         .retry_after(|e: &HttpError| match e {
                             HttpError::RateLimited { retry_after } => {
                                 rate_limited.set(rate_limited.get() + 1);
@@ -295,6 +317,8 @@ fn main() -> io::Result<()> {
             stats.limited.load(Ordering::SeqCst),
             stats.failed.load(Ordering::SeqCst),
         );
+        let admitted = limiter.statistics().admitted;
+        println!("client limiter: {admitted} calls admitted, at most {LIMIT} per {WINDOW:?}");
         println!(
             "{succeeded} of {REQUESTS} succeeded{} in {} ms; server stopped",
             if succeeded == results.len() { " (all)" } else { "" },
