@@ -269,6 +269,7 @@ impl Gauge {
 struct ProviderCounts {
     arrived: u64,
     answered: u64,
+    /// Arrivals that found their window already full; each got a 429.
     rate_limited: u64,
     overloaded: u64,
     bad_request: u64,
@@ -278,8 +279,6 @@ struct ProviderCounts {
     /// The most requests, and tokens, that arrived in any one window.
     busiest_requests: u64,
     busiest_tokens: u64,
-    /// Arrivals that found their window already full (each got a 429).
-    over_limit: u64,
     peak_in_flight: usize,
 }
 
@@ -384,7 +383,6 @@ impl Provider {
                 admitted: !over,
             });
             if over {
-                state.counts.over_limit += 1;
                 state.counts.rate_limited += 1;
                 let retry_after = self.room_at(&state.window_log, request.cost()) - arrived;
                 return Err(ProviderError::RateLimited { retry_after });
@@ -1182,18 +1180,18 @@ fn summary(
     );
     let mut exceeded = false;
     for (name, c) in &counts {
-        exceeded |= c.over_limit > 0;
+        exceeded |= c.rate_limited > 0;
         println!(
             "  {name:<14}{:>22}{:>26}{:>12}",
             format!("{} / {}", c.busiest_requests, options.limit_requests),
             format!("{} / {}", c.busiest_tokens, options.limit_tokens),
-            c.over_limit,
+            c.rate_limited,
         );
     }
     if exceeded {
         println!(
             "  EXCEEDED: {} requests arrived over a full window and were refused with 429",
-            total(|c| c.over_limit)
+            total(|c| c.rate_limited)
         );
         ExitCode::FAILURE
     } else {
