@@ -89,6 +89,25 @@ fn factor_sequences() {
 }
 
 /// Invalid policies are typed errors at construction; factor 1 and jitter 0 or 1 are fine.
+/// Delays at the edge of `Duration`'s range (found by fuzzing): `f64` rounding can land just
+/// past `Duration::MAX`; the delay is then `max_delay`, and jitter never panics.
+#[test]
+fn delays_at_duration_max_do_not_panic() {
+    for (factor, jitter) in [(1.0, f64::MIN_POSITIVE), (2.0, 0.5), (1e300, 1.0)] {
+        let policy = RetryPolicy::builder()
+            .base_delay(Duration::MAX)
+            .max_delay(Duration::MAX)
+            .factor(factor)
+            .jitter(jitter)
+            .build()
+            .unwrap();
+        for k in [1, 2, 64, u32::MAX] {
+            assert!(policy.delay(k) <= Duration::MAX);
+            assert!(policy.jittered_delay(k) <= policy.delay(k));
+        }
+    }
+}
+
 #[test]
 fn invalid_policies_are_rejected() {
     let b = RetryPolicy::builder;

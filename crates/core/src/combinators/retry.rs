@@ -133,11 +133,9 @@ impl RetryPolicy {
             return self.base_delay.min(self.max_delay);
         }
         let secs = self.base_delay.as_secs_f64() * self.factor.powi(exponent);
-        if secs < self.max_delay.as_secs_f64() {
-            Duration::from_secs_f64(secs).min(self.max_delay)
-        } else {
-            self.max_delay
-        }
+        // Out of `Duration`'s range (an overflow to infinity, or just past `Duration::MAX`
+        // after rounding) means "more than `max_delay`".
+        Duration::try_from_secs_f64(secs).map_or(self.max_delay, |delay| delay.min(self.max_delay))
     }
 
     /// The delay before retry `k` with jitter applied: never more than [`delay`](Self::delay),
@@ -156,9 +154,10 @@ impl RetryPolicy {
         if self.jitter == 0.0 {
             return delay;
         }
-        delay
-            .mul_f64(1.0 - self.jitter * fastrand::f64())
-            .min(delay)
+        // Computed in `f64`, which can round a huge delay just past `Duration::MAX`: then the
+        // unjittered delay stands.
+        let secs = delay.as_secs_f64() * (1.0 - self.jitter * fastrand::f64());
+        Duration::try_from_secs_f64(secs).map_or(delay, |jittered| jittered.min(delay))
     }
 }
 
