@@ -23,7 +23,6 @@
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::pin;
-use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use futures::stream::{self, StreamExt};
 use governor::{Quota, RateLimiter as Governor};
+use sheepdog_benches::{on_two_threads, poll_ready};
 use sheepdog_core::rate::{RateLimiter, Replenishment};
 
 #[global_allocator]
@@ -41,18 +41,6 @@ const OPS: usize = 10_000;
 
 fn main() {
     divan::main();
-}
-
-/// Polls `future` once with a no-op waker; it must be ready.
-fn poll_ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("expected a ready future"),
-    }
 }
 
 /// A sheepdog limiter with both budgets so large it never refuses. The interval is short so
@@ -166,20 +154,8 @@ mod two_threads {
 
     const OPS_PER_THREAD: usize = 100_000;
 
-    /// Runs `op` [`OPS_PER_THREAD`] times on this thread and on a second one, started
-    /// together.
     fn both<S: Sync>(shared: &S, op: fn(&S)) {
-        let barrier = Barrier::new(2);
-        let work = || {
-            barrier.wait();
-            for _ in 0..OPS_PER_THREAD {
-                op(black_box(shared));
-            }
-        };
-        std::thread::scope(|scope| {
-            scope.spawn(work);
-            work();
-        });
+        on_two_threads(shared, OPS_PER_THREAD, op);
     }
 
     #[divan::bench]

@@ -13,11 +13,11 @@
 //! Run with `cargo bench -p sheepdog-benches --bench sync`.
 
 use std::future::Future;
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
-use sheepdog_benches::poll_ready;
+use sheepdog_benches::{on_two_threads, poll_ready};
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -223,20 +223,8 @@ mod two_threads {
     const OPS_PER_THREAD: usize = 100_000;
     const PERMITS: usize = 64;
 
-    /// Runs `op` [`OPS_PER_THREAD`] times on this thread and on a second one, started
-    /// together.
     fn both<S: Sync>(shared: &S, op: fn(&S)) {
-        let barrier = Barrier::new(2);
-        let work = || {
-            barrier.wait();
-            for _ in 0..OPS_PER_THREAD {
-                op(black_box(shared));
-            }
-        };
-        std::thread::scope(|scope| {
-            scope.spawn(work);
-            work();
-        });
+        on_two_threads(shared, OPS_PER_THREAD, op);
     }
 
     #[divan::bench]

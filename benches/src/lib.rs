@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
 
 /// Polls `future` once with a no-op waker; it must be ready.
@@ -19,4 +20,20 @@ pub fn poll_ready<F: Future>(future: F) -> F::Output {
         Poll::Ready(output) => output,
         Poll::Pending => panic!("expected a ready future"),
     }
+}
+
+/// Runs `op` `ops` times on this thread and on a second one, started together: the two-thread
+/// contention benchmarks.
+pub fn on_two_threads<S: Sync>(shared: &S, ops: usize, op: fn(&S)) {
+    let barrier = Barrier::new(2);
+    let work = || {
+        barrier.wait();
+        for _ in 0..ops {
+            op(std::hint::black_box(shared));
+        }
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(work);
+        work();
+    });
 }
