@@ -63,20 +63,22 @@
 //! The guide, with every lionagi defect and how it is avoided, is `docs/rate.md`.
 
 mod ledger;
+#[cfg(all(test, shuttle))]
+mod model;
 mod slots;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ledger::{Ledger, Mark, TOKENS};
 use slots::Slots;
 
+use crate::shim::{AtomicU64, Mutex, MutexGuard};
 use crate::sync::queue::{Abandoned, WaitList, Wakers};
 use crate::sync::Event;
 use crate::time::{self, Sleep};

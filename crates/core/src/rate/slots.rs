@@ -9,8 +9,8 @@
 //! paths set the flag in the same compare-and-swap that decides a job must wait, so a release
 //! that happens meanwhile is either seen by that compare-and-swap or goes through the lock.
 
+use crate::shim::{AtomicU64, AtomicUsize};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 /// Set while every operation must take the lock.
 const SLOW: usize = 1;

@@ -1,0 +1,52 @@
+//! shuttle models of the rate limiter (`RUSTFLAGS="--cfg shuttle" cargo test -p sheepdog-core
+//! --lib shuttle`): a slot released on one thread while the waiter it would go to is cancelled
+//! on another. Either the waiter gets the slot, or the slot passes on; it is never lost.
+
+use crate::cancel::model::explore;
+use crate::cancel::CancelScope;
+
+use super::RateLimiter;
+
+/// Yields a (replayably) random number of times.
+fn yield_randomly() {
+    use shuttle::rand::Rng;
+    for _ in 0..shuttle::rand::thread_rng().gen_range(0..24) {
+        shuttle::thread::yield_now();
+    }
+}
+
+/// One concurrency slot: the holder releases it on one thread, the waiter's scope is cancelled
+/// on another. Afterwards the slot is free again, whoever won.
+#[test]
+fn shuttle_slot_release_versus_waiter_cancel() {
+    explore(|| {
+        let limiter = RateLimiter::builder()
+            .concurrency_limit(1)
+            .build()
+            .expect("a valid limiter");
+        let held = limiter.try_acquire(0).expect("the slot is free");
+        let releaser = shuttle::thread::spawn(move || {
+            yield_randomly();
+            drop(held);
+        });
+        let scope = CancelScope::new();
+        let canceller = scope.clone();
+        let cancel = shuttle::thread::spawn(move || {
+            yield_randomly();
+            canceller.cancel();
+        });
+        let waited = shuttle::future::block_on(scope.run(limiter.acquire(0)));
+        releaser.join().unwrap();
+        cancel.join().unwrap();
+        let got_it = matches!(waited, Some(Ok(_)));
+        drop(waited);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.running, stats.queued),
+            (0, 0),
+            "a slot or a place was lost"
+        );
+        assert!(limiter.try_acquire(0).is_ok(), "the slot did not come back");
+        got_it
+    });
+}
