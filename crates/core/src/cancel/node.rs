@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError, Weak};
 
-use crate::shim::{AtomicBool, AtomicUsize, Mutex, MutexGuard};
+use crate::shim::{thread_local, AtomicBool, AtomicUsize, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::thread::LocalKey;
+use crate::shim::{thread_local, LocalKey};
 
 use super::{JoinHandle, Runtime, RuntimeHandle};
 
