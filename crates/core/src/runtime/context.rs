@@ -1,11 +1,11 @@
 //! The ambient runtime: a thread-local swapped in around each poll.
 
+use crate::shim::{thread_local, LocalKey};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use crate::shim::{thread_local, LocalKey};
 
 use super::{JoinHandle, Runtime, RuntimeHandle};
 
