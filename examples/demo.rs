@@ -1014,11 +1014,7 @@ async fn digest(client: &Arc<Client>, summaries: usize) -> bool {
     };
     let (report, ()) = futures::future::join(run, watch).await;
     bar.finish_and_clear();
-    let order: Vec<&str> = report
-        .settle_order()
-        .iter()
-        .map(|&node| report.name(node))
-        .collect();
+    let order = report.settle_order_names();
     println!(
         "5 flow           {} nodes, 2 at a time, {} ms: {}",
         flow.len(),

@@ -93,11 +93,7 @@ fn main() {
             let (flow, report_node) = build(&gauge);
             let start = Instant::now();
             let report = flow.run(options).await;
-            let order: Vec<&str> = report
-                .settle_order()
-                .iter()
-                .map(|&node| report.name(node))
-                .collect();
+            let order = report.settle_order_names();
             println!(
                 "{label:<18} {:>4} ms, peak concurrency {}, all completed: {}",
                 start.elapsed().as_millis(),

@@ -54,7 +54,7 @@ conformance! {
         let report = graph.build().unwrap().run(RunOptions::new()).await;
         assert!(report.all_completed());
         assert_eq!(report.output(c).map(String::as_str), Some("c saw 11"));
-        assert_eq!(names(&report, report.settle_order()), ["a", "b", "c"]);
+        assert_eq!(report.settle_order_names(), ["a", "b", "c"]);
     }
 
     /// A diamond: the last node sees both branches; the branches run in parallel.
@@ -119,7 +119,7 @@ conformance! {
         graph.node("b", &[], |_| async { Ok(()) });
         graph.node("a", &["x", "b"], |_| async { Ok(()) });
         let report = graph.build().unwrap().run(RunOptions::new().sequential()).await;
-        assert_eq!(names(&report, report.settle_order()), ["x", "b", "c", "a"]);
+        assert_eq!(report.settle_order_names(), ["x", "b", "c", "a"]);
     }
 
     /// Default policy: a failure skips its dependents (transitively), and names the cause;

@@ -34,6 +34,26 @@ async fn until(condition: impl Fn() -> bool) {
     }
 }
 
+/// Queues three jobs behind a held slot (each counts in `ran` when it runs), and waits until
+/// all three are in line.
+async fn queue_three(
+    cx: &sheepdog_tests::Cx,
+    limiter: &RateLimiter,
+    ran: &Arc<AtomicUsize>,
+) -> Vec<runtime::JoinHandle<Result<usize, RateLimitError>>> {
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let (l, r) = (limiter.clone(), Arc::clone(ran));
+        tasks.push(cx.spawn(async move {
+            l.submit(0, async move { r.fetch_add(1, Ordering::SeqCst) })
+                .await
+        }));
+        let l = limiter.clone();
+        until(move || l.statistics().queued == i + 1).await;
+    }
+    tasks
+}
+
 /// Runs `body` on a fresh virtual-time runtime and returns the virtual time it took.
 fn virtual_run<F: Future<Output = ()>>(body: impl FnOnce() -> F) -> Duration {
     let rt = VirtualRuntime::new();
@@ -385,15 +405,7 @@ conformance! {
         let limiter = RateLimiter::builder().concurrency_limit(1).build().unwrap();
         let held = limiter.try_acquire(0).unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..3 {
-            let (l, r) = (limiter.clone(), Arc::clone(&ran));
-            tasks.push(cx.spawn(async move {
-                l.submit(0, async move { r.fetch_add(1, Ordering::SeqCst) }).await
-            }));
-            let l = limiter.clone();
-            until(move || l.statistics().queued == i + 1).await;
-        }
+        let tasks = queue_three(&cx, &limiter, &ran).await;
         let l = limiter.clone();
         let shutdown = cx.spawn(async move { l.shutdown(ShutdownMode::FinishQueued).await });
         let l = limiter.clone();
@@ -415,15 +427,7 @@ conformance! {
         let limiter = RateLimiter::builder().concurrency_limit(1).build().unwrap();
         let held = limiter.try_acquire(0).unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..3 {
-            let (l, r) = (limiter.clone(), Arc::clone(&ran));
-            tasks.push(cx.spawn(async move {
-                l.submit(0, async move { r.fetch_add(1, Ordering::SeqCst) }).await
-            }));
-            let l = limiter.clone();
-            until(move || l.statistics().queued == i + 1).await;
-        }
+        let tasks = queue_three(&cx, &limiter, &ran).await;
         let l = limiter.clone();
         let shutdown = cx.spawn(async move { l.shutdown(ShutdownMode::CancelQueued).await });
         for task in tasks {

@@ -409,6 +409,11 @@ impl<E> FlowReport<E> {
         &self.order
     }
 
+    /// The names of the nodes in the order they settled.
+    pub fn settle_order_names(&self) -> Vec<&str> {
+        self.order.iter().map(|&node| self.name(node)).collect()
+    }
+
     /// The nodes with this outcome, in the order the builder added them.
     pub fn with_outcome(&self, outcome: Outcome) -> Vec<NodeId> {
         (0..self.statuses.len())
