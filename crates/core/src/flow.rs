@@ -64,6 +64,17 @@ type Output = Arc<dyn Any + Send + Sync>;
 type Operation<E> = Arc<dyn Fn(Inputs<E>) -> BoxFuture<'static, Result<Output, E>> + Send + Sync>;
 
 /// A node of a flow, by position in the order the builder added them.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, NodeId};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// graph.node("first", &[], |_| async { Ok(()) });
+/// let second: NodeId = graph.node("second", &[], |_| async { Ok(()) }).id();
+/// assert_eq!(second.index(), 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(usize);
 
@@ -76,6 +87,20 @@ impl NodeId {
 
 /// A typed reference to a node: reads its output of type `T` from [`Inputs`] or a
 /// [`FlowReport`].
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, RunOptions};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// let answer = graph.node("answer", &[], |_| async { Ok(41_u8) });
+/// let next = graph.node("next", &["answer"], move |inputs| async move {
+///     Ok(inputs.get(answer).copied().unwrap_or(0) + 1) // typed: `&u8`
+/// });
+/// let report = futures::executor::block_on(graph.build().unwrap().run(RunOptions::new()));
+/// assert_eq!(report.output(next), Some(&42));
+/// ```
 pub struct NodeRef<T> {
     id: NodeId,
     output: PhantomData<fn() -> T>,
@@ -109,6 +134,20 @@ impl<T> From<NodeRef<T>> for NodeId {
 }
 
 /// Why a node has no output.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, NodeError, NodeStatus, RunOptions};
+///
+/// let mut graph = FlowBuilder::<&str>::new();
+/// let bad = graph.node("bad", &[], |_| async { Err::<(), _>("no answer") });
+/// let report = futures::executor::block_on(graph.build().unwrap().run(RunOptions::new()));
+/// match report.status(bad) {
+///     NodeStatus::Failed(error) => assert!(matches!(**error, NodeError::Failed("no answer"))),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError<E> {
     /// The operation returned this error.
@@ -127,6 +166,22 @@ pub enum NodeError<E> {
 }
 
 /// A node's dependencies' outputs (and failures, under [`FailurePolicy::Continue`]).
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FailurePolicy, FlowBuilder, RunOptions};
+///
+/// let mut graph = FlowBuilder::<&str>::new();
+/// let ok = graph.node("ok", &[], |_| async { Ok(1) });
+/// let bad = graph.node("bad", &[], |_| async { Err::<u8, _>("down") });
+/// let both = graph.node("both", &["ok", "bad"], move |inputs| async move {
+///     Ok((inputs.get(ok).copied(), inputs.get(bad).copied(), inputs.failure(bad).is_some()))
+/// });
+/// let options = RunOptions::new().policy(FailurePolicy::Continue);
+/// let report = futures::executor::block_on(graph.build().unwrap().run(options));
+/// assert_eq!(report.output(both), Some(&(Some(1), None, true)));
+/// ```
 pub struct Inputs<E> {
     values: Vec<(NodeId, Settled<E>)>,
 }
@@ -170,6 +225,23 @@ impl<E> Inputs<E> {
 }
 
 /// What happens to the rest of the flow when a node fails.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FailurePolicy, FlowBuilder, NodeStatus, RunOptions};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// let bad = graph.node("bad", &[], |_| async { Err::<(), _>(()) });
+/// let after = graph.node("after", &["bad"], |_| async { Ok(()) });
+/// let flow = graph.build().unwrap();
+/// let report = futures::executor::block_on(flow.run(RunOptions::new())); // SkipDependents
+/// assert!(matches!(report.status(after), NodeStatus::Skipped { because } if *because == bad.id()));
+/// let report = futures::executor::block_on(
+///     flow.run(RunOptions::new().policy(FailurePolicy::Continue)),
+/// );
+/// assert!(matches!(report.status(after), NodeStatus::Completed));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailurePolicy {
     /// The failed node's dependents (and theirs) are skipped; independent nodes still run.
@@ -184,6 +256,19 @@ pub enum FailurePolicy {
 }
 
 /// How a run goes.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, RunOptions};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// graph.node("a", &[], |_| async { Ok(vec![0_u8; 1024]) });
+/// let b = graph.node("b", &["a"], |_| async { Ok(1) });
+/// let options = RunOptions::new().sequential().keep_only([b]);
+/// let report = futures::executor::block_on(graph.build().unwrap().run(options));
+/// assert_eq!(report.outputs_kept(), 1); // `a`'s output was dropped once `b` had run
+/// ```
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     max_concurrent: usize,
@@ -274,6 +359,21 @@ impl RunOptions {
 /// the run returns its report with those nodes [`NodeStatus::Cancelled`].
 ///
 /// To drop a flow without a report, cancel the scope around it instead.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, FlowCanceller, NodeStatus, RunOptions};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// let stuck = graph.node("stuck", &[], |_| std::future::pending::<Result<(), ()>>());
+/// let flow = graph.build().unwrap();
+/// let canceller = FlowCanceller::new();
+/// let run = flow.run(RunOptions::new().canceller(&canceller));
+/// canceller.cancel(); // before or while it runs
+/// let report = futures::executor::block_on(run);
+/// assert!(matches!(report.status(stuck), NodeStatus::Cancelled));
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct FlowCanceller {
     inner: Arc<CancelSignal>,
@@ -304,6 +404,20 @@ impl FlowCanceller {
 }
 
 /// Progress of a run, one event per node start and settle, for progress bars and logs.
+///
+/// # Examples
+///
+/// ```
+/// use futures::StreamExt;
+/// use sheepdog_core::flow::{EventKind, FlowBuilder, Outcome, RunOptions};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// graph.node("only", &[], |_| async { Ok(()) });
+/// let (events, received) = futures::channel::mpsc::unbounded();
+/// futures::executor::block_on(graph.build().unwrap().run(RunOptions::new().progress(events)));
+/// let kinds: Vec<EventKind> = futures::executor::block_on(received.map(|e| e.kind).collect());
+/// assert_eq!(kinds, [EventKind::Started, EventKind::Settled(Outcome::Completed)]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowEvent {
     /// The node.
@@ -336,7 +450,7 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// How one node ended.
+/// How one node ended (see [`FailurePolicy`]'s example).
 #[derive(Debug)]
 pub enum NodeStatus<E> {
     /// It completed; its output is in the report unless `keep_only` dropped it.
@@ -364,6 +478,20 @@ impl<E> NodeStatus<E> {
 }
 
 /// What a run did: every node's status, the outputs kept, and the order nodes settled in.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, Outcome, RunOptions};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// graph.node("a", &[], |_| async { Ok(()) });
+/// graph.node("b", &["a"], |_| async { Err::<(), _>(()) });
+/// let report = futures::executor::block_on(graph.build().unwrap().run(RunOptions::new()));
+/// assert_eq!(report.settle_order_names(), ["a", "b"]);
+/// assert_eq!(report.with_outcome(Outcome::Failed).len(), 1);
+/// assert!(!report.all_completed());
+/// ```
 pub struct FlowReport<E> {
     names: Arc<[Arc<str>]>,
     statuses: Vec<NodeStatus<E>>,
@@ -436,6 +564,21 @@ impl<E> FlowReport<E> {
 }
 
 /// A validated graph, ready to run (any number of times).
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, RunOptions};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// let n = graph.node("n", &[], |_| async { Ok(3) });
+/// let flow = graph.build().unwrap();
+/// for _ in 0..2 {
+///     // Reusable: each run calls the operations again.
+///     let report = futures::executor::block_on(flow.run(RunOptions::new()));
+///     assert_eq!(report.output(n), Some(&3));
+/// }
+/// ```
 pub struct Flow<E> {
     names: Arc<[Arc<str>]>,
     operations: Vec<Operation<E>>,

@@ -253,6 +253,25 @@ where
 
 /// A runtime a [`SpawnGroup`] can spawn its children on: any cloneable [`Runtime`] (its own
 /// spawn path), or a [`RuntimeHandle`].
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use sheepdog_core::group::{spawn_group_on, GroupRuntime};
+/// use sheepdog_core::runtime::Runtime;
+/// use sheepdog_core::testing::VirtualRuntime;
+///
+/// fn total_on<S: GroupRuntime>(rt: &VirtualRuntime, on: S) -> Result<u32, sheepdog_core::group::GroupError<()>> {
+///     rt.block_on(spawn_group_on(on, |tg| async move {
+///         let child = tg.spawn(async { Ok(2) });
+///         Ok(child.await.unwrap() + 1)
+///     }))
+/// }
+/// let rt = VirtualRuntime::new();
+/// assert_eq!(total_on(&rt, rt.handle()), Ok(3)); // a `RuntimeHandle`
+/// # }
+/// ```
 pub trait GroupRuntime: Clone + Send + Sync + 'static {
     /// Spawns a child.
     #[doc(hidden)]

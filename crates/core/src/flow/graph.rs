@@ -13,6 +13,19 @@ use super::{Flow, Inputs, NodeId, NodeRef, Operation, Output};
 use crate::combinators::RetryPolicy;
 
 /// Why a graph cannot run.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::flow::{FlowBuilder, GraphError};
+///
+/// let mut graph = FlowBuilder::<()>::new();
+/// graph.node("a", &["missing"], |_| async { Ok(()) });
+/// assert_eq!(
+///     graph.build().unwrap_err(),
+///     GraphError::UnknownDependency { node: "a".into(), dependency: "missing".into() }
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
     /// Two nodes have this name.

@@ -96,6 +96,20 @@ impl<E: std::error::Error + 'static> std::error::Error for GroupError<E> {
 }
 
 /// Why a child's [`TaskHandle`](super::TaskHandle) has no output.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::group::{task_group, TaskError};
+///
+/// let out = futures::executor::block_on(task_group(|tg| async move {
+///     let stuck = tg.spawn(std::future::pending::<Result<(), ()>>());
+///     tg.cancel();
+///     Ok(stuck)
+/// }));
+/// let stuck = out.unwrap();
+/// assert_eq!(futures::executor::block_on(stuck), Err(TaskError::Cancelled));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {
     /// The child returned an error or panicked. The failure itself went to the group, which
@@ -108,6 +122,18 @@ pub enum TaskError {
 }
 
 /// Why `start` gave no value.
+///
+/// # Examples
+///
+/// ```
+/// use sheepdog_core::group::{task_group, StartError, Started};
+///
+/// let out = futures::executor::block_on(task_group(|tg| async move {
+///     // The child returns without calling `started`.
+///     Ok::<_, ()>(tg.start(|_s: Started<u8, ()>| async { Ok(()) }).await)
+/// }));
+/// assert_eq!(out, Ok(Err(StartError::NotStarted)));
+/// ```
 ///
 /// A panic in the child before it called `started` is not in here: it is re-raised in the
 /// caller of `start`.
@@ -127,7 +153,9 @@ pub enum StartError<E> {
     Closed,
 }
 
-/// The group has finished: no task can join it any more.
+/// The group has finished: no task can join it any more (see [`SpawnGroup`]'s example).
+///
+/// [`SpawnGroup`]: super::SpawnGroup
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("this task group has finished; no new tasks can be started")]
 pub struct GroupClosed;
