@@ -159,7 +159,7 @@ conformance! {
         assert_eq!(read.load(Ordering::SeqCst), 0);
         assert!(try_bounded_map(0..3, 0, |n| ready(Ok::<_, ()>(n))).is_err());
         assert!(bounded_map_settled(0..3, 0, |n| ready(Ok::<_, ()>(n))).is_err());
-        assert!(bounded_map_stream(0..3, 0, ready).is_err());
+        assert!(bounded_map_stream(futures::stream::iter(0..3), 0, ready).is_err());
     }
 
     /// Exactly `limit` calls run at the peak, started in input order, results in input order,
@@ -224,7 +224,7 @@ conformance! {
     async fn bounded_map_stream_is_ordered_and_bounded(cx) {
         let peak = Arc::new(Peak::default());
         let p = Arc::clone(&peak);
-        let stream = bounded_map_stream(0_usize.., 3, move |i| {
+        let stream = bounded_map_stream(futures::stream::iter(0_usize..), 3, move |i| {
             let p = Arc::clone(&p);
             async move { p.run(after_yields((i * 5) % 4, i)).await }
         })
@@ -232,6 +232,71 @@ conformance! {
         let first: Vec<usize> = stream.take(12).collect().await;
         assert_eq!(first, (0..12).collect::<Vec<_>>());
         assert!(peak.peak() <= 3 && peak.peak() >= 2, "peak {}", peak.peak());
+    }
+
+    /// The stream form over a real `Stream` whose items arrive over time (from a channel fed
+    /// by another task): outputs in input order, at most `limit` calls in flight, items pulled
+    /// from the input only when a call can start, and the calls in flight keep running while
+    /// the input has nothing ready.
+    async fn bounded_map_stream_takes_a_stream(cx) {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<usize>();
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let pulled_in = Arc::clone(&pulled);
+        let input = rx.inspect(move |_| {
+            pulled_in.fetch_add(1, Ordering::SeqCst);
+        });
+        let peak = Arc::new(Peak::default());
+        let p = Arc::clone(&peak);
+        let mut stream = bounded_map_stream(input, 2, move |i| {
+            let p = Arc::clone(&p);
+            async move { p.run(after_yields(3 - i % 3, i * 10)).await }
+        })
+        .unwrap();
+        for i in 0..6 {
+            tx.unbounded_send(i).unwrap();
+        }
+        // Two calls start; the other four items stay in the channel.
+        assert_eq!(stream.next().await, Some(0));
+        assert!(pulled.load(Ordering::SeqCst) <= 3, "pulled {}", pulled.load(Ordering::SeqCst));
+        let producer = cx.spawn(async move {
+            for i in 6..10 {
+                yield_now().await;
+                tx.unbounded_send(i).unwrap();
+            }
+            // Dropping `tx` ends the input.
+        });
+        let rest: Vec<usize> = stream.collect().await;
+        assert_eq!(rest, (1..10).map(|i| i * 10).collect::<Vec<_>>());
+        assert_eq!(peak.peak(), 2);
+        assert_eq!(pulled.load(Ordering::SeqCst), 10);
+        producer.await.unwrap();
+    }
+
+    /// Dropping the stream form drops the calls in flight and the input, and pulls nothing
+    /// more from it.
+    async fn bounded_map_stream_drop_cancels(cx) {
+        let live = Live::new();
+        let pulled = AtomicUsize::new(0);
+        let input = futures::stream::iter(0..100_usize).inspect(|_| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut stream = bounded_map_stream(input, 3, |i| {
+            let guard = live.guard();
+            async move {
+                let _guard = guard;
+                if i == 0 {
+                    return i;
+                }
+                futures::future::pending::<()>().await;
+                i
+            }
+        })
+        .unwrap();
+        assert_eq!(stream.next().await, Some(0));
+        assert!(live.count() <= 3);
+        drop(stream);
+        assert_eq!(live.count(), 0);
+        assert!(pulled.load(Ordering::SeqCst) <= 4, "O(limit) items read, not the whole input");
     }
 }
 

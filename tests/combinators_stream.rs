@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::pending;
 use futures::{Stream, StreamExt};
-use sheepdog_core::combinators::{CompletionStream, ZeroLimit};
+use sheepdog_core::combinators::{CompletionStream, Outcome, ZeroLimit};
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
@@ -113,6 +113,67 @@ conformance! {
             }
         }
         assert_eq!(seen, vec![2, 1]);
+        drop(stream);
+        assert_eq!(live.count(), 0);
+    }
+
+    /// The settled variant yields every outcome in completion order with its index: errors
+    /// and panics are items, none of them stops the others, and the limit holds.
+    async fn settled_variant_yields_every_outcome(cx) {
+        let made = Arc::new(AtomicUsize::new(0));
+        let m = Arc::clone(&made);
+        let futures = (0..6_usize).map(move |i| {
+            m.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                for _ in 0..(6 - i) {
+                    yield_now().await;
+                }
+                match i {
+                    1 => Err(format!("call {i} failed")),
+                    4 => panic!("call {i} panicked"),
+                    _ => Ok(i * 10),
+                }
+            }) as BoxFut<Result<usize, String>>
+        });
+        let mut stream = CompletionStream::settled(futures).limit(2).unwrap();
+        assert_eq!(made.load(Ordering::SeqCst), 0, "nothing is made before the first poll");
+        let mut items = Vec::new();
+        while let Some((index, outcome)) = stream.next().await {
+            assert!(stream.in_flight() <= 2);
+            items.push((index, outcome));
+        }
+        assert_eq!(items[0].0, 1, "of the first two admitted, index 1 finishes first");
+        items.sort_by_key(|(index, _)| *index);
+        let order: Vec<usize> = items.iter().map(|(index, _)| *index).collect();
+        assert_eq!(order, (0..6).collect::<Vec<_>>());
+        assert!(matches!(items[0].1, Outcome::Ok(0)));
+        assert_eq!(items[1].1.err().map(String::as_str), Some("call 1 failed"));
+        assert_eq!(items[2].1.ok(), Some(&20));
+        let panic = items[4].1.panic().expect("call 4 panicked");
+        assert_eq!(panic.message(), Some("call 4 panicked"));
+        assert_eq!(made.load(Ordering::SeqCst), 6);
+        assert_eq!(CompletionStream::settled([after_yields(0, Ok::<u8, ()>(1))]).limit(0).err(), Some(ZeroLimit));
+    }
+
+    /// Dropping a settled stream cancels what is left, like the plain one.
+    async fn settled_variant_drop_cancels(cx) {
+        let live = Live::new();
+        let futures = (0..5_usize).map(|i| {
+            let guard = live.guard();
+            Box::pin(async move {
+                let _guard = guard;
+                if i == 2 {
+                    return Err(i);
+                }
+                pending::<()>().await;
+                Ok(i)
+            }) as BoxFut<Result<usize, usize>>
+        });
+        let mut stream = CompletionStream::settled(futures);
+        let first = stream.next().await.expect("one item");
+        assert_eq!(first.0, 2);
+        assert_eq!(first.1.err(), Some(&2));
+        assert_eq!(live.count(), 4);
         drop(stream);
         assert_eq!(live.count(), 0);
     }

@@ -5,21 +5,29 @@
 //! with limit 64 (vs `buffer_unordered(64)`, `FuturesUnordered` and futures-buffered's
 //! `BufferUnordered`).
 //!
+//! Also: `gather` of 16 ready futures, futures woken one at a time (1,000 and 2,000, for
+//! linearity), `race` of 2 and 16 futures (vs futures-concurrency's `race` and
+//! `futures::future::select_all`) and `retry`'s first-try success (vs a direct call).
+//!
 //! Everything runs on `futures::executor::block_on` (a bare poll loop), so only the combinator
-//! is measured. Run with `cargo bench -p sheepdog-benches --bench combinators`; see
+//! is measured. Instruction counts come from the `combinators_instr` bench under callgrind
+//! (`benches/instr.sh`). Run with `cargo bench -p sheepdog-benches --bench combinators`; see
 //! `docs/performance.md`.
 
+use std::cell::RefCell;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use futures::executor::block_on;
 use futures::stream::{self, FuturesUnordered, StreamExt};
 use futures_buffered::BufferedStreamExt;
-use futures_concurrency::future::Join;
-use sheepdog_core::combinators::{bounded_map, gather, CompletionStream};
+use futures_concurrency::future::{Join, Race};
+use sheepdog_core::combinators::{bounded_map, gather, race, retry, CompletionStream, RetryPolicy};
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -58,6 +66,77 @@ fn ready_futs() -> Vec<Ready<usize>> {
 
 fn yield_futs() -> Vec<YieldOnce> {
     (0..N).map(yield_once).collect()
+}
+
+/// A future that returns `Pending` `n` times (waking itself each time), then its value.
+struct Yields(usize, usize);
+
+impl Future for Yields {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.0 == 0 {
+            Poll::Ready(self.1)
+        } else {
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+/// Race inputs: future `i` finishes after `i + 1` yields, so future 0 wins.
+fn race_futs(n: usize) -> Vec<Yields> {
+    (0..n).map(|i| Yields(i + 1, i)).collect()
+}
+
+/// `n` futures that finish one at a time, last first: future `i` waits until future `i + 1`
+/// has finished, which wakes it (and only it).
+fn chain(n: usize) -> Vec<impl Future<Output = usize>> {
+    let state = Rc::new(RefCell::new((n, vec![None::<Waker>; n])));
+    (0..n)
+        .map(|i| {
+            let state = Rc::clone(&state);
+            futures::future::poll_fn(move |cx| {
+                let mut state = state.borrow_mut();
+                if state.0 == i + 1 {
+                    state.0 = i;
+                    if let Some(waker) = i.checked_sub(1).and_then(|p| state.1[p].take()) {
+                        waker.wake();
+                    }
+                    Poll::Ready(i)
+                } else {
+                    state.1[i] = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+        })
+        .collect()
+}
+
+/// The 64-slot loop: 64 futures in place, each refilled from the input as it finishes.
+fn slots64(n: usize) -> usize {
+    let mut input = (0..n).map(yield_once);
+    let mut slots: Vec<Option<YieldOnce>> = (0..LIMIT).map(|_| input.next()).collect();
+    let mut sum = 0;
+    block_on(futures::future::poll_fn(|cx| {
+        let mut busy = false;
+        for slot in &mut slots {
+            if let Some(fut) = slot {
+                if let Poll::Ready(v) = Pin::new(fut).poll(cx) {
+                    sum += v;
+                    *slot = input.next();
+                }
+                busy |= slot.is_some();
+            }
+        }
+        if busy {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }));
+    sum
 }
 
 /// The physical reference: poll every unfinished future of a slice until all are done.
@@ -156,10 +235,125 @@ mod gather_yield_once {
     }
 }
 
+/// 16 ready futures (T2).
+#[divan::bench_group(counter = ItemsCount::new(16_usize))]
+mod gather_ready_16 {
+    use super::*;
+
+    fn futs() -> Vec<Ready<usize>> {
+        (0..16).map(ready).collect()
+    }
+
+    #[divan::bench]
+    fn ref_inplace(b: Bencher<'_, '_>) {
+        b.with_inputs(futs).bench_values(inplace);
+    }
+
+    #[divan::bench]
+    fn sheepdog(b: Bencher<'_, '_>) {
+        b.with_inputs(futs)
+            .bench_values(|f| block_on(gather(f)).iter().sum::<usize>());
+    }
+
+    #[divan::bench]
+    fn futures_join_all(b: Bencher<'_, '_>) {
+        b.with_inputs(futs)
+            .bench_values(|f| block_on(futures::future::join_all(f)).iter().sum::<usize>());
+    }
+
+    #[divan::bench]
+    fn futures_buffered_join_all(b: Bencher<'_, '_>) {
+        b.with_inputs(futs).bench_values(|f| {
+            block_on(futures_buffered::join_all(f))
+                .iter()
+                .sum::<usize>()
+        });
+    }
+}
+
+/// Futures woken one at a time (T4), at 1,000 and 2,000 for linearity.
+#[divan::bench_group]
+mod one_at_a_time {
+    use super::*;
+
+    #[divan::bench(args = [1_000, 2_000])]
+    fn sheepdog(b: Bencher<'_, '_>, n: usize) {
+        b.with_inputs(|| chain(n))
+            .bench_values(|f| block_on(gather(f)).iter().sum::<usize>());
+    }
+
+    #[divan::bench(args = [1_000, 2_000])]
+    fn futures_buffered_join_all(b: Bencher<'_, '_>, n: usize) {
+        b.with_inputs(|| chain(n)).bench_values(|f| {
+            block_on(futures_buffered::join_all(f))
+                .iter()
+                .sum::<usize>()
+        });
+    }
+
+    #[divan::bench(args = [1_000, 2_000])]
+    fn futures_unordered(b: Bencher<'_, '_>, n: usize) {
+        b.with_inputs(|| chain(n)).bench_values(|f| {
+            let s: FuturesUnordered<_> = f.into_iter().collect();
+            block_on(s.fold(0, |a, v| ready(a + v)))
+        });
+    }
+}
+
+/// `race` of 2 and 16 futures; future 0 wins after one yield.
+#[divan::bench_group]
+mod race_n {
+    use super::*;
+
+    #[divan::bench(args = [2, 16])]
+    fn sheepdog(b: Bencher<'_, '_>, n: usize) {
+        b.with_inputs(|| race_futs(n))
+            .bench_values(|f| block_on(race(f)).expect("not empty"));
+    }
+
+    #[divan::bench(args = [2, 16])]
+    fn futures_concurrency_race(b: Bencher<'_, '_>, n: usize) {
+        b.with_inputs(|| race_futs(n))
+            .bench_values(|f| block_on(f.race()));
+    }
+
+    #[divan::bench(args = [2, 16])]
+    fn futures_select_all(b: Bencher<'_, '_>, n: usize) {
+        b.with_inputs(|| race_futs(n))
+            .bench_values(|f| block_on(futures::future::select_all(f)).0);
+    }
+}
+
+/// `retry` whose first attempt succeeds, against calling the operation directly.
+#[divan::bench_group]
+mod retry_first_try {
+    use super::*;
+
+    #[divan::bench]
+    fn direct(b: Bencher<'_, '_>) {
+        b.bench(|| block_on(black_box(|| ready(Ok::<usize, ()>(1)))()));
+    }
+
+    #[divan::bench]
+    fn sheepdog(b: Bencher<'_, '_>) {
+        let policy = RetryPolicy::builder()
+            .attempts(3)
+            .base_delay(Duration::from_millis(1))
+            .build()
+            .expect("valid");
+        b.bench(|| block_on(retry(black_box(|| ready(Ok::<usize, ()>(1))), policy.clone())));
+    }
+}
+
 /// Ordered results, limit 64, 10,000 yield-once calls.
 #[divan::bench_group(counter = ItemsCount::new(N))]
 mod bounded_map_64 {
     use super::*;
+
+    #[divan::bench]
+    fn ref_slots64(b: Bencher<'_, '_>) {
+        b.bench(|| slots64(black_box(N)));
+    }
 
     #[divan::bench]
     fn sheepdog(b: Bencher<'_, '_>) {
@@ -202,6 +396,11 @@ mod bounded_map_64 {
 #[divan::bench_group(counter = ItemsCount::new(N))]
 mod completion_stream {
     use super::*;
+
+    #[divan::bench]
+    fn ref_slots64(b: Bencher<'_, '_>) {
+        b.bench(|| slots64(black_box(N)));
+    }
 
     #[divan::bench]
     fn sheepdog_limit_64(b: Bencher<'_, '_>) {

@@ -15,19 +15,26 @@
 //! | [`race`] | `race` | the first completion wins, `Ok` or `Err` | `Result<Output, EmptyRace>` |
 //! | [`race_ok`] | — (futures-concurrency `race_ok`) | the first `Ok` wins, else all errors | `Result<T, RaceOkError<E>>` |
 //! | [`bounded_map`], [`try_bounded_map`], [`bounded_map_settled`] | `bounded_map(limit=…)` | as gather / try / settled | in input order, `O(limit)` futures alive |
-//! | [`bounded_map_stream`] | — | a panic propagates | a `Stream`, input order, bounded buffer |
+//! | [`bounded_map_stream`] | — | a panic propagates | a `Stream` in, a `Stream` out, input order, bounded buffer |
 //! | [`CompletionStream`] | `CompletionStream(limit=…)` | a panic propagates | `(index, output)` in completion order; drop cancels the rest |
+//! | [`CompletionStream::settled`] | `CompletionStream` + `return_exceptions=True` | caught into its item (errors and panics) | `(index, Outcome)` in completion order |
 //! | [`retry`] | `retry` | per [`RetryPolicy`] | `Result<T, RetryError<E>>` |
 //!
-//! All of them share one driver: futures in boxed slots (reused, so a bounded combinator
-//! allocates `O(limit)` slots), each slot with its own waker, so a wake re-polls only the
-//! future that was woken. See `docs/combinators.md` for the design decisions.
+//! They share two drivers, both keeping the futures in place in pinned blocks of slots (not
+//! one `Box` per future) and polling a new future with the combinator's own waker first, so a
+//! future that is ready at once, or after one yield, costs no waker of its own; a future that
+//! stays pending gets a slot waker, so a wake re-polls only the future that was woken. The
+//! all-at-once combinators (`gather`, `race` and their forms) keep each output next to its
+//! future; the bounded ones reuse `limit` slots. See `docs/combinators.md` for the design
+//! decisions.
 
 mod bounded;
 mod completion;
 mod gather;
 mod inflight;
+mod join;
 mod outcome;
+mod pinned;
 mod race;
 mod retry;
 mod tuple;
@@ -36,7 +43,7 @@ pub use bounded::{
     bounded_map, bounded_map_settled, bounded_map_stream, try_bounded_map, BoundedMapStream,
     ZeroLimit,
 };
-pub use completion::{CompletionStream, Spawning};
+pub use completion::{CompletionStream, Settling, Spawning};
 pub use gather::{gather, gather_settled, try_gather};
 pub use outcome::{settle, Outcome, Settle};
 pub use race::{race, race_ok, EmptyRace, RaceOkError};

@@ -4,15 +4,15 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::iter::Map;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::stream::{Map, StreamExt};
 use futures::Stream;
 
 use super::gather::{collect_ordered, never};
-use super::inflight::Feed;
+use super::inflight::{Feed, FromIter, FromStream};
 use super::outcome::{settle, Outcome};
 
 /// A concurrency limit of zero was given; at least one future must be allowed in flight.
@@ -80,7 +80,7 @@ where
     Fut: Future,
 {
     let limit = check_limit(limit)?.get();
-    let source = items.into_iter().map(f);
+    let source = FromIter(items.into_iter().map(f));
     Ok(async move { never(collect_ordered(source, limit, Ok).await) })
 }
 
@@ -122,7 +122,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let limit = check_limit(limit)?.get();
-    let source = items.into_iter().map(f);
+    let source = FromIter(items.into_iter().map(f));
     Ok(collect_ordered(source, limit, |output| output))
 }
 
@@ -163,12 +163,17 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let limit = check_limit(limit)?.get();
-    let source = items.into_iter().map(f).map(settle);
+    let source = FromIter(items.into_iter().map(f).map(settle));
     Ok(async move { never(collect_ordered(source, limit, Ok).await) })
 }
 
-/// The streaming [`bounded_map`], for inputs too long (or endless) to collect: a [`Stream`] of
-/// the outputs **in input order**, with at most `limit` calls in flight.
+/// The streaming [`bounded_map`], for inputs too long (or endless) to collect, or that arrive
+/// over time: maps every item of the [`Stream`] `items` through `f` and yields the outputs
+/// **in input order**, with at most `limit` calls in flight.
+///
+/// An iterator becomes a stream with [`futures::stream::iter`]. Items are taken from `items`
+/// only when a call can start, so only `O(limit)` items and futures exist at once, however
+/// long the input is; while `items` has nothing ready, the calls in flight keep running.
 ///
 /// Buffering is bounded by `limit`: the calls in flight plus the outputs that finished early and
 /// wait for an earlier one never exceed `limit` (like `futures`' `buffered`). So while one slow
@@ -185,33 +190,33 @@ where
 ///
 /// # Cancel safety
 ///
-/// Dropping the stream drops the calls in flight and the buffered outputs; items not yet
-/// started are never started.
+/// Dropping the stream drops the calls in flight, the buffered outputs and `items`; items not
+/// yet started are never started.
 ///
 /// # Examples
 ///
 /// ```
-/// use futures::StreamExt;
+/// use futures::{stream, StreamExt};
 /// use sheepdog_core::combinators::bounded_map_stream;
 ///
-/// let squares = bounded_map_stream(1_u64.., 4, |n| async move { n * n })?;
+/// let squares = bounded_map_stream(stream::iter(1_u64..), 4, |n| async move { n * n })?;
 /// let first: Vec<u64> = futures::executor::block_on(squares.take(4).collect());
 /// assert_eq!(first, vec![1, 4, 9, 16]);
 /// # Ok::<(), sheepdog_core::combinators::ZeroLimit>(())
 /// ```
-pub fn bounded_map_stream<I, F, Fut>(
-    items: I,
+pub fn bounded_map_stream<S, F, Fut>(
+    items: S,
     limit: usize,
     f: F,
-) -> Result<BoundedMapStream<Map<I::IntoIter, F>>, ZeroLimit>
+) -> Result<BoundedMapStream<Map<S, F>>, ZeroLimit>
 where
-    I: IntoIterator,
-    F: FnMut(I::Item) -> Fut,
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
     Fut: Future,
 {
     let limit = check_limit(limit)?.get();
     Ok(BoundedMapStream {
-        feed: Feed::new(items.into_iter().map(f)),
+        feed: Feed::new(FromStream(Box::pin(items.map(f)))),
         window: VecDeque::with_capacity(limit),
         limit,
     })
@@ -219,21 +224,21 @@ where
 
 /// The stream returned by [`bounded_map_stream`].
 #[must_use = "streams do nothing unless polled"]
-pub struct BoundedMapStream<I>
+pub struct BoundedMapStream<S>
 where
-    I: Iterator,
-    I::Item: Future,
+    S: Stream,
+    S::Item: Future,
 {
-    feed: Feed<I>,
+    feed: Feed<FromStream<S>>,
     /// One entry per admitted, not yet yielded item, in input order: `None` while it runs.
-    window: VecDeque<Option<<I::Item as Future>::Output>>,
+    window: VecDeque<Option<<S::Item as Future>::Output>>,
     limit: usize,
 }
 
-impl<I> fmt::Debug for BoundedMapStream<I>
+impl<S> fmt::Debug for BoundedMapStream<S>
 where
-    I: Iterator,
-    I::Item: Future,
+    S: Stream,
+    S::Item: Future,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoundedMapStream")
@@ -244,19 +249,19 @@ where
     }
 }
 
-impl<I> Unpin for BoundedMapStream<I>
+impl<S> Unpin for BoundedMapStream<S>
 where
-    I: Iterator,
-    I::Item: Future,
+    S: Stream,
+    S::Item: Future,
 {
 }
 
-impl<I> Stream for BoundedMapStream<I>
+impl<S> Stream for BoundedMapStream<S>
 where
-    I: Iterator,
-    I::Item: Future,
+    S: Stream,
+    S::Item: Future,
 {
-    type Item = <I::Item as Future>::Output;
+    type Item = <S::Item as Future>::Output;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -265,22 +270,33 @@ where
                 return Poll::Ready(this.window.pop_front().flatten());
             }
             let room = this.limit - this.window.len();
-            let admitted = this.feed.admit(this.feed.flight.len() + room);
+            let admitted = this.feed.admit(cx, this.feed.flight.len() + room);
             this.window.extend((0..admitted).map(|_| None));
             let head = this.feed_head();
             match this.feed.flight.poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) if this.feed.exhausted() => return Poll::Ready(None),
+                // Nothing in flight and the input has nothing ready: it has registered `cx`.
+                Poll::Ready(None) => return Poll::Pending,
                 Poll::Ready(Some((index, output))) => this.window[index - head] = Some(output),
             }
         }
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (low, high) = self.feed.remaining_hint();
+        let waiting = self.window.len();
+        (
+            low.saturating_add(waiting),
+            high.and_then(|h| h.checked_add(waiting)),
+        )
+    }
 }
 
-impl<I> BoundedMapStream<I>
+impl<S> BoundedMapStream<S>
 where
-    I: Iterator,
-    I::Item: Future,
+    S: Stream,
+    S::Item: Future,
 {
     /// The input index of the window's first entry.
     fn feed_head(&self) -> usize {

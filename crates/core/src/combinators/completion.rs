@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use futures::Stream;
 
 use super::bounded::{check_limit, ZeroLimit};
-use super::inflight::Feed;
+use super::inflight::{Feed, FromIter};
+use super::outcome::{settle, Settle};
 use crate::runtime::{self, JoinHandle, NoRuntime, RuntimeHandle};
 
 /// A [`Stream`] of `(index, output)` in completion order (the seed's `CompletionStream`).
@@ -68,12 +69,20 @@ use crate::runtime::{self, JoinHandle, NoRuntime, RuntimeHandle};
 /// # Ok::<(), sheepdog_core::combinators::ZeroLimit>(())
 /// ```
 #[must_use = "streams do nothing unless polled"]
-pub struct CompletionStream<I: Iterator> {
-    feed: Feed<I>,
+pub struct CompletionStream<I>
+where
+    I: Iterator,
+    I::Item: Future,
+{
+    feed: Feed<FromIter<I>>,
     limit: usize,
 }
 
-impl<I: Iterator> fmt::Debug for CompletionStream<I> {
+impl<I> fmt::Debug for CompletionStream<I>
+where
+    I: Iterator,
+    I::Item: Future,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompletionStream")
             .field("limit", &self.limit)
@@ -82,7 +91,12 @@ impl<I: Iterator> fmt::Debug for CompletionStream<I> {
     }
 }
 
-impl<I: Iterator> Unpin for CompletionStream<I> {}
+impl<I> Unpin for CompletionStream<I>
+where
+    I: Iterator,
+    I::Item: Future,
+{
+}
 
 impl<I> CompletionStream<I>
 where
@@ -106,7 +120,7 @@ where
         T: IntoIterator<IntoIter = I>,
     {
         CompletionStream {
-            feed: Feed::new(futures.into_iter()),
+            feed: Feed::new(FromIter(futures.into_iter())),
             limit: usize::MAX,
         }
     }
@@ -228,6 +242,70 @@ where
             source: futures.into_iter(),
             runtime,
         })
+    }
+}
+
+impl<I, F, T, E> CompletionStream<Settling<I>>
+where
+    I: Iterator<Item = F>,
+    F: Future<Output = Result<T, E>>,
+{
+    /// A stream of `(index, Outcome)` in completion order: every future runs to the end and
+    /// its error or panic is caught into its [`Outcome`](super::Outcome) instead of ending the stream (the
+    /// streaming [`gather_settled`](super::gather_settled), the seed's
+    /// `return_exceptions=True`). A failure never cancels the other futures; dropping the
+    /// stream still does.
+    ///
+    /// Like [`new`](CompletionStream::new), it runs the futures in the consumer's task;
+    /// [`limit`](CompletionStream::limit) bounds how many are in flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use sheepdog_core::combinators::CompletionStream;
+    ///
+    /// let fetches = ["a.txt", "missing.txt", "b.txt"].map(|name| async move {
+    ///     if name.starts_with("missing") { Err(format!("{name}: not found")) } else { Ok(name.len()) }
+    /// });
+    /// let stream = CompletionStream::settled(fetches).limit(2)?;
+    /// let outcomes: Vec<_> = futures::executor::block_on(stream.collect());
+    /// assert_eq!(outcomes.len(), 3, "the error did not end the stream");
+    /// assert_eq!(outcomes[1].0, 1);
+    /// assert_eq!(outcomes[1].1.err().map(String::as_str), Some("missing.txt: not found"));
+    /// assert_eq!(outcomes[2].1.ok(), Some(&5));
+    /// # Ok::<(), sheepdog_core::combinators::ZeroLimit>(())
+    /// ```
+    pub fn settled<C>(futures: C) -> Self
+    where
+        C: IntoIterator<IntoIter = I>,
+    {
+        CompletionStream::new(Settling {
+            source: futures.into_iter(),
+        })
+    }
+}
+
+/// The source of a [`CompletionStream::settled`] stream: settles each future into an
+/// [`Outcome`](super::Outcome).
+#[derive(Debug)]
+pub struct Settling<I> {
+    source: I,
+}
+
+impl<I, F, T, E> Iterator for Settling<I>
+where
+    I: Iterator<Item = F>,
+    F: Future<Output = Result<T, E>>,
+{
+    type Item = Settle<F>;
+
+    fn next(&mut self) -> Option<Settle<F>> {
+        self.source.next().map(settle)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.source.size_hint()
     }
 }
 

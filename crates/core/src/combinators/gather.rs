@@ -6,20 +6,20 @@ use std::task::Poll;
 
 use futures::future::poll_fn;
 
-use super::inflight::Feed;
+use super::inflight::{Feed, Source};
+use super::join::Join;
 use super::outcome::{settle, Outcome};
 
 /// Runs the futures of `source` concurrently, at most `cap` at once, and collects what `keep`
 /// makes of each output into a vector in input order. The first `Err` from `keep` ends the
 /// run: every future still in flight is dropped at once and no further one is made.
-pub(crate) async fn collect_ordered<I, U, E>(
-    source: I,
+pub(crate) async fn collect_ordered<S, U, E>(
+    source: S,
     cap: usize,
-    mut keep: impl FnMut(<I::Item as Future>::Output) -> Result<U, E>,
+    mut keep: impl FnMut(<S::Fut as Future>::Output) -> Result<U, E>,
 ) -> Result<Vec<U>, E>
 where
-    I: Iterator,
-    I::Item: Future,
+    S: Source,
 {
     let mut outputs: Vec<Option<U>> = Vec::with_capacity(source.size_hint().0);
     let mut feed = Feed::new(source);
@@ -89,7 +89,9 @@ where
     I: IntoIterator,
     I::Item: Future,
 {
-    never(collect_ordered(futures.into_iter(), usize::MAX, Ok).await)
+    let mut join = Join::new(futures.into_iter());
+    poll_fn(|cx| join.poll(cx, |_| false)).await;
+    join.take_all().collect()
 }
 
 /// Runs every future concurrently and returns their values in input order, or the first
@@ -126,7 +128,17 @@ where
     I: IntoIterator,
     I::Item: Future<Output = Result<T, E>>,
 {
-    collect_ordered(futures.into_iter(), usize::MAX, |output| output).await
+    let mut join = Join::new(futures.into_iter());
+    if let Some(failed) = poll_fn(|cx| join.poll(cx, Result::is_err)).await {
+        if let Some(Err(error)) = join.take(failed) {
+            return Err(error);
+        }
+    }
+    let mut values = Vec::with_capacity(join.len());
+    for output in join.take_all() {
+        values.push(output?);
+    }
+    Ok(values)
 }
 
 /// Runs every future to the end and returns how each one ended, in input order (the seed's
@@ -159,5 +171,5 @@ where
     I: IntoIterator,
     I::Item: Future<Output = Result<T, E>>,
 {
-    never(collect_ordered(futures.into_iter().map(settle), usize::MAX, Ok).await)
+    gather(futures.into_iter().map(settle)).await
 }

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use futures::future::poll_fn;
 
-use super::inflight::Feed;
+use super::join::Join;
 
 /// `race` or `race_ok` was given no futures, so nothing could win.
 ///
@@ -124,9 +124,9 @@ where
     I: IntoIterator,
     I::Item: Future,
 {
-    let mut feed = Feed::new(futures.into_iter());
-    let winner = poll_fn(|cx| feed.poll_next(cx, usize::MAX)).await;
-    winner.map(|(_, output)| output).ok_or(EmptyRace)
+    let mut join = Join::new(futures.into_iter());
+    let winner = poll_fn(|cx| join.poll(cx, |_| true)).await;
+    winner.and_then(|index| join.take(index)).ok_or(EmptyRace)
 }
 
 /// Runs the futures concurrently and returns the first success; the others are dropped at
@@ -161,23 +161,15 @@ where
     I: IntoIterator,
     I::Item: Future<Output = Result<T, E>>,
 {
-    let mut feed = Feed::new(futures.into_iter());
-    let mut errors: Vec<Option<E>> = Vec::new();
-    loop {
-        match poll_fn(|cx| feed.poll_next(cx, usize::MAX)).await {
-            Some((_, Ok(value))) => return Ok(value),
-            Some((index, Err(error))) => {
-                if errors.len() <= index {
-                    errors.resize_with(index + 1, || None);
-                }
-                errors[index] = Some(error);
-            }
-            None if errors.is_empty() => return Err(RaceOkError::Empty),
-            None => {
-                return Err(RaceOkError::AllFailed(
-                    errors.into_iter().flatten().collect(),
-                ))
-            }
+    let mut join = Join::new(futures.into_iter());
+    if join.len() == 0 {
+        return Err(RaceOkError::Empty);
+    }
+    if let Some(index) = poll_fn(|cx| join.poll(cx, Result::is_ok)).await {
+        if let Some(Ok(value)) = join.take(index) {
+            return Ok(value);
         }
     }
+    let errors = join.take_all().filter_map(Result::err).collect();
+    Err(RaceOkError::AllFailed(errors))
 }

@@ -1,0 +1,245 @@
+//! The driver of the combinators that take all their futures at once (`gather` and its forms,
+//! `race`, `race_ok`): the futures are kept in place in one pinned block, each next to its
+//! output, and woken precisely without paying for it when nobody waits.
+//!
+//! - **One allocation for the futures.** They are moved once into a [`PinnedSlots`] block of
+//!   [`MaybeDone`] cells; a finished future is dropped in place and its output stored in its
+//!   cell, so gathering needs one more allocation, the output vector.
+//! - **Parent waker first.** Every future is first polled with the combinator's own waker
+//!   (the next.js trick). A future that is ready at once never needs a waker of its own, and
+//!   one that returns `Pending` is simply polled again on the combinator's next poll, still
+//!   with the parent's waker, so a future that yields once costs two polls and nothing else.
+//! - **Own waker after that.** A future still pending after its second poll gets its own slot
+//!   waker (allocated then, once) at its third poll, on the next call; from then on it is
+//!   polled only when that waker fires, so one wake costs `O(1)` however many futures wait.
+//!   Every future is polled at most three times without its waker having fired, so waking
+//!   futures one at a time stays linear in their number.
+//! - **Fair.** One call polls each future at most once, so a future that needs `k` wakes
+//!   finishes on the `k + 1`-th call, whichever its position: `race` is won by the future that
+//!   needs the fewest.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use futures::future::MaybeDone;
+
+use super::pinned::PinnedSlots;
+use crate::ready::{ReadyList, SlotWaker};
+
+/// The slot wakers, made once a future needs one.
+struct Own {
+    ready: Arc<ReadyList>,
+    /// One per slot, `None` until its future needs it.
+    wakers: Vec<Option<(Arc<SlotWaker>, Waker)>>,
+    /// The woken slots of this poll.
+    woken: Vec<usize>,
+}
+
+/// Futures polled together until they finish or the caller stops.
+pub(crate) struct Join<F: Future> {
+    cells: PinnedSlots<MaybeDone<F>>,
+    /// Slots polled once with the parent's waker and pending: polled with it again next call.
+    parent: Vec<usize>,
+    /// Slots polled twice with the parent's waker and pending: polled with their own waker
+    /// next call.
+    promote: Vec<usize>,
+    own: Option<Own>,
+    /// How many futures have not finished.
+    remaining: usize,
+    started: bool,
+}
+
+impl<F: Future> Join<F> {
+    /// The futures of `futures`, not yet polled.
+    pub(crate) fn new(futures: impl Iterator<Item = F>) -> Self {
+        let cells = PinnedSlots::new(futures.map(MaybeDone::Future).collect());
+        Join {
+            remaining: cells.len(),
+            cells,
+            parent: Vec::new(),
+            promote: Vec::new(),
+            own: None,
+            started: false,
+        }
+    }
+
+    /// How many futures there are.
+    pub(crate) fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Polls the futures that may progress. `Ready(None)` once every future has finished;
+    /// `Ready(Some(index))` as soon as future `index` finishes with an output for which
+    /// `stop` returns true (the others are then left as they are). The outputs stay in their
+    /// cells until taken with [`take`](Self::take).
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut stop: impl FnMut(&F::Output) -> bool,
+    ) -> Poll<Option<usize>> {
+        if !self.started {
+            self.started = true;
+            for index in 0..self.cells.len() {
+                if self.poll_with_parent(index, cx) && self.finished(index, &mut stop) {
+                    return Poll::Ready(Some(index));
+                }
+            }
+        } else {
+            if let Some(own) = &mut self.own {
+                own.ready.register(cx.waker());
+                own.ready.drain_into(&mut own.woken);
+                let mut woken = std::mem::take(&mut own.woken);
+                for index in woken.drain(..) {
+                    if self.poll_own(index, cx) && self.finished(index, &mut stop) {
+                        return Poll::Ready(Some(index));
+                    }
+                }
+                if let Some(own) = &mut self.own {
+                    own.woken = woken;
+                }
+            }
+            // Third poll: with the slot's own waker, made now, from which on the future is
+            // polled only when it fires.
+            let mut promote = std::mem::take(&mut self.promote);
+            for index in promote.drain(..) {
+                if self.poll_own(index, cx) && self.finished(index, &mut stop) {
+                    return Poll::Ready(Some(index));
+                }
+            }
+            self.promote = promote;
+            // Second poll: with the parent's waker again; if still pending, the future is
+            // polled with its own waker on the next call.
+            let mut again = std::mem::take(&mut self.parent);
+            for index in again.drain(..) {
+                if self.cells.get_mut(index).poll(cx).is_ready() {
+                    if self.finished(index, &mut stop) {
+                        return Poll::Ready(Some(index));
+                    }
+                } else {
+                    self.promote.push(index);
+                }
+            }
+            self.parent = again;
+        }
+        if self.remaining == 0 {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Counts a finished future; whether the caller wants to stop at its output.
+    fn finished(&mut self, index: usize, stop: &mut impl FnMut(&F::Output) -> bool) -> bool {
+        self.remaining -= 1;
+        match self.cells.get_mut(index).output_mut() {
+            Some(output) => stop(output),
+            None => false,
+        }
+    }
+
+    /// First poll, with the parent's waker; whether the future finished.
+    fn poll_with_parent(&mut self, index: usize, cx: &mut Context<'_>) -> bool {
+        if self.cells.get_mut(index).poll(cx).is_ready() {
+            return true;
+        }
+        self.parent.push(index);
+        false
+    }
+
+    /// A poll with the slot's own waker (made on first use); whether the future finished
+    /// now. A stale wake of a finished future polls nothing.
+    fn poll_own(&mut self, index: usize, cx: &Context<'_>) -> bool {
+        if !matches!(self.cells.get(index), MaybeDone::Future(_)) {
+            return false;
+        }
+        let len = self.cells.len();
+        let own = self.own.get_or_insert_with(|| {
+            // Registered before any slot waker exists, so that no wake is lost.
+            let ready = Arc::<ReadyList>::default();
+            ready.register(cx.waker());
+            Own {
+                ready,
+                wakers: Vec::new(),
+                woken: Vec::new(),
+            }
+        });
+        if own.wakers.is_empty() {
+            own.wakers.resize_with(len, || None);
+        }
+        let (state, waker) =
+            own.wakers[index].get_or_insert_with(|| SlotWaker::new(index, &own.ready));
+        state.polling();
+        self.cells
+            .get_mut(index)
+            .poll(&mut Context::from_waker(waker))
+            .is_ready()
+    }
+
+    /// The output of future `index`, once; `None` if it has not finished or was taken.
+    pub(crate) fn take(&mut self, index: usize) -> Option<F::Output> {
+        self.cells.get_mut(index).take_output()
+    }
+
+    /// Every output in input order, once all futures have finished.
+    pub(crate) fn take_all(&mut self) -> impl ExactSizeIterator<Item = F::Output> + '_ {
+        (0..self.cells.len()).map(|index| self.take(index).expect("every future has finished"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use futures::future::poll_fn;
+
+    use super::*;
+
+    /// Futures that finish one at a time, last first: each finishes when the one after it
+    /// has, and wakes the one before it.
+    fn chain(n: usize) -> Vec<impl Future<Output = usize>> {
+        let turn = Rc::new(RefCell::new((n, vec![None::<Waker>; n])));
+        (0..n)
+            .map(|i| {
+                let turn = Rc::clone(&turn);
+                poll_fn(move |cx| {
+                    let mut turn = turn.borrow_mut();
+                    if turn.0 == i + 1 {
+                        turn.0 = i;
+                        if let Some(waker) = i.checked_sub(1).and_then(|p| turn.1[p].take()) {
+                            waker.wake();
+                        }
+                        Poll::Ready(i)
+                    } else {
+                        turn.1[i] = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_at_a_time_wakes_poll_each_future_a_bounded_number_of_times() {
+        let polls = Rc::new(RefCell::new(0_usize));
+        let counted = chain(100).into_iter().map(|f| {
+            let polls = Rc::clone(&polls);
+            let mut f = Box::pin(f);
+            poll_fn(move |cx| {
+                *polls.borrow_mut() += 1;
+                f.as_mut().poll(cx)
+            })
+        });
+        let mut join = Join::new(counted);
+        let mut driver_polls = 0;
+        futures::executor::block_on(poll_fn(|cx| {
+            driver_polls += 1;
+            join.poll(cx, |_| false).map(|_| ())
+        }));
+        assert_eq!(join.take_all().collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+        // First pass 100, second parent pass 99 (+ 98 own polls), then one poll per wake.
+        assert!(*polls.borrow() <= 4 * 100, "{} polls", polls.borrow());
+        assert!(driver_polls <= 101, "{driver_polls} driver polls");
+    }
+}
