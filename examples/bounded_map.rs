@@ -10,11 +10,15 @@
 //!    when a slot frees up, so only three futures ever exist.
 //! 2. `bounded_map_settled` (the seed's "supports `return_exceptions=True`"): every document
 //!    is tried, and each failure stays in its slot.
+//! 3. `bounded_map_stream` over a `Stream` of documents that arrive over time (a channel fed
+//!    by a producer): summaries come out in input order as soon as they are ready, with at most
+//!    three calls in flight, and a document is read from the channel only when a call can start.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use sheepdog::combinators::{bounded_map, bounded_map_settled, Outcome};
+use futures::StreamExt;
+use sheepdog::combinators::{bounded_map, bounded_map_settled, bounded_map_stream, Outcome};
 use sheepdog::time;
 
 /// Tracks how many calls are in flight, and the most seen at once.
@@ -90,6 +94,29 @@ fn main() {
         println!(
             "2. settled: {} ok, failures: {failures:?}",
             outcomes.iter().filter(|o| o.is_ok()).count()
+        );
+
+        // 3. An input that arrives over time: a stream in, a stream out, in input order.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<(String, u64)>();
+        let producer = async {
+            for (doc, latency) in &documents {
+                time::sleep(Duration::from_millis(5)).await;
+                tx.unbounded_send((doc.clone(), *latency)).expect("the stream is alive");
+            }
+            drop(tx);
+        };
+        let gauge = Gauge::default();
+        let summaries = bounded_map_stream(rx, 3, |(doc, latency)| {
+            let gauge = &gauge;
+            async move { summarize(&doc, latency, gauge).await }
+        })
+        .expect("the limit is not zero");
+        let ((), streamed) = futures::future::join(producer, summaries.collect::<Vec<_>>()).await;
+        println!(
+            "3. streamed input: {} summaries in input order, peak in flight {}; last: {:?}",
+            streamed.len(),
+            gauge.peak.get(),
+            streamed.last().expect("twelve summaries"),
         );
     });
 }

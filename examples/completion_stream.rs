@@ -8,12 +8,14 @@
 //! 1. Ten topics, `limit(5)`: items arrive as `(input index, result)` in the order they finish.
 //! 2. Breaking out of the loop drops the stream, and with it every call still in flight: no
 //!    context manager is needed. A guard in each call counts the ones cancelled that way.
+//! 3. `CompletionStream::settled`: every outcome in completion order, failures included, and
+//!    no failure stops the others (the streaming `gather_settled`).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sheepdog::combinators::CompletionStream;
+use sheepdog::combinators::{CompletionStream, Outcome};
 use sheepdog::time;
 
 /// Counts calls that started and calls that were dropped before they finished.
@@ -88,5 +90,27 @@ fn main() {
             tally.cancelled.get(),
             latencies.len() as u32 - tally.started.get(),
         );
+
+        // 3. Settled: failures are items too, in the order things finish.
+        let calls = latencies.iter().enumerate().map(|(i, &ms)| async move {
+            time::sleep(Duration::from_millis(ms)).await;
+            if i % 4 == 3 {
+                Err(format!("topic {i}: provider timed out"))
+            } else {
+                Ok(format!("topic {i} analysed"))
+            }
+        });
+        let mut stream = CompletionStream::settled(calls)
+            .limit(5)
+            .expect("the limit is not zero");
+        let (mut ok, mut failed) = (0, Vec::new());
+        while let Some((idx, outcome)) = stream.next().await {
+            match outcome {
+                Outcome::Ok(_) => ok += 1,
+                Outcome::Err(error) => failed.push(format!("{idx}: {error}")),
+                Outcome::Panicked(panic) => failed.push(format!("{idx}: panicked: {panic:?}")),
+            }
+        }
+        println!("3. settled: {ok} ok, failed as they came: {failed:?}");
     });
 }

@@ -122,12 +122,19 @@ fn slots64(n: usize) -> usize {
     block_on(futures::future::poll_fn(|cx| {
         let mut busy = false;
         for slot in &mut slots {
-            if let Some(fut) = slot {
-                if let Poll::Ready(v) = Pin::new(fut).poll(cx) {
-                    sum += v;
-                    *slot = input.next();
+            // Poll the slot's future; a finished one is replaced by the next input, polled at
+            // once (so that it registers the waker).
+            while let Some(fut) = slot {
+                match Pin::new(fut).poll(cx) {
+                    Poll::Ready(v) => {
+                        sum += v;
+                        *slot = input.next();
+                    }
+                    Poll::Pending => {
+                        busy = true;
+                        break;
+                    }
                 }
-                busy |= slot.is_some();
             }
         }
         if busy {

@@ -81,7 +81,13 @@ impl<F: Future> Join<F> {
         if !self.started {
             self.started = true;
             for index in 0..self.cells.len() {
-                if self.poll_with_parent(index, cx) && self.finished(index, &mut stop) {
+                let mut cell = self.cells.get_mut(index);
+                if cell.as_mut().poll(cx).is_pending() {
+                    self.parent.push(index);
+                    continue;
+                }
+                self.remaining -= 1;
+                if cell.output_mut().is_some_and(|output| stop(output)) {
                     return Poll::Ready(Some(index));
                 }
             }
@@ -112,12 +118,14 @@ impl<F: Future> Join<F> {
             // polled with its own waker on the next call.
             let mut again = std::mem::take(&mut self.parent);
             for index in again.drain(..) {
-                if self.cells.get_mut(index).poll(cx).is_ready() {
-                    if self.finished(index, &mut stop) {
-                        return Poll::Ready(Some(index));
-                    }
-                } else {
+                let mut cell = self.cells.get_mut(index);
+                if cell.as_mut().poll(cx).is_pending() {
                     self.promote.push(index);
+                    continue;
+                }
+                self.remaining -= 1;
+                if cell.output_mut().is_some_and(|output| stop(output)) {
+                    return Poll::Ready(Some(index));
                 }
             }
             self.parent = again;
@@ -136,15 +144,6 @@ impl<F: Future> Join<F> {
             Some(output) => stop(output),
             None => false,
         }
-    }
-
-    /// First poll, with the parent's waker; whether the future finished.
-    fn poll_with_parent(&mut self, index: usize, cx: &mut Context<'_>) -> bool {
-        if self.cells.get_mut(index).poll(cx).is_ready() {
-            return true;
-        }
-        self.parent.push(index);
-        false
     }
 
     /// A poll with the slot's own waker (made on first use); whether the future finished
