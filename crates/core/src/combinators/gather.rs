@@ -21,7 +21,8 @@ pub(crate) async fn collect_ordered<S, U, E>(
 where
     S: Source,
 {
-    let mut outputs: Vec<Option<U>> = Vec::with_capacity(source.size_hint().0);
+    let mut outputs: Vec<Option<U>> = Vec::new();
+    outputs.resize_with(source.size_hint().0, || None);
     let mut feed = Feed::new(source);
     poll_fn(move |cx| loop {
         match feed.poll_next(cx, cap) {

@@ -17,7 +17,6 @@
 //!   itself on every poll cannot starve the caller or its siblings.
 //! - Dropping the driver drops every future still in it, at once.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -94,8 +93,9 @@ pub(crate) struct InFlight<F> {
     futures: Blocks<F>,
     meta: Vec<Meta>,
     free: Vec<usize>,
-    /// Slots to poll in this call, in order.
-    todo: VecDeque<usize>,
+    /// Slots to poll in this call, in order, from `todo[next..]`.
+    todo: Vec<usize>,
+    next: usize,
     /// Slots polled with the parent's waker and pending: to poll on the next call (once or
     /// twice; the third poll is with the slot's own waker).
     parent: Vec<usize>,
@@ -123,7 +123,8 @@ impl<F> InFlight<F> {
             },
             meta: Vec::new(),
             free: Vec::new(),
-            todo: VecDeque::new(),
+            todo: Vec::new(),
+            next: 0,
             parent: Vec::new(),
             ready: None,
             len: 0,
@@ -175,7 +176,7 @@ impl<F> InFlight<F> {
         }
         if !meta.scheduled {
             meta.scheduled = true;
-            self.todo.push_back(slot);
+            self.todo.push(slot);
         }
         self.len += 1;
     }
@@ -183,6 +184,18 @@ impl<F> InFlight<F> {
     /// Puts the slots woken since the last call, and those polled with the parent's waker,
     /// on this call's list.
     fn start_round(&mut self, cx: &Context<'_>) {
+        if self.next == self.todo.len() {
+            self.todo.clear();
+            self.next = 0;
+            if self.ready.is_none() {
+                // The common case: only slots polled with the parent's waker to poll again.
+                std::mem::swap(&mut self.todo, &mut self.parent);
+                for &slot in &self.todo {
+                    self.meta[slot].scheduled = true;
+                }
+                return;
+            }
+        }
         if let Some(ready) = &self.ready {
             ready.register(cx.waker());
             let start = self.todo.len();
@@ -203,7 +216,7 @@ impl<F> InFlight<F> {
             let meta = &mut self.meta[slot];
             if !meta.scheduled {
                 meta.scheduled = true;
-                self.todo.push_back(slot);
+                self.todo.push(slot);
             }
         }
     }
@@ -213,14 +226,15 @@ impl<F: Future> InFlight<F> {
     /// Polls the scheduled futures until one completes: `Ready(Some((key, output)))`, its slot
     /// freed. `Ready(None)` when nothing is in flight.
     ///
-    /// Each call polls every slot at most once; slots woken meanwhile wait for the next call (their wake has already re-scheduled the
-    /// caller's task).
+    /// Each call polls every slot at most once; slots woken meanwhile wait for the next call
+    /// (their wake has already re-scheduled the caller's task).
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(usize, F::Output)>> {
         if self.is_empty() {
             return Poll::Ready(None);
         }
         self.start_round(cx);
-        while let Some(slot) = self.todo.pop_front() {
+        while let Some(&slot) = self.todo.get(self.next) {
+            self.next += 1;
             self.meta[slot].scheduled = false;
             if let Poll::Ready(done) = self.poll_slot(slot, cx) {
                 return Poll::Ready(Some(done));
