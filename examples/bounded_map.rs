@@ -101,7 +101,8 @@ fn main() {
         let producer = async {
             for (doc, latency) in &documents {
                 time::sleep(Duration::from_millis(5)).await;
-                tx.unbounded_send((doc.clone(), *latency)).expect("the stream is alive");
+                tx.unbounded_send((doc.clone(), *latency))
+                    .expect("the stream is alive");
             }
             drop(tx);
         };

@@ -348,7 +348,12 @@ mod retry_first_try {
             .base_delay(Duration::from_millis(1))
             .build()
             .expect("valid");
-        b.bench(|| block_on(retry(black_box(|| ready(Ok::<usize, ()>(1))), policy.clone())));
+        b.bench(|| {
+            block_on(retry(
+                black_box(|| ready(Ok::<usize, ()>(1))),
+                policy.clone(),
+            ))
+        });
     }
 }
 

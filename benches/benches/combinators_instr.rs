@@ -190,38 +190,48 @@ fn scenario(name: &str) -> fn() -> usize {
         // T5: limit 64 over 10,000 yield-once calls.
         "ref_slots64_10k" => || slots64(10_000),
         "bounded_map_64_10k" => || {
-            sum(block_on(bounded_map(0..black_box(10_000), LIMIT, yield_once).expect("limit")))
+            sum(block_on(
+                bounded_map(0..black_box(10_000), LIMIT, yield_once).expect("limit"),
+            ))
         },
-        "buffered_64_10k" => || sum(block_on(
-            stream::iter(0..black_box(10_000))
-                .map(yield_once)
-                .buffered(LIMIT)
-                .collect(),
-        )),
-        "fb_buffered_ordered_64_10k" => || sum(block_on(
-            stream::iter(0..black_box(10_000))
-                .map(yield_once)
-                .buffered_ordered(LIMIT)
-                .collect(),
-        )),
+        "buffered_64_10k" => || {
+            sum(block_on(
+                stream::iter(0..black_box(10_000))
+                    .map(yield_once)
+                    .buffered(LIMIT)
+                    .collect(),
+            ))
+        },
+        "fb_buffered_ordered_64_10k" => || {
+            sum(block_on(
+                stream::iter(0..black_box(10_000))
+                    .map(yield_once)
+                    .buffered_ordered(LIMIT)
+                    .collect(),
+            ))
+        },
         "completion_64_10k" => || {
             let s = CompletionStream::new((0..black_box(10_000)).map(yield_once))
                 .limit(LIMIT)
                 .expect("limit");
             block_on(s.fold(0, |a, (_, v)| ready(a + v)))
         },
-        "buffer_unordered_64_10k" => || block_on(
-            stream::iter(0..black_box(10_000))
-                .map(yield_once)
-                .buffer_unordered(LIMIT)
-                .fold(0, |a, v| ready(a + v)),
-        ),
-        "fb_buffered_unordered_64_10k" => || block_on(
-            stream::iter(0..black_box(10_000))
-                .map(yield_once)
-                .buffered_unordered(LIMIT)
-                .fold(0, |a, v| ready(a + v)),
-        ),
+        "buffer_unordered_64_10k" => || {
+            block_on(
+                stream::iter(0..black_box(10_000))
+                    .map(yield_once)
+                    .buffer_unordered(LIMIT)
+                    .fold(0, |a, v| ready(a + v)),
+            )
+        },
+        "fb_buffered_unordered_64_10k" => || {
+            block_on(
+                stream::iter(0..black_box(10_000))
+                    .map(yield_once)
+                    .buffered_unordered(LIMIT)
+                    .fold(0, |a, v| ready(a + v)),
+            )
+        },
         // Race of 2 and 16 (future 0 wins after one yield).
         "input_race_2" => || race_futs(2).len(),
         "input_race_16" => || race_futs(16).len(),
@@ -243,7 +253,9 @@ fn scenario(name: &str) -> fn() -> usize {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let name = args.next().expect("usage: combinators_instr SCENARIO ITERATIONS");
+    let name = args
+        .next()
+        .expect("usage: combinators_instr SCENARIO ITERATIONS");
     let iterations: usize = args
         .next()
         .and_then(|n| n.parse().ok())

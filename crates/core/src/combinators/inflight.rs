@@ -394,7 +394,8 @@ impl<S: Source> Feed<S> {
         if self.next_key == 0 {
             // The first block of slots holds the whole input, or `cap` futures if fewer.
             let (low, high) = self.source.size_hint();
-            self.flight.size_first_block(high.unwrap_or(low).clamp(4, cap.max(4)).min(cap));
+            self.flight
+                .size_first_block(high.unwrap_or(low).clamp(4, cap.max(4)).min(cap));
         }
         let mut admitted = 0;
         while !self.exhausted && self.flight.len() < cap {

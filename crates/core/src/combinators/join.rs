@@ -83,6 +83,10 @@ impl<F: Future> Join<F> {
             for index in 0..self.cells.len() {
                 let mut cell = self.cells.get_mut(index);
                 if cell.as_mut().poll(cx).is_pending() {
+                    if self.parent.capacity() == 0 {
+                        // Room for every future left, so the list never grows.
+                        self.parent.reserve_exact(self.cells.len() - index);
+                    }
                     self.parent.push(index);
                     continue;
                 }
@@ -236,7 +240,10 @@ mod tests {
             driver_polls += 1;
             join.poll(cx, |_| false).map(|_| ())
         }));
-        assert_eq!(join.take_all().collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+        assert_eq!(
+            join.take_all().collect::<Vec<_>>(),
+            (0..100).collect::<Vec<_>>()
+        );
         // First pass 100, second parent pass 99 (+ 98 own polls), then one poll per wake.
         assert!(*polls.borrow() <= 4 * 100, "{} polls", polls.borrow());
         assert!(driver_polls <= 101, "{driver_polls} driver polls");

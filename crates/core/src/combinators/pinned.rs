@@ -51,7 +51,11 @@ impl<T> PinnedSlots<T> {
         // the block is dropped, `Box<[T]>` drops every element in place before freeing the
         // memory, so the drop guarantee of `Pin` holds too. Indexing panics rather than
         // producing an out-of-bounds reference.
-        unsafe { self.slots.as_mut().map_unchecked_mut(|slots| &mut slots[index]) }
+        unsafe {
+            self.slots
+                .as_mut()
+                .map_unchecked_mut(|slots| &mut slots[index])
+        }
     }
 
     /// Slot `index`, shared.
@@ -125,7 +129,9 @@ mod tests {
             assert_eq!(future.poll(&mut cx), Poll::Pending);
         }
         // Replace one in place, as the bounded combinators reuse a slot.
-        slots.get_mut(1).set(Some(self_borrowing(9, Rc::clone(&drops))));
+        slots
+            .get_mut(1)
+            .set(Some(self_borrowing(9, Rc::clone(&drops))));
         assert_eq!(drops.get(), 1);
         let future = slots.get_mut(1).as_pin_mut().expect("occupied");
         assert_eq!(future.poll(&mut cx), Poll::Pending);
