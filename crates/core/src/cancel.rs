@@ -36,6 +36,7 @@
 //!
 //! See `docs/cancellation.md` for the full model and what shielding can and cannot protect.
 
+mod deadlines;
 #[cfg(all(test, shuttle))]
 pub(crate) mod model;
 pub(crate) mod node;
@@ -49,7 +50,9 @@ use std::time::{Duration, Instant};
 
 use node::{Current, Deadline, Frame, Lazy, LazyEntry, Node};
 
-use crate::time::{self, Sleep};
+use deadlines::ScopeTimer;
+
+use crate::time;
 
 /// A deadline passed before the future completed.
 ///
@@ -247,7 +250,7 @@ pin_project_lite::pin_project! {
         lazy_shield: bool,
         // Moved into the thread-local current scope while the region's future is polled.
         slot: Option<Current>,
-        timer: Option<Sleep>,
+        timer: Option<ScopeTimer>,
         entered: bool,
         exited: bool,
         shield_counted: bool,
@@ -388,7 +391,23 @@ impl<F: Future> Scoped<F> {
                 let Some(future) = this.future.as_mut().as_pin_mut() else {
                     unreachable!("the future is only taken when the region completes")
                 };
-                node::enter(this.slot, || future.poll(cx))
+                match this.slot {
+                    // Polled outside any scope again (the usual case): the frame goes on top in
+                    // the `Copy` cell, as at the first poll.
+                    Some(Current::Frame(frame)) if node::bare() => {
+                        let lazy = Lazy {
+                            deadline: frame.deadline,
+                            shield: frame.shield,
+                        };
+                        let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
+                        if let Some(node) = this.node.as_ref() {
+                            *this.slot = Some(Current::Node(Arc::clone(node)));
+                            return RootPoll::Made(polled);
+                        }
+                        polled
+                    }
+                    _ => node::enter(this.slot, || future.poll(cx)),
+                }
             }
         };
         let frame = match this.slot {
@@ -409,15 +428,13 @@ impl<F: Future> Scoped<F> {
             Deadline::At(at) => at,
             Deadline::After(after) => {
                 // Fixed at the first wait, as a node would fix it.
-                let at = time::saturating_add(time::now(), after);
+                let at = node::after_now(time::now(), after);
                 frame.deadline = Deadline::At(at);
                 at
             }
         };
-        let timer = this
-            .timer
-            .get_or_insert_with(|| time::timer_until(deadline));
-        if Pin::new(timer).poll(cx).is_pending() {
+        let timer = this.timer.get_or_insert_with(|| ScopeTimer::new(deadline));
+        if timer.poll(cx).is_pending() {
             return RootPoll::Pending;
         }
         // The deadline passed: nothing else can reach this scope, so it catches.
@@ -442,13 +459,80 @@ impl<F: Future> Scoped<F> {
 impl<F: Future> Future for Scoped<F> {
     type Output = Option<F::Output>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        if !self.entered && self.node.is_none() {
+            // The first poll of a region with no handle: the hot path of `fail_after` and
+            // friends, kept small (a future that completes at once costs two writes of a
+            // thread-local cell).
+            let this = self.as_mut().project();
+            let shield = *this.lazy_shield;
+            if let LazyEntry::Ready = node::lazy_entry(shield) {
+                let lazy = Lazy {
+                    deadline: *this.lazy_deadline,
+                    shield,
+                };
+                let Some(future) = this.future.as_pin_mut() else {
+                    unreachable!("not polled yet")
+                };
+                let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
+                if this.node.is_none() {
+                    if let Poll::Ready(output) = polled {
+                        let mut this = self.project();
+                        this.future.set(None);
+                        *this.entered = true;
+                        *this.exited = true;
+                        return Poll::Ready(Some(output));
+                    }
+                }
+                return self.after_first_lazy(cx, polled);
+            }
+        }
+        self.poll_entered(cx, None)
+    }
+}
+
+impl<F: Future> Scoped<F> {
+    /// After a first poll on the fast path that waited, or made the region's node.
+    #[inline(never)]
+    fn after_first_lazy(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        polled: Poll<F::Output>,
+    ) -> Poll<Option<F::Output>> {
+        let this = self.as_mut().project();
+        let first = match this.node.take() {
+            Some(node) => First::Node(node, Some(polled)),
+            None => match node::current() {
+                None => First::Root,
+                parent => {
+                    let node = Node::new(*this.lazy_deadline, *this.lazy_shield);
+                    node.enter(parent);
+                    First::Node(node, Some(polled))
+                }
+            },
+        };
+        self.poll_entered(cx, Some(first))
+    }
+
+    /// Every poll but a lazy region's first: `first` is what that first poll did, if it
+    /// already ran.
+    #[inline(never)]
+    fn poll_entered(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        first: Option<First<F::Output>>,
+    ) -> Poll<Option<F::Output>> {
         if self.exited {
             panic!("a cancel scope's region was polled after it completed");
         }
         let mut polled = None;
-        if !self.entered {
-            let first = self.as_mut().first_poll(cx);
+        let first = match first {
+            Some(first) => Some(first),
+            None if !self.entered => Some(self.as_mut().first_poll(cx)),
+            None => None,
+        };
+        if let Some(first) = first {
             let mut this = self.as_mut().project();
             *this.entered = true;
             match first {
@@ -539,13 +623,11 @@ impl<F: Future> Future for Scoped<F> {
             };
             // The timer is created at the first wait, so a region that completes at once
             // registers none; moving the deadline re-arms it.
-            let timer = this
-                .timer
-                .get_or_insert_with(|| time::timer_until(deadline));
+            let timer = this.timer.get_or_insert_with(|| ScopeTimer::new(deadline));
             if timer.deadline() != deadline {
                 timer.reset(deadline);
             }
-            if Pin::new(timer).poll(cx).is_pending() {
+            if timer.poll(cx).is_pending() {
                 return Poll::Pending;
             }
             node.cancel();

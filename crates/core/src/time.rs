@@ -151,17 +151,6 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     }
 }
 
-/// A sleep that ignores cancel scopes, for sheepdog's own deadline timers. It arms the
-/// runtime's timer at its first poll without reading the clock first (a deadline already past
-/// makes the timer fire at once, and the clock is read then).
-pub(crate) fn timer_until(deadline: Instant) -> Sleep {
-    Sleep {
-        cancellable: false,
-        check_first: false,
-        ..sleep_until(deadline)
-    }
-}
-
 /// The future returned by [`sleep`] and [`sleep_until`].
 ///
 /// The timer is created lazily, at the first poll that finds the deadline still ahead, on the

@@ -270,7 +270,7 @@ impl Node {
             Deadline::None => None,
             Deadline::At(at) => Some(at),
             Deadline::After(after) => {
-                let at = crate::time::saturating_add(now(), after);
+                let at = after_now(now(), after);
                 state.deadline = Deadline::At(at);
                 Some(at)
             }
@@ -293,6 +293,24 @@ impl Node {
             }
         }
     }
+}
+
+/// `now + after`, saturating as [`time::saturating_add`](crate::time::saturating_add) does,
+/// without its second clock read when `after` is within the cap (every practical timeout).
+pub(crate) fn after_now(now: Instant, after: Duration) -> Instant {
+    /// Well within `time::far_future`'s thirty years, whatever the clock reads.
+    const NEAR: Duration = Duration::from_secs(86_400 * 365 * 29);
+    match now.checked_add(after) {
+        Some(at) if after <= NEAR => at,
+        _ => crate::time::saturating_add(now, after),
+    }
+}
+
+/// Whether no scope at all is current (no node and no lazy frame).
+#[inline]
+pub(crate) fn bare() -> bool {
+    let top = TOP.with(Cell::get);
+    !top.node && top.lazy.is_none()
 }
 
 /// The innermost scope node of the code being polled, if any (making it from a lazy frame if
@@ -319,6 +337,7 @@ pub(crate) fn current() -> Option<Arc<Node>> {
 }
 
 /// Runs `f` with the node in `CURRENT`, if any, without cloning it.
+#[inline]
 fn with_current_node<R>(f: impl FnOnce(Option<&Arc<Node>>) -> R) -> R {
     CURRENT.with(|cell| {
         let node = cell.take();
@@ -383,6 +402,7 @@ pub(crate) enum LazyEntry {
 }
 
 /// Whether a lazy region can be entered on the fast path (see [`enter_lazy`]).
+#[inline]
 pub(crate) fn lazy_entry(shield: bool) -> LazyEntry {
     let top = TOP.with(Cell::get);
     if top.lazy.is_some()
@@ -405,6 +425,7 @@ pub(crate) fn enter_lazy<R>(lazy: Lazy, made: &mut Option<Arc<Node>>, f: impl Fn
         made: &'a mut Option<Arc<Node>>,
     }
     impl Drop for Restore<'_> {
+        #[inline]
         fn drop(&mut self) {
             let top = TOP.with(|cell| cell.replace(self.top));
             if top.lazy.is_none() {
