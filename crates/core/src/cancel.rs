@@ -243,13 +243,16 @@ pin_project_lite::pin_project! {
         // The scope's node. `None` until needed for the handle-less forms (`fail_after`,
         // `move_on_after`, `shield`, ...): their first poll runs in a frame that makes the
         // node only if something asks for it, so a region that completes at once allocates
-        // nothing and reads no clock.
+        // nothing and reads no clock. One with no parent scope stays in a frame (in `slot`)
+        // even while it waits: only its own deadline can cancel it.
         node: Option<Arc<Node>>,
         // The configuration of a node not made yet.
         lazy_deadline: Deadline,
         lazy_shield: bool,
         // Moved into the thread-local current scope while the region's future is polled.
         slot: Option<Current>,
+        // The deadline's timer while the region waits; dropped (deregistered) as soon as the
+        // region completes.
         timer: Option<ScopeTimer>,
         entered: bool,
         exited: bool,
@@ -421,6 +424,7 @@ impl<F: Future> Scoped<F> {
         if let Poll::Ready(output) = polled {
             this.future.set(None);
             *this.exited = true;
+            *this.timer = None;
             return RootPoll::Done(Some(output));
         }
         let deadline = match frame.deadline {
@@ -440,6 +444,7 @@ impl<F: Future> Scoped<F> {
         // The deadline passed: nothing else can reach this scope, so it catches.
         this.future.set(None);
         *this.exited = true;
+        *this.timer = None;
         RootPoll::Done(None)
     }
 
@@ -589,6 +594,7 @@ impl<F: Future> Scoped<F> {
                         if node.cancel_called() {
                             this.future.set(None);
                             *this.exited = true;
+                            *this.timer = None;
                             exit(node, this.shield_counted);
                             node.set_caught();
                             return Poll::Ready(None);
@@ -605,6 +611,7 @@ impl<F: Future> Scoped<F> {
             if let Poll::Ready(output) = polled_now {
                 this.future.set(None);
                 *this.exited = true;
+                *this.timer = None;
                 exit(node, this.shield_counted);
                 return Poll::Ready(Some(output));
             }

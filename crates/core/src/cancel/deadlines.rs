@@ -445,7 +445,11 @@ mod tests {
             state.heap.first().map(|&k| state.slots[k].deadline)
         };
         assert_eq!(earliest(&queue), Some(base + Duration::from_secs(1)));
+        // The shared timer was armed three times (5 s, 3 s, 1 s), never for a later deadline.
+        assert_eq!(queue.lock().armed, Some(base + Duration::from_secs(1)));
         queue.remove(keys[3]);
+        // Removing the earliest leaves the timer armed early: it fires once for nothing.
+        assert_eq!(queue.lock().armed, Some(base + Duration::from_secs(1)));
         assert_eq!(earliest(&queue), Some(base + Duration::from_secs(2)));
         queue.reset(keys[2], base);
         assert_eq!(earliest(&queue), Some(base));
@@ -491,5 +495,28 @@ mod tests {
         // A deadline already past is not registered at all.
         assert_eq!(queue.register(Instant::now(), &waker), None);
         queue.remove(far);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn an_entry_made_on_one_thread_is_removed_from_another() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let (entry, queue) = std::thread::spawn(move || {
+            let mut timer = ScopeTimer::new(deadline);
+            assert!(
+                matches!(timer, ScopeTimer::Shared(_)),
+                "no runtime: the shared queue"
+            );
+            assert!(timer.poll(&mut Context::from_waker(&waker)).is_pending());
+            (timer, Queue::of_this_thread())
+        })
+        .join()
+        .expect("the thread ran");
+        assert_eq!(queue.lock().heap.len(), 1);
+        drop(entry);
+        assert!(queue.lock().heap.is_empty());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 }
