@@ -128,3 +128,35 @@ proptest! {
         check_flow_graph(&FlowInput { nodes, limit, policy });
     }
 }
+
+/// Found by the `rate_limiter` fuzz target: settlements whose charges add up past `u64::MAX`
+/// tokens made the sliding log's entries sum to more than the saturated total, so once they
+/// expired the total wrapped and a waiting job was re-checked forever at the same instant.
+#[test]
+fn rate_limiter_charges_past_u64_max_balance() {
+    check_rate_limiter(&LimiterInput {
+        requests: None,
+        tokens: Some(18_446_743_846_076_284_927),
+        refresh_secs: 2.0,
+        queue: None,
+        concurrency: None,
+        fixed_window: false,
+        ops: vec![
+            LimiterOp::TryAcquire(6_727_636_073_941_172_171),
+            LimiterOp::Settle {
+                permit: 0,
+                tokens: 6_727_636_073_941_130_589,
+            },
+            LimiterOp::TryAcquire(6_727_636_073_935_011_840),
+            LimiterOp::Settle {
+                permit: 1,
+                tokens: 18_400_966_308_085_456_221,
+            },
+            LimiterOp::Submit {
+                tokens: 9_989_053_385_114_082_383,
+                millis: 16_191,
+            },
+            LimiterOp::TryAcquire(0),
+        ],
+    });
+}
