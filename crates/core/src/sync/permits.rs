@@ -79,13 +79,13 @@ impl Line {
         self.waiting == 0
     }
 
-    fn push(&mut self, wanted: usize, waker: &Waker) -> u64 {
+    fn push(&mut self, wanted: usize, waker: Waker) -> u64 {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.entries.push_back(Entry {
             ticket,
             wanted,
-            waker: Some(waker.clone()),
+            waker: Some(waker),
         });
         self.waiting += 1;
         ticket
@@ -579,6 +579,9 @@ impl Permits {
     /// otherwise sets `SLOW` (in the same compare-and-swap, unless it is set already) and
     /// queues.
     fn enqueue(&self, n: usize, state: &mut u64, cx: &mut Context<'_>) -> Poll<()> {
+        // Cloned before the lock is taken (a waker's clone may run any code), and dropped
+        // after it is released if the permits are taken at once after all.
+        let waker = cx.waker().clone();
         let mut inner = self.lock();
         let mut seen = self.state.load(Acquire);
         // With `SLOW` set, someone waits or debt is owed: queue behind. Only the lock's holder
@@ -600,7 +603,7 @@ impl Permits {
                 Err(actual) => seen = actual,
             }
         }
-        *state = QUEUED + inner.line.push(n, cx.waker());
+        *state = QUEUED + inner.line.push(n, waker);
         Poll::Pending
     }
 
