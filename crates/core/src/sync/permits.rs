@@ -322,7 +322,7 @@ impl Permits {
             self.served.store(ticket + 1, Release);
         }
         let slow = !inner.line.is_empty() || inner.debt > 0;
-        let state = pool * ONE | usize::from(slow);
+        let state = (pool * ONE) | usize::from(slow);
         if state != seen {
             self.state.store(state, Release);
         }
@@ -368,7 +368,7 @@ impl Permits {
                     let available = seen / ONE;
                     let taken = available.min(cut);
                     let slow = waiting || inner.debt + cut - taken > 0;
-                    let new = (available - taken) * ONE | usize::from(slow);
+                    let new = ((available - taken) * ONE) | usize::from(slow);
                     match self.state.compare_exchange_weak(seen, new, AcqRel, Acquire) {
                         Ok(_) => {
                             inner.debt += cut - taken;
