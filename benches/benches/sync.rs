@@ -6,18 +6,21 @@
 //! - `contended`: 64 tasks on a tokio current-thread runtime share 4 permits; each task takes
 //!   a permit, yields once holding it, and releases it, 100 times. `bare` is the same tasks
 //!   yielding without a semaphore: the net cost per acquire/release pair is
-//!   `(peer - bare) / 6,400`;
+//!   `(peer - bare) / 6,400`. `bare_two_yields` yields twice a round: the extra task switch
+//!   per pair that a FIFO hand-off costs whatever the semaphore (the releasing task waits its
+//!   turn again);
 //! - `two_threads`: two threads each run 100,000 `try_acquire` + release on one shared
 //!   semaphore with 64 permits; the figure per item is per op per thread.
 //!
 //! Run with `cargo bench -p sheepdog-benches --bench sync`.
 //!
 //! Instruction counts: with `SYNC_COUNT=<scenario>:<n>` in the environment the binary skips
-//! divan and runs one scenario `n` times (`uncontended`, `lock`, `limiter`, `try_acquire` and
-//! their `tokio_` / `async_lock_` forms, once per op; `contended`, `contended_tokio`,
-//! `contended_async_lock`, `contended_bare`, 64 tasks × `n` rounds). Run it under
-//! `valgrind --tool=callgrind` at two `n`: the difference over the difference in ops is the
-//! count per op (see `docs/performance.md`, "Fair synchronization (T7)").
+//! divan and runs one scenario `n` times. Once per op: `uncontended`, `lock`, `limiter`,
+//! `try_acquire`, and the peers' `uncontended_tokio`, `uncontended_async_lock`,
+//! `try_acquire_tokio`, `try_acquire_async_lock`. With 64 tasks × `n` rounds: `contended`,
+//! `contended_tokio`, `contended_async_lock`, `contended_bare`, `contended_bare_two_yields`.
+//! Run it under `valgrind --tool=callgrind` at two `n`: the difference over the difference in
+//! ops is the count per op (see `docs/performance.md`, "Fair synchronization (T7)").
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
