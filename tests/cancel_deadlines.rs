@@ -53,6 +53,41 @@ fn deadlines_fire_exactly() {
     assert_eq!(took, 4 * SEC);
 }
 
+/// A region with no enclosing scope waits without a node of its own; asked for its scope at a
+/// later poll, it makes one (with the deadline it already fixed), and its deadline still
+/// catches, spawned tasks and nested scopes below it included.
+#[test]
+fn a_root_region_makes_its_node_when_asked_after_waiting() {
+    let took = virtual_run(|| async {
+        let start = time::now();
+        let spawned_ran_out = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&spawned_ran_out);
+        let err = fail_after(5 * SEC, async move {
+            time::sleep(SEC).await; // waits as a root frame
+            assert_eq!(current_effective_deadline(), Some(start + 5 * SEC)); // makes the node
+                                                                             // Detached: only the scope it was spawned in can stop it.
+            runtime::spawn(async move {
+                time::sleep(60 * SEC).await;
+                flag.store(true, Ordering::SeqCst);
+            })
+            .detach();
+            let inner = CancelScope::new();
+            inner.run(time::sleep(60 * SEC)).await;
+            unreachable!("the outer deadline cancels the region first");
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.deadline(), start + 5 * SEC);
+        assert_eq!(time::now(), start + 5 * SEC);
+        time::sleep(120 * SEC).await;
+        assert!(
+            !spawned_ran_out.load(Ordering::SeqCst),
+            "the spawned task was cancelled"
+        );
+    });
+    assert_eq!(took, 125 * SEC);
+}
+
 /// A shorter inner `fail_after` fails inside an outer `move_on_after`, which catches nothing.
 #[test]
 fn fail_after_inside_move_on_after() {
