@@ -943,6 +943,7 @@ impl Future for Checkpoint {
 /// ```
 /// assert!(!sheepdog_core::cancel::is_cancelled());
 /// ```
+#[inline]
 pub fn is_cancelled() -> bool {
     node::current_cancelled()
 }

@@ -455,11 +455,18 @@ pub(crate) fn enter_lazy<R>(lazy: Lazy, made: &mut Option<Arc<Node>>, f: impl Fn
 }
 
 /// Whether the code being polled is inside an effectively cancelled scope.
+///
+/// Inlined into every wait's fast path (a semaphore's acquire, say): outside any scope it is one
+/// thread-local read; the rest of the check is out of line.
+#[inline]
 pub(crate) fn current_cancelled() -> bool {
     let top = TOP.with(Cell::get);
-    if !top.node {
-        return false;
-    }
+    top.node && current_cancelled_slow(top)
+}
+
+/// The part of [`current_cancelled`] for code inside a scope.
+#[inline(never)]
+fn current_cancelled_slow(top: Top) -> bool {
     // A lazy frame's own scope has no handle, so only a visible ancestor can cancel it.
     if top.lazy.is_some_and(|lazy| lazy.shield) {
         return false;
