@@ -81,7 +81,7 @@ use slots::Slots;
 use crate::shim::{AtomicU64, Mutex, MutexGuard};
 use crate::sync::queue::{Abandoned, WaitList, Wakers};
 use crate::sync::Event;
-use crate::time::{self, Sleep};
+use crate::time::{self, Bounds, Sleep};
 
 /// lionagi's name for the executor; the same type as [`RateLimiter`].
 ///
@@ -504,6 +504,7 @@ impl RateLimiterBuilder {
             paused_until: None,
             closed: false,
             last_now: None,
+            last_stamp: None,
             next_id: 1,
             rejected: 0,
         };
@@ -588,37 +589,92 @@ struct State {
     waiters: WaitList<u64, Grant>,
     paused_until: Option<Instant>,
     closed: bool,
-    /// The latest instant read, so that the clock seen under the lock never goes backwards.
+    /// The latest instant the books were brought up to, so that it never goes backwards.
     last_now: Option<Instant>,
+    /// The latest instant a use was recorded at, so that recorded instants never go backwards.
+    last_stamp: Option<Instant>,
     next_id: u64,
     rejected: u64,
 }
 
+/// What the limiter knows of the current instant, after [`State::clock`].
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    /// Never later than the true instant: the books and the pause are up to date to it.
+    at: Instant,
+    /// Never earlier than the true instant.
+    upper: Instant,
+    /// Never earlier than the true instant nor than any use recorded before: what is used now
+    /// is recorded at this instant.
+    stamp: Instant,
+    /// Whether the clock was read precisely (`at` is then the reading, unless the clock
+    /// seemed to go backwards).
+    exact: bool,
+}
+
 impl State {
-    /// Reads the clock if anything depends on it (limited budgets or a pause), brings the
-    /// budgets and the pause up to date, and returns the instant.
-    fn clock(&mut self) -> Option<Instant> {
+    /// Reads the clock precisely if anything depends on it (limited budgets or a pause),
+    /// brings the budgets and the pause up to date, and returns the instant.
+    fn clock(&mut self) -> Option<Now> {
         self.clock_with(None)
     }
 
-    /// [`clock`](Self::clock), with the clock read before the lock was taken if it was (so
-    /// the lock is held for less time).
-    fn clock_with(&mut self, read: Option<Instant>) -> Option<Instant> {
+    /// [`clock`](Self::clock) from [`time::now_bounds`] (outside runtimes, a cheap reading
+    /// within two clock ticks instead of a precise one).
+    fn clock_bounded(&mut self) -> Option<Now> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
         }
-        let now = read.unwrap_or_else(time::now);
-        let now = match self.last_now {
-            Some(last) => now.max(last),
-            None => now,
-        };
-        self.last_now = Some(now);
-        self.ledger.advance(now);
-        if self.paused_until.is_some_and(|until| until <= now) {
+        self.clock_with(Some(time::now_bounds()))
+    }
+
+    /// [`clock`](Self::clock), with bounds on the instant read before the lock was taken if
+    /// they were (so the lock is held for less time, and the clock read may be a cheap one).
+    fn clock_with(&mut self, read: Option<Bounds>) -> Option<Now> {
+        if self.ledger.is_unlimited() && self.paused_until.is_none() {
+            return None;
+        }
+        let read = read.unwrap_or_else(|| Bounds::exact(time::now()));
+        let at = self
+            .last_now
+            .map_or(read.lower, |last| read.lower.max(last));
+        let upper = read.upper.max(at);
+        let stamp = self.last_stamp.map_or(upper, |last| upper.max(last));
+        self.last_now = Some(at);
+        self.last_stamp = Some(stamp);
+        self.ledger.advance(at);
+        if self.paused_until.is_some_and(|until| until <= at) {
             self.paused_until = None;
             self.sync_slow();
         }
-        Some(now)
+        Some(Now {
+            at,
+            upper,
+            stamp,
+            exact: read.is_exact(),
+        })
+    }
+
+    /// The clock for an admission of `tokens`, from `read` (bounds read before the lock), and
+    /// whether the budgets have room for it ([`budget_ok`](Self::budget_ok)). When the bounds
+    /// leave that answer open (a use comes back, a window turns or a pause ends between
+    /// them), the clock is read precisely.
+    fn admission_clock(&mut self, read: Option<Bounds>, tokens: u64) -> (Option<Now>, bool) {
+        let now = self.clock_with(read);
+        let ok = self.budget_ok(tokens);
+        match now {
+            Some(n) if !n.exact && self.unsure_until(n.upper, ok) => {
+                let now = self.clock();
+                (now, self.budget_ok(tokens))
+            }
+            _ => (now, ok),
+        }
+    }
+
+    /// Whether what [`budget_ok`](Self::budget_ok) answered (`ok`), or the window a use would
+    /// be recorded in, could change before `upper`.
+    fn unsure_until(&self, upper: Instant, ok: bool) -> bool {
+        self.paused_until.is_some_and(|until| until <= upper) || self.ledger.unsure_until(upper, ok)
     }
 
     fn id(&mut self) -> u64 {
@@ -639,23 +695,24 @@ impl State {
     }
 
     /// Reserves the cost of a job of `tokens`, whose slot was taken (after `clock`).
-    fn reserve(&mut self, now: Option<Instant>, tokens: u64) -> Mark {
+    fn reserve(&mut self, now: Option<Now>, tokens: u64) -> Mark {
         let id = self.id();
         match now {
             Some(now) => {
                 let cost = self.ledger.cost(tokens);
-                self.ledger.take(now, cost, id)
+                self.ledger.take(now.stamp, cost, id)
             }
             None => Mark::empty(id),
         }
     }
 
-    /// Gives back everything a reservation holds, and its slot.
-    fn release(&mut self, mark: &mut Mark) {
+    /// Gives back everything a reservation that was granted but never taken holds, and its
+    /// slot (the admission is uncounted).
+    fn give_back(&mut self, mark: &mut Mark) {
         self.clock();
         let amount = mark.amount;
         self.ledger.refund(mark, amount);
-        self.slots.release_locked();
+        self.slots.release_unadmitted();
     }
 
     /// Admits waiters while the head of the line (or, with overtaking, any waiter in the
@@ -666,23 +723,19 @@ impl State {
     /// timer, or one for a later instant, looks again. The head's own poll passes `false`.
     ///
     /// Returns the instant it read, if it read the clock.
-    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Instant> {
+    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Now> {
         if self.waiters.is_empty() {
             self.sync_slow();
             return None;
         }
-        let now = self.clock();
+        let mut now = self.clock_bounded();
+        if let Some(n) = now {
+            if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
+                now = self.clock();
+            }
+        }
         let mut admitted = false;
-        while self.paused_until.is_none() {
-            let ledger = &self.ledger;
-            let fits = |&(_, &tokens): &(usize, &u64)| ledger.fits(ledger.cost(tokens));
-            let next = if config.allow_overtaking {
-                let queue = config.queue_capacity.unwrap_or(usize::MAX);
-                self.waiters.iter().take(queue).find(fits)
-            } else {
-                self.waiters.iter().next().filter(fits)
-            };
-            let Some((key, &tokens)) = next else { break };
+        while let Some((key, tokens)) = self.next_admissible(config) {
             if !self.slots.take_or_flag(true, false) {
                 break;
             }
@@ -700,11 +753,28 @@ impl State {
         now
     }
 
+    /// The waiter to admit next if a slot is free: the head of the line if admission is not
+    /// paused and its cost fits (with overtaking: the first in the queue whose cost fits).
+    fn next_admissible(&self, config: &Config) -> Option<(usize, u64)> {
+        if self.paused_until.is_some() {
+            return None;
+        }
+        let ledger = &self.ledger;
+        let fits = |&(_, &tokens): &(usize, &u64)| ledger.fits(ledger.cost(tokens));
+        let next = if config.allow_overtaking {
+            let queue = config.queue_capacity.unwrap_or(usize::MAX);
+            self.waiters.iter().take(queue).find(fits)
+        } else {
+            self.waiters.iter().next().filter(fits)
+        };
+        next.map(|(key, &tokens)| (key, tokens))
+    }
+
     /// When the head of the line should look again if nothing else happens: the end of a
     /// pause, or the instant its cost (with overtaking: any queued cost) fits. `None` when only
     /// a released slot can help, or the line is empty.
-    fn next_wake(&self, config: &Config, now: Option<Instant>) -> Option<Instant> {
-        let now = now?;
+    fn next_wake(&self, config: &Config, now: Option<Now>) -> Option<Instant> {
+        let now = now?.at;
         if self.waiters.is_empty() || !self.slots.free() {
             return None;
         }
@@ -1007,17 +1077,15 @@ impl RateLimiter {
         let shared = &self.shared;
         let config = &shared.config;
         if !config.reads_clock && shared.slots.try_take_fast() {
-            shared.slots.count_admitted();
             return Ok(Permit::new(shared, Mark::empty(0), tokens));
         }
-        let read = config.reads_clock.then(time::now);
+        let read = config.reads_clock.then(time::now_bounds);
         let mut state = self.lock();
         state.refuse(tokens)?;
-        let now = state.clock_with(read);
-        let ok = (state.waiters.is_empty() || config.allow_overtaking) && state.budget_ok(tokens);
+        let (now, budget_ok) = state.admission_clock(read, tokens);
+        let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
         if shared.slots.take_or_flag(ok, false) {
             let mark = state.reserve(now, tokens);
-            shared.slots.count_admitted();
             drop(state);
             return Ok(Permit::new(shared, mark, tokens));
         }
@@ -1124,7 +1192,7 @@ impl RateLimiter {
             let mut state = self.lock();
             if let Some(now) = state.clock() {
                 let id = state.id();
-                state.ledger.lower_to(now, [requests, tokens], id);
+                state.ledger.lower_to(now.stamp, [requests, tokens], id);
             }
             wakers.extend(state.waiters.front_waker());
         }
@@ -1148,15 +1216,17 @@ impl RateLimiter {
         let waiting = state.waiters.len();
         let capacity = self.shared.config.queue_capacity.unwrap_or(usize::MAX);
         let [requests_left, tokens_left] = state.ledger.left();
+        let (admitted, running) = self.shared.slots.counts();
         RateLimiterStatistics {
             queued: waiting.min(capacity),
             waiting_for_room: waiting.saturating_sub(capacity),
-            running: self.shared.slots.running(),
+            running,
             requests_left,
             tokens_left,
-            admitted: self.shared.slots.admitted.load(Ordering::Relaxed),
+            admitted,
             rejected: state.rejected,
-            completed: self.shared.slots.completed.load(Ordering::Relaxed),
+            // Every admission holds a slot until it completes.
+            completed: admitted - running as u64,
             paused_until: state.paused_until,
             closed: state.closed,
         }
@@ -1331,10 +1401,9 @@ impl<'a> Acquire<'a> {
         }
     }
 
-    fn permit(&self, state: &mut State, grant: Grant) -> Result<Permit, RateLimitError> {
-        let mark = grant?;
-        state.slots.count_admitted();
-        Ok(Permit::new(&self.limiter.shared, mark, self.tokens))
+    /// The permit of a grant (its slot was taken, and the admission counted, by the grant).
+    fn permit(&self, grant: Grant) -> Result<Permit, RateLimitError> {
+        Ok(Permit::new(&self.limiter.shared, grant?, self.tokens))
     }
 }
 
@@ -1353,10 +1422,9 @@ impl Future for Acquire<'_> {
         if this.state == AcquireState::Start && !config.reads_clock && shared.slots.try_take_fast()
         {
             this.state = AcquireState::Done;
-            shared.slots.count_admitted();
             return Poll::Ready(Ok(Permit::new(shared, Mark::empty(0), this.tokens)));
         }
-        let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now);
+        let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now_bounds);
         let wake_at = {
             let mut state = shared.lock();
             let now;
@@ -1366,9 +1434,9 @@ impl Future for Acquire<'_> {
                         this.state = AcquireState::Done;
                         return Poll::Ready(Err(refused));
                     }
-                    now = state.clock_with(read);
-                    let ok = (state.waiters.is_empty() || config.allow_overtaking)
-                        && state.budget_ok(this.tokens);
+                    let budget_ok;
+                    (now, budget_ok) = state.admission_clock(read, this.tokens);
+                    let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
                     let full = this.no_room_wait
                         && config
                             .queue_capacity
@@ -1378,7 +1446,8 @@ impl Future for Acquire<'_> {
                     if shared.slots.take_or_flag(ok, !full) {
                         this.state = AcquireState::Done;
                         let mark = state.reserve(now, this.tokens);
-                        return Poll::Ready(this.permit(&mut state, Ok(mark)));
+                        drop(state);
+                        return Poll::Ready(this.permit(Ok(mark)));
                     }
                     if let (true, Some(capacity)) = (full, config.queue_capacity) {
                         state.rejected += 1;
@@ -1399,7 +1468,7 @@ impl Future for Acquire<'_> {
                     }
                     if let Some(grant) = granted {
                         this.state = AcquireState::Done;
-                        let permit = this.permit(&mut state, grant);
+                        let permit = this.permit(grant);
                         drop(state);
                         wakers.wake_all();
                         return Poll::Ready(permit);
@@ -1449,7 +1518,7 @@ impl Drop for Acquire<'_> {
                 }
                 Abandoned::Granted(Ok(mut mark)) => {
                     // Admitted but never taken: nothing was used, so everything goes back.
-                    state.release(&mut mark);
+                    state.give_back(&mut mark);
                     state.serve(&shared.config, &mut wakers, true);
                 }
                 Abandoned::Granted(Err(_)) => {}
@@ -1585,7 +1654,6 @@ impl Drop for Permit {
         let settles = reported.is_some_and(|tokens| tokens != accounted);
         let slots = &self.shared.slots;
         if !settles && slots.release_fast() {
-            slots.count_completed();
             return;
         }
         let mark = &mut self.mark;
@@ -1594,7 +1662,6 @@ impl Drop for Permit {
                 settle(state, mark, accounted, tokens);
             }
             state.slots.release_locked();
-            state.slots.count_completed();
         });
     }
 }
@@ -1607,7 +1674,9 @@ fn settle(state: &mut State, mark: &mut Mark, accounted: u64, tokens: u64) {
     let Some(now) = state.clock() else { return };
     if tokens > accounted {
         let id = state.id();
-        state.ledger.charge(now, mark, [0, tokens - accounted], id);
+        state
+            .ledger
+            .charge(now.stamp, mark, [0, tokens - accounted], id);
     } else {
         state.ledger.refund(mark, [0, accounted - tokens]);
     }

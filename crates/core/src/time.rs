@@ -82,6 +82,133 @@ pub fn now() -> std::time::Instant {
     runtime::context::installed().map_or_else(Instant::now, |rt| rt.now())
 }
 
+/// Bounds on the current instant: the true reading of the clock [`now`] follows lies in
+/// `[lower, upper]`.
+///
+/// With an ambient runtime, its clock is read and both bounds are that reading (virtual time
+/// stays exact). Without one, on Linux and FreeBSD, the kernel's coarse monotonic clock is read
+/// instead of the precise one: a few nanoseconds through the vDSO instead of about twenty, at
+/// the price of bounds about two clock ticks apart (8 ms at the common 250 Hz). Elsewhere the
+/// precise clock is read.
+///
+/// The coarse clock is the precise one as of the kernel's last tick, so it trails it by less
+/// than one tick (its resolution); the bounds assume that.
+pub(crate) fn now_bounds() -> Bounds {
+    match runtime::context::installed() {
+        Some(rt) => Bounds::exact(rt.now()),
+        None => coarse::bounds().unwrap_or_else(|| Bounds::exact(Instant::now())),
+    }
+}
+
+/// The result of [`now_bounds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// Never later than the true instant.
+    pub(crate) lower: Instant,
+    /// Never earlier than the true instant.
+    pub(crate) upper: Instant,
+}
+
+impl Bounds {
+    /// A precise reading.
+    pub(crate) fn exact(now: Instant) -> Self {
+        Bounds {
+            lower: now,
+            upper: now,
+        }
+    }
+
+    /// Whether both bounds are the same instant.
+    pub(crate) fn is_exact(&self) -> bool {
+        self.lower == self.upper
+    }
+}
+
+#[cfg(all(
+    any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+    not(shuttle)
+))]
+mod coarse {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use rustix::time::{clock_getres, clock_gettime, ClockId, Timespec};
+
+    use super::Bounds;
+
+    /// A coarse reading taken together with a precise one: `coarse <= precise < coarse + tick`.
+    struct Anchor {
+        precise: Instant,
+        coarse: Duration,
+        /// The coarse clock's resolution: how far it may trail the precise one.
+        tick: Duration,
+    }
+
+    static ANCHOR: OnceLock<Option<Anchor>> = OnceLock::new();
+
+    fn read() -> Option<Duration> {
+        let Timespec { tv_sec, tv_nsec } = clock_gettime(ClockId::MonotonicCoarse);
+        let secs = u64::try_from(tv_sec).ok()?;
+        let nanos = u32::try_from(tv_nsec).ok()?;
+        Some(Duration::new(secs, nanos))
+    }
+
+    fn anchor() -> Option<Anchor> {
+        let res = clock_getres(ClockId::MonotonicCoarse);
+        let tick = Duration::new(
+            u64::try_from(res.tv_sec).ok()?,
+            u32::try_from(res.tv_nsec).ok()?,
+        );
+        // A resolution that is zero or over 100 ms is not a tick-driven coarse clock.
+        if tick.is_zero() || tick > Duration::from_millis(100) {
+            return None;
+        }
+        for _ in 0..100 {
+            // The precise reading lies between two coarse readings; when they agree, the
+            // coarse clock had that value while the precise one was read:
+            // `coarse <= precise < coarse + tick`.
+            let before = read()?;
+            let precise = Instant::now();
+            let after = read()?;
+            if before == after {
+                return Some(Anchor {
+                    precise,
+                    coarse: before,
+                    tick,
+                });
+            }
+        }
+        None
+    }
+
+    /// Bounds from the coarse clock, or `None` if it is not usable here.
+    pub(super) fn bounds() -> Option<Bounds> {
+        let anchor = ANCHOR.get_or_init(anchor).as_ref()?;
+        // With `a` the anchor's precise instant, whose value on the coarse scale lies in
+        // `[coarse, coarse + tick)`, and the true value in `[now, now + tick)`, the true
+        // instant lies within `a + (now - coarse) ± tick`.
+        let since = read()?.checked_sub(anchor.coarse)?;
+        let mid = anchor.precise.checked_add(since)?;
+        Some(Bounds {
+            lower: mid.checked_sub(anchor.tick)?,
+            upper: mid.checked_add(anchor.tick)?,
+        })
+    }
+}
+
+#[cfg(not(all(
+    any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+    not(shuttle)
+)))]
+mod coarse {
+    use super::Bounds;
+
+    /// No coarse clock here (or under shuttle): the caller reads the precise one.
+    pub(super) fn bounds() -> Option<Bounds> {
+        None
+    }
+}
+
 /// An instant so far ahead that it is never reached, used to saturate additions that would
 /// overflow.
 pub(crate) fn far_future() -> Instant {

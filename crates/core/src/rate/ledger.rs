@@ -1,9 +1,12 @@
 //! Budget accounting of a [`RateLimiter`](super::RateLimiter): what was used of the request and
 //! token budgets, when it comes back, and when a given cost will fit.
 //!
-//! Pure bookkeeping over instants handed in by the caller (the limiter reads the clock once per
-//! operation, under its lock, and never lets it go backwards), so it is tested without a
-//! runtime. Amounts are exact integers; nothing is rounded.
+//! Pure bookkeeping over instants handed in by the caller, so it is tested without a runtime.
+//! The limiter brings the books up to an instant never later than the true one
+//! ([`advance`](Ledger::advance)) and records uses at an instant never earlier than the true one
+//! and never earlier than any recorded before (the `now` of [`take`](Ledger::take) and its
+//! kin); with a precise clock reading both are that reading. Amounts are exact integers;
+//! nothing is rounded.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -43,9 +46,12 @@ enum Mode {
     },
 }
 
+/// The uses recorded at one instant: those of reservations `first_id..=id` (and of charges
+/// and provider figures with identities in that range).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     at: Instant,
+    first_id: u64,
     id: u64,
     amount: Amount,
 }
@@ -142,6 +148,25 @@ impl Ledger {
         }
     }
 
+    /// Whether the answer of [`fits`](Self::fits) or the window a use is recorded in could
+    /// change between the instant the books were brought up to and `upper`: an entry comes
+    /// back by then, or (fixed windows) a window edge falls before it.
+    pub(crate) fn unsure_until(&self, upper: Instant, fits: bool) -> bool {
+        match &self.mode {
+            Mode::Sliding { log } => {
+                !fits
+                    && log.front().is_some_and(|e| {
+                        // (`checked_add`: `saturating_add` would read the clock.)
+                        e.at.checked_add(self.interval)
+                            .is_some_and(|back| back <= upper)
+                    })
+            }
+            Mode::Fixed { origin, window } => {
+                origin.is_none_or(|origin| window_index(origin, upper, self.interval) != *window)
+            }
+        }
+    }
+
     /// Whether `cost` fits in what is left now (after [`advance`](Self::advance)).
     pub(crate) fn fits(&self, cost: Amount) -> bool {
         (0..2).all(|d| match self.limits[d] {
@@ -218,11 +243,20 @@ impl Ledger {
             *used = used.saturating_add(amount);
         }
         if let Mode::Sliding { log } = &mut self.mode {
-            log.push_back(Entry {
-                at: now,
-                id,
-                amount,
-            });
+            match log.back_mut() {
+                // Uses recorded at the same instant share an entry.
+                Some(last) if last.at == now => {
+                    last.id = id;
+                    last.amount[0] += amount[0];
+                    last.amount[1] += amount[1];
+                }
+                _ => log.push_back(Entry {
+                    at: now,
+                    first_id: id,
+                    id,
+                    amount,
+                }),
+            }
         }
     }
 
@@ -234,14 +268,14 @@ impl Ledger {
             return;
         }
         let counted = match &mut self.mode {
-            Mode::Sliding { log } => match log.binary_search_by_key(&mark.id, |e| e.id) {
-                Ok(index) => {
+            Mode::Sliding { log } => match entry_of(log, mark.id) {
+                Some(index) => {
                     let entry = &mut log[index];
                     entry.amount[0] += amount[0];
                     entry.amount[1] += amount[1];
                     true
                 }
-                Err(_) => false,
+                None => false,
             },
             Mode::Fixed { window, .. } => *window == mark.window,
         };
@@ -259,15 +293,15 @@ impl Ledger {
     pub(crate) fn refund(&mut self, mark: &mut Mark, amount: Amount) -> Amount {
         let amount = [0, 1].map(|d| amount[d].min(mark.amount[d]));
         let given = match &mut self.mode {
-            Mode::Sliding { log } => match log.binary_search_by_key(&mark.id, |e| e.id) {
-                Ok(index) => {
+            Mode::Sliding { log } => match entry_of(log, mark.id) {
+                Some(index) => {
                     let entry = &mut log[index];
                     let given = [0, 1].map(|d| amount[d].min(entry.amount[d]));
                     entry.amount[0] -= given[0];
                     entry.amount[1] -= given[1];
                     given
                 }
-                Err(_) => [0; 2],
+                None => [0; 2],
             },
             Mode::Fixed { window, .. } if *window == mark.window => amount,
             Mode::Fixed { .. } => [0; 2],
@@ -287,6 +321,17 @@ impl Ledger {
         });
         self.add(now, cut, id);
     }
+}
+
+/// The index of the log entry that holds the uses of reservation `id`, if it is still counted.
+fn entry_of(log: &VecDeque<Entry>, id: u64) -> Option<usize> {
+    let index = match log.binary_search_by_key(&id, |e| e.id) {
+        Ok(index) => index,
+        Err(index) => index,
+    };
+    log.get(index)
+        .is_some_and(|e| e.first_id <= id)
+        .then_some(index)
 }
 
 fn window_index(origin: Instant, now: Instant, interval: Duration) -> u64 {
@@ -398,6 +443,33 @@ mod tests {
         assert_eq!(l.left(), [Some(4), Some(1000)]);
         l.advance(t0 + 10 * SEC);
         assert_eq!(l.left(), [Some(10), Some(1000)]);
+    }
+
+    /// Uses recorded at one instant share a log entry; each can still be refunded (up to what
+    /// it reserved), charged, and comes back with the others.
+    #[test]
+    fn uses_at_one_instant_share_an_entry() {
+        let t0 = Instant::now();
+        let mut l = sliding(Some(10), Some(100));
+        l.advance(t0);
+        let mut a = l.take(t0, l.cost(30), 1);
+        let mut b = l.take(t0, l.cost(20), 2);
+        let c = l.take(t0 + SEC, l.cost(10), 3);
+        if let Mode::Sliding { log } = &l.mode {
+            assert_eq!(log.len(), 2);
+        }
+        assert_eq!(l.left(), [Some(7), Some(40)]);
+        assert_eq!(l.refund(&mut b, [1, 50]), [1, 20]);
+        l.charge(t0 + SEC, &mut a, [0, 5], 4);
+        assert_eq!(l.left(), [Some(8), Some(55)]);
+        assert_eq!(l.ready_at(t0 + SEC, l.cost(60)), t0 + 10 * SEC);
+        l.advance(t0 + 10 * SEC);
+        assert_eq!(l.left(), [Some(9), Some(90)]);
+        // `a` and `b` are gone with their entry; `c` is not.
+        assert_eq!(l.refund(&mut a, [0, 35]), [0, 0]);
+        let mut c = c;
+        assert_eq!(l.refund(&mut c, [0, 10]), [0, 10]);
+        assert_eq!(l.left(), [Some(9), Some(100)]);
     }
 
     #[test]
