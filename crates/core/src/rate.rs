@@ -75,13 +75,23 @@ use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ledger::{Ledger, Mark, TOKENS};
-use slots::Slots;
+use ledger::{Amount, Ledger, Mark, REQUESTS, TOKENS};
+use slots::{Slots, EPOCH_MASK, MAX_CREDIT_REQUESTS, MAX_CREDIT_TOKENS};
 
 use crate::shim::{AtomicU64, Mutex, MutexGuard};
 use crate::sync::queue::{Abandoned, WaitList, Wakers};
 use crate::sync::Event;
-use crate::time::{self, Bounds, Sleep};
+use crate::time::{self, Bounds, Coarse, Sleep};
+
+/// Bounds on the current instant from a coarse reading already taken, or else from a new
+/// reading (a precise one if the limiter does not use the coarse clock).
+fn read_bounds(config: &Config, coarse: Option<Coarse>) -> Bounds {
+    match coarse {
+        Some(coarse) => coarse.bounds(),
+        None if config.coarse => time::now_bounds(),
+        None => Bounds::exact(time::now()),
+    }
+}
 
 /// lionagi's name for the executor; the same type as [`RateLimiter`].
 ///
@@ -495,6 +505,12 @@ impl RateLimiterBuilder {
             interval,
             replenishment: self.replenishment,
             reads_clock: self.limits != [None, None],
+            limits: self.limits,
+            // Fixed windows must know which window an admission falls in: coarse bounds a few
+            // milliseconds wide would leave that open too often with short intervals.
+            coarse: self.limits != [None, None]
+                && (self.replenishment == Replenishment::Continuous
+                    || interval >= Duration::from_secs(1)),
         };
         let slots = Arc::new(Slots::new(self.concurrency_limit));
         let state = State {
@@ -506,7 +522,9 @@ impl RateLimiterBuilder {
             last_now: None,
             last_stamp: None,
             next_id: 1,
+            admitted: 0,
             rejected: 0,
+            credit: None,
         };
         Ok(RateLimiter {
             shared: Arc::new(Shared {
@@ -574,6 +592,37 @@ struct Config {
     replenishment: Replenishment,
     /// Whether a budget is limited, so that admission must read the clock.
     reads_clock: bool,
+    /// The budgets per interval (as the ledger's).
+    limits: [Option<u64>; 2],
+    /// Whether admissions outside runtimes read the coarse clock ([`time::coarse_now`]).
+    coarse: bool,
+}
+
+impl Config {
+    /// The cost of a job of `tokens` in the budgets that are limited.
+    fn cost(&self, tokens: u64) -> Amount {
+        [
+            u64::from(self.limits[REQUESTS].is_some()),
+            if self.limits[TOKENS].is_some() {
+                tokens
+            } else {
+                0
+            },
+        ]
+    }
+}
+
+/// Credit handed out for lock-free admissions (see [`State::issue`]).
+#[derive(Debug, Clone, Copy)]
+struct Credit {
+    /// Admissions it allows.
+    requests: u64,
+    /// Tokens it allows (meaningless when tokens are unlimited).
+    tokens: u64,
+    /// What of it the ledger counts as used until it is collected.
+    held: Amount,
+    /// The coarse clock's epoch it is valid in, with limited budgets.
+    epoch: Option<u64>,
 }
 
 type Grant = Result<Mark, RateLimitError>;
@@ -594,7 +643,11 @@ struct State {
     /// The latest instant a use was recorded at, so that recorded instants never go backwards.
     last_stamp: Option<Instant>,
     next_id: u64,
+    /// Admissions so far (those on credit are added when the credit is collected).
+    admitted: u64,
     rejected: u64,
+    /// The credit in the slot word, if any was issued and not collected.
+    credit: Option<Credit>,
 }
 
 /// What the limiter knows of the current instant, after [`State::clock`].
@@ -619,13 +672,13 @@ impl State {
         self.clock_with(None)
     }
 
-    /// [`clock`](Self::clock) from [`time::now_bounds`] (outside runtimes, a cheap reading
-    /// within two clock ticks instead of a precise one).
-    fn clock_bounded(&mut self) -> Option<Now> {
+    /// [`clock`](Self::clock) from [`time::now_bounds`] if the limiter uses the coarse clock
+    /// (outside runtimes, a cheap reading within a few clock ticks instead of a precise one).
+    fn clock_bounded(&mut self, config: &Config) -> Option<Now> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
         }
-        self.clock_with(Some(time::now_bounds()))
+        self.clock_with(Some(read_bounds(config, None)))
     }
 
     /// [`clock`](Self::clock), with bounds on the instant read before the lock was taken if
@@ -682,6 +735,116 @@ impl State {
         self.next_id
     }
 
+    /// Takes the credit back out of the slot word (first thing under the lock, so that while
+    /// the lock is held nothing is admitted without it): counts the admissions made on it,
+    /// records what they used, and stops holding the rest.
+    ///
+    /// What was spent is recorded at the end of the credit's coarse epoch, the instant every
+    /// admission on it names in its mark: each was made in that epoch, unless the coarse
+    /// clock went round the epochs the slot word can tell apart; then it is recorded now.
+    fn collect(&mut self) {
+        let Some(credit) = self.credit.take() else {
+            return;
+        };
+        let unspent = self.slots.collect();
+        self.admitted += credit.requests - unspent.requests;
+        let Some(epoch) = credit.epoch else { return };
+        let limited = self.ledger.limits().map(|limit| limit.is_some());
+        let unspent = [
+            if limited[REQUESTS] {
+                unspent.requests
+            } else {
+                0
+            },
+            if limited[TOKENS] { unspent.tokens } else { 0 },
+        ];
+        self.ledger.unhold(unspent);
+        self.slots.unblock();
+        let spent = [0, 1].map(|d| credit.held[d] - unspent[d]);
+        if spent == [0, 0] {
+            return;
+        }
+        let read = time::now_bounds();
+        let at = match time::epoch_by(read.upper) {
+            Some(by) if by <= epoch.saturating_add(EPOCH_MASK) => time::epoch_end(epoch),
+            _ => None,
+        }
+        .unwrap_or(read.upper);
+        let stamp = self.last_stamp.map_or(at, |last| at.max(last));
+        self.last_stamp = Some(stamp);
+        let id = self.id();
+        self.ledger.record(stamp, spent, id);
+    }
+
+    /// After a refusal: if the request budget is spent, lets later refusals happen without
+    /// the lock until the coarse epoch in which it can have room again.
+    fn block_fast_refusals(&self, now: Option<Now>) {
+        let Some(now) = now else { return };
+        if !self.waiters.is_empty() || self.paused_until.is_some() || self.closed {
+            return;
+        }
+        let any = self.ledger.cost(0);
+        if any[REQUESTS] == 0 || self.ledger.fits(any) {
+            return;
+        }
+        let ready = self.ledger.ready_at(now.at, any);
+        if let Some(epoch) = time::last_epoch_before(ready) {
+            self.slots.block_until(epoch);
+        }
+    }
+
+    /// Hands out credit for lock-free admissions, if nobody waits, admission is neither
+    /// paused nor closed, and (with limited budgets) the replenishment is continuous and
+    /// `epoch` is the coarse clock's epoch this operation read (after `clock`).
+    ///
+    /// With limited budgets the credit is what the budgets have left, counted as used until it
+    /// is collected, valid in `epoch` only: an admission on it is recorded at the epoch's end
+    /// (never earlier than the admission), and the next operation under the lock after the
+    /// epoch ends collects it. Without budgets it only counts admissions.
+    fn issue(&mut self, config: &Config, epoch: Option<u64>) {
+        if self.credit.is_some()
+            || !self.waiters.is_empty()
+            || self.closed
+            || self.paused_until.is_some()
+        {
+            return;
+        }
+        let credit = if config.reads_clock {
+            let Some(epoch) = epoch else { return };
+            if config.replenishment != Replenishment::Continuous {
+                return;
+            }
+            let [requests_left, tokens_left] = self.ledger.left();
+            let requests =
+                requests_left.map_or(MAX_CREDIT_REQUESTS, |left| left.min(MAX_CREDIT_REQUESTS));
+            let tokens = tokens_left.map_or(MAX_CREDIT_TOKENS, |left| left.min(MAX_CREDIT_TOKENS));
+            if requests == 0 {
+                return;
+            }
+            let held = [
+                if requests_left.is_some() { requests } else { 0 },
+                if tokens_left.is_some() { tokens } else { 0 },
+            ];
+            self.ledger.hold(held);
+            Credit {
+                requests,
+                tokens,
+                held,
+                epoch: Some(epoch),
+            }
+        } else {
+            Credit {
+                requests: MAX_CREDIT_REQUESTS,
+                tokens: 0,
+                held: [0, 0],
+                epoch: None,
+            }
+        };
+        self.slots
+            .issue(credit.epoch.unwrap_or(0), credit.requests, credit.tokens);
+        self.credit = Some(credit);
+    }
+
     /// Keeps the `SLOW` flag in line with who waits, closing and pausing.
     fn sync_slow(&self) {
         self.slots
@@ -712,7 +875,9 @@ impl State {
         self.clock();
         let amount = mark.amount;
         self.ledger.refund(mark, amount);
-        self.slots.release_unadmitted();
+        self.slots.unblock();
+        self.admitted -= 1;
+        self.slots.release_locked();
     }
 
     /// Admits waiters while the head of the line (or, with overtaking, any waiter in the
@@ -728,7 +893,7 @@ impl State {
             self.sync_slow();
             return None;
         }
-        let mut now = self.clock_bounded();
+        let mut now = self.clock_bounded(config);
         if let Some(n) = now {
             if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
                 now = self.clock();
@@ -739,6 +904,7 @@ impl State {
             if !self.slots.take_or_flag(true, false) {
                 break;
             }
+            self.admitted += 1;
             let mark = self.reserve(now, tokens);
             wakers.push(self.waiters.grant(key, |_| Ok(mark)));
             admitted = true;
@@ -1076,21 +1242,36 @@ impl RateLimiter {
     pub fn try_acquire(&self, tokens: u64) -> Result<Permit, RateLimitError> {
         let shared = &self.shared;
         let config = &shared.config;
-        if !config.reads_clock && shared.slots.try_take_fast() {
-            return Ok(Permit::new(shared, Mark::empty(0), tokens));
+        let coarse = config.coarse.then(time::coarse_now).flatten();
+        if let Some(permit) = shared.admit_on_credit(tokens, coarse) {
+            return Ok(permit);
         }
-        let read = config.reads_clock.then(time::now_bounds);
+        if let Some(coarse) = coarse {
+            let fits_window = config.limits[TOKENS].is_none_or(|limit| tokens <= limit);
+            if fits_window && shared.slots.refuse_blocked(coarse.epoch) {
+                return Err(RateLimitError::WouldWait);
+            }
+        }
+        let read = config.reads_clock.then(|| read_bounds(config, coarse));
         let mut state = self.lock();
         state.refuse(tokens)?;
         let (now, budget_ok) = state.admission_clock(read, tokens);
         let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
-        if shared.slots.take_or_flag(ok, false) {
-            let mark = state.reserve(now, tokens);
-            drop(state);
-            return Ok(Permit::new(shared, mark, tokens));
+        let took = shared.slots.take_or_flag(ok, false);
+        let mark = if took {
+            state.admitted += 1;
+            Some(state.reserve(now, tokens))
+        } else {
+            state.rejected += 1;
+            state.block_fast_refusals(now);
+            None
+        };
+        state.issue(config, read.and_then(|read| read.epoch));
+        drop(state);
+        match mark {
+            Some(mark) => Ok(Permit::new(shared, mark, tokens)),
+            None => Err(RateLimitError::WouldWait),
         }
-        state.rejected += 1;
-        Err(RateLimitError::WouldWait)
     }
 
     /// Pauses admission until `until` (for an HTTP 429 with `Retry-After`). A pause only ever
@@ -1216,7 +1397,7 @@ impl RateLimiter {
         let waiting = state.waiters.len();
         let capacity = self.shared.config.queue_capacity.unwrap_or(usize::MAX);
         let [requests_left, tokens_left] = state.ledger.left();
-        let (admitted, running) = self.shared.slots.counts();
+        let (admitted, running) = (state.admitted, self.shared.slots.running());
         RateLimiterStatistics {
             queued: waiting.min(capacity),
             waiting_for_room: waiting.saturating_sub(capacity),
@@ -1224,9 +1405,10 @@ impl RateLimiter {
             requests_left,
             tokens_left,
             admitted,
-            rejected: state.rejected,
-            // Every admission holds a slot until it completes.
-            completed: admitted - running as u64,
+            rejected: state.rejected + self.shared.slots.rejected.load(Ordering::Relaxed),
+            // Every admission holds a slot until it completes; nothing is admitted on credit
+            // while the lock is held.
+            completed: admitted.saturating_sub(running as u64),
             paused_until: state.paused_until,
             closed: state.closed,
         }
@@ -1335,8 +1517,33 @@ impl RateLimiter {
 }
 
 impl Shared {
+    /// Takes the lock, and the credit back (see [`State::collect`]).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.collect();
+        state
+    }
+
+    /// The lock-free admission: spends credit, if there is enough for `tokens` and (with
+    /// limited budgets) it is for the coarse clock's current epoch.
+    #[inline]
+    fn admit_on_credit(self: &Arc<Self>, tokens: u64, coarse: Option<Coarse>) -> Option<Permit> {
+        let config = &self.config;
+        if !config.reads_clock {
+            let took = self.slots.try_take_credit(None, 0);
+            return took.then(|| Permit::new(self, Mark::empty(0), tokens));
+        }
+        if config.replenishment != Replenishment::Continuous {
+            return None;
+        }
+        let epoch = coarse?.epoch;
+        let cost = config.cost(tokens);
+        if !self.slots.try_take_credit(Some(epoch), cost[TOKENS]) {
+            return None;
+        }
+        // (The end of an epoch is representable for some five centuries.)
+        let at = time::epoch_end(epoch).unwrap_or_else(time::far_future);
+        Some(Permit::new(self, Mark::on_credit(at, cost), tokens))
     }
 
     /// Runs `f` under the lock, serves the line, wakes whoever was admitted and marks the
@@ -1370,8 +1577,9 @@ pub struct Acquire<'a> {
     /// Fail with `QueueFull` instead of waiting for room.
     no_room_wait: bool,
     state: AcquireState,
-    /// The head of the line's timer: the instant its cost fits or a pause ends.
-    timer: Option<Sleep>,
+    /// The head of the line's timer: the instant its cost fits or a pause ends. Boxed: few
+    /// waits need one, and every `submit` future carries the field.
+    timer: Option<Box<Sleep>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1391,6 +1599,7 @@ impl fmt::Debug for Acquire<'_> {
 }
 
 impl<'a> Acquire<'a> {
+    #[inline]
     fn new(limiter: &'a RateLimiter, tokens: u64, no_room_wait: bool) -> Self {
         Acquire {
             limiter,
@@ -1418,13 +1627,16 @@ impl Future for Acquire<'_> {
         let this = &mut *self;
         let shared = &this.limiter.shared;
         let config = &shared.config;
-        let mut wakers = Wakers::default();
-        if this.state == AcquireState::Start && !config.reads_clock && shared.slots.try_take_fast()
-        {
-            this.state = AcquireState::Done;
-            return Poll::Ready(Ok(Permit::new(shared, Mark::empty(0), this.tokens)));
+        let mut read = None;
+        if this.state == AcquireState::Start {
+            let coarse = config.coarse.then(time::coarse_now).flatten();
+            if let Some(permit) = shared.admit_on_credit(this.tokens, coarse) {
+                this.state = AcquireState::Done;
+                return Poll::Ready(Ok(permit));
+            }
+            read = config.reads_clock.then(|| read_bounds(config, coarse));
         }
-        let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now_bounds);
+        let mut wakers = Wakers::default();
         let wake_at = {
             let mut state = shared.lock();
             let now;
@@ -1445,7 +1657,9 @@ impl Future for Acquire<'_> {
                     // then serves this waiter instead of being lost.
                     if shared.slots.take_or_flag(ok, !full) {
                         this.state = AcquireState::Done;
+                        state.admitted += 1;
                         let mark = state.reserve(now, this.tokens);
+                        state.issue(config, read.and_then(|read| read.epoch));
                         drop(state);
                         return Poll::Ready(this.permit(Ok(mark)));
                     }
@@ -1487,11 +1701,13 @@ impl Future for Acquire<'_> {
         };
         wakers.wake_all();
         if let Some(at) = wake_at {
-            let timer = this.timer.get_or_insert_with(|| time::sleep_until(at));
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::new(time::sleep_until(at)));
             if timer.deadline() != at {
                 timer.reset(at);
             }
-            if Pin::new(timer).poll(cx).is_ready() {
+            if Pin::new(&mut **timer).poll(cx).is_ready() {
                 // Due already: look again through the executor.
                 cx.waker().wake_by_ref();
             }
@@ -1501,11 +1717,18 @@ impl Future for Acquire<'_> {
 }
 
 impl Drop for Acquire<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let AcquireState::Queued(key) = std::mem::replace(&mut self.state, AcquireState::Done)
-        else {
-            return;
-        };
+        if let AcquireState::Queued(key) = std::mem::replace(&mut self.state, AcquireState::Done) {
+            self.leave(key);
+        }
+    }
+}
+
+impl Acquire<'_> {
+    /// Leaves the line (dropped while queued), passing on what was granted.
+    #[cold]
+    fn leave(&mut self, key: usize) {
         let shared = &self.limiter.shared;
         let mut wakers = Wakers::default();
         let drained = {
@@ -1571,6 +1794,7 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
+    #[inline]
     fn new(shared: &Arc<Shared>, mark: Mark, tokens: u64) -> Self {
         Permit {
             shared: Arc::clone(shared),
@@ -1644,7 +1868,18 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
+        if self.usage.is_none() && self.shared.slots.release_fast() {
+            return;
+        }
+        self.release();
+    }
+}
+
+impl Permit {
+    /// Settles what was reported and releases the slot (unless the release was done).
+    fn release(&mut self) {
         let reported = self
             .usage
             .as_ref()
@@ -1679,6 +1914,7 @@ fn settle(state: &mut State, mark: &mut Mark, accounted: u64, tokens: u64) {
             .charge(now.stamp, mark, [0, tokens - accounted], id);
     } else {
         state.ledger.refund(mark, [0, accounted - tokens]);
+        state.slots.unblock();
     }
 }
 

@@ -43,6 +43,8 @@ enum Mode {
         origin: Option<Instant>,
         /// The index of the current window.
         window: u64,
+        /// Where the current window ends (once the origin is set).
+        edge: Option<Instant>,
     },
 }
 
@@ -51,6 +53,8 @@ enum Mode {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     at: Instant,
+    /// `at` plus the interval: when the uses come back.
+    back: Instant,
     first_id: u64,
     id: u64,
     amount: Amount,
@@ -59,21 +63,38 @@ struct Entry {
 /// What one reservation recorded, so that it can be refunded later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mark {
-    /// The reservation's identity (sliding mode: its log entry).
-    pub(crate) id: u64,
-    /// The window it was charged to (fixed mode).
-    window: u64,
+    /// Where its use is counted.
+    key: Key,
     /// What it reserved, already restricted to the tracked budgets.
     pub(crate) amount: Amount,
+}
+
+/// Where a reservation's use is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// Sliding mode: the reservation's identity, within its log entry's range.
+    Id(u64),
+    /// Sliding mode, an admission made on credit (which has no identity): the instant its
+    /// use is recorded at, which names its log entry.
+    At(Instant),
+    /// Fixed mode: the window it was charged to.
+    Window(u64),
 }
 
 impl Mark {
     /// The mark of a reservation that recorded nothing (unlimited budgets).
     pub(crate) fn empty(id: u64) -> Self {
         Mark {
-            id,
-            window: 0,
+            key: Key::Id(id),
             amount: [0; 2],
+        }
+    }
+
+    /// The mark of an admission made on credit, whose use is recorded at `at`.
+    pub(crate) fn on_credit(at: Instant, amount: Amount) -> Self {
+        Mark {
+            key: Key::At(at),
+            amount,
         }
     }
 }
@@ -87,6 +108,7 @@ impl Ledger {
             Replenishment::FixedWindow => Mode::Fixed {
                 origin: None,
                 window: 0,
+                edge: None,
             },
         };
         Ledger {
@@ -123,7 +145,7 @@ impl Ledger {
         match &mut self.mode {
             Mode::Sliding { log } => {
                 while let Some(entry) = log.front() {
-                    if now.saturating_duration_since(entry.at) < self.interval {
+                    if now < entry.back {
                         break;
                     }
                     for (used, amount) in self.used.iter_mut().zip(entry.amount) {
@@ -132,9 +154,21 @@ impl Ledger {
                     log.pop_front();
                 }
             }
-            Mode::Fixed { origin, window } => {
+            Mode::Fixed {
+                origin,
+                window,
+                edge,
+            } => {
+                if edge.is_some_and(|edge| now < edge) {
+                    return;
+                }
                 let origin = *origin.get_or_insert(now);
                 let current = window_index(origin, now, self.interval);
+                *edge = Some(window_start(
+                    origin,
+                    current.saturating_add(1),
+                    self.interval,
+                ));
                 if current > *window {
                     let passed = current - *window;
                     for (used, limit) in self.used.iter_mut().zip(self.limits) {
@@ -161,7 +195,7 @@ impl Ledger {
                             .is_some_and(|back| back <= upper)
                     })
             }
-            Mode::Fixed { origin, window } => {
+            Mode::Fixed { origin, window, .. } => {
                 origin.is_none_or(|origin| window_index(origin, upper, self.interval) != *window)
             }
         }
@@ -204,7 +238,7 @@ impl Ledger {
                 log.back()
                     .map_or(now, |last| saturating_add(last.at, self.interval))
             }
-            Mode::Fixed { origin, window } => {
+            Mode::Fixed { origin, window, .. } => {
                 let origin = origin.unwrap_or(now);
                 let windows = (0..2)
                     .filter_map(|d| {
@@ -222,15 +256,11 @@ impl Ledger {
     /// Records `cost` as used at `now` (after [`advance`](Self::advance)), under identity `id`.
     pub(crate) fn take(&mut self, now: Instant, cost: Amount, id: u64) -> Mark {
         self.add(now, cost, id);
-        let window = match self.mode {
-            Mode::Fixed { window, .. } => window,
-            Mode::Sliding { .. } => 0,
+        let key = match self.mode {
+            Mode::Fixed { window, .. } => Key::Window(window),
+            Mode::Sliding { .. } => Key::Id(id),
         };
-        Mark {
-            id,
-            window,
-            amount: cost,
-        }
+        Mark { key, amount: cost }
     }
 
     /// Records `amount` as used at `now` (a charge after the fact, or a provider's lower
@@ -239,8 +269,30 @@ impl Ledger {
         if amount == [0, 0] {
             return;
         }
+        self.hold(amount);
+        self.record(now, amount, id);
+    }
+
+    /// Counts `amount` as used without recording when (credit handed out: what is spent of
+    /// it is [`record`](Self::record)ed when it is collected, the rest [`unhold`](Self::unhold)).
+    pub(crate) fn hold(&mut self, amount: Amount) {
         for (used, amount) in self.used.iter_mut().zip(amount) {
             *used = used.saturating_add(amount);
+        }
+    }
+
+    /// Stops counting `amount` held by [`hold`](Self::hold).
+    pub(crate) fn unhold(&mut self, amount: Amount) {
+        for (used, amount) in self.used.iter_mut().zip(amount) {
+            *used = used.saturating_sub(amount);
+        }
+    }
+
+    /// Records `amount`, already counted by [`hold`](Self::hold), as used at `now` under
+    /// identity `id` (sliding mode; a fixed window needs no record).
+    pub(crate) fn record(&mut self, now: Instant, amount: Amount, id: u64) {
+        if amount == [0, 0] {
+            return;
         }
         if let Mode::Sliding { log } = &mut self.mode {
             match log.back_mut() {
@@ -252,6 +304,9 @@ impl Ledger {
                 }
                 _ => log.push_back(Entry {
                     at: now,
+                    back: now
+                        .checked_add(self.interval)
+                        .unwrap_or_else(|| saturating_add(now, self.interval)),
                     first_id: id,
                     id,
                     amount,
@@ -268,7 +323,7 @@ impl Ledger {
             return;
         }
         let counted = match &mut self.mode {
-            Mode::Sliding { log } => match entry_of(log, mark.id) {
+            Mode::Sliding { log } => match entry_of(log, mark) {
                 Some(index) => {
                     let entry = &mut log[index];
                     entry.amount[0] += amount[0];
@@ -277,7 +332,7 @@ impl Ledger {
                 }
                 None => false,
             },
-            Mode::Fixed { window, .. } => *window == mark.window,
+            Mode::Fixed { window, .. } => mark.key == Key::Window(*window),
         };
         if counted {
             self.used = [0, 1].map(|d| self.used[d].saturating_add(amount[d]));
@@ -293,7 +348,7 @@ impl Ledger {
     pub(crate) fn refund(&mut self, mark: &mut Mark, amount: Amount) -> Amount {
         let amount = [0, 1].map(|d| amount[d].min(mark.amount[d]));
         let given = match &mut self.mode {
-            Mode::Sliding { log } => match entry_of(log, mark.id) {
+            Mode::Sliding { log } => match entry_of(log, mark) {
                 Some(index) => {
                     let entry = &mut log[index];
                     let given = [0, 1].map(|d| amount[d].min(entry.amount[d]));
@@ -303,7 +358,7 @@ impl Ledger {
                 }
                 None => [0; 2],
             },
-            Mode::Fixed { window, .. } if *window == mark.window => amount,
+            Mode::Fixed { window, .. } if mark.key == Key::Window(*window) => amount,
             Mode::Fixed { .. } => [0; 2],
         };
         self.used = [0, 1].map(|d| self.used[d].saturating_sub(given[d]));
@@ -323,8 +378,15 @@ impl Ledger {
     }
 }
 
-/// The index of the log entry that holds the uses of reservation `id`, if it is still counted.
-fn entry_of(log: &VecDeque<Entry>, id: u64) -> Option<usize> {
+/// The index of the log entry that holds the uses of the reservation `mark`, if it is still
+/// counted.
+fn entry_of(log: &VecDeque<Entry>, mark: &Mark) -> Option<usize> {
+    let id = match mark.key {
+        Key::Id(id) => id,
+        // Entries have distinct, increasing instants.
+        Key::At(at) => return log.binary_search_by_key(&at, |e| e.at).ok(),
+        Key::Window(_) => return None,
+    };
     let index = match log.binary_search_by_key(&id, |e| e.id) {
         Ok(index) => index,
         Err(index) => index,

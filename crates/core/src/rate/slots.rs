@@ -1,61 +1,80 @@
-//! The concurrency slots of a [`RateLimiter`](super::RateLimiter), and its admission counter, in
-//! one atomic word that the common paths use without taking the limiter's lock.
+//! The concurrency slots of a [`RateLimiter`](super::RateLimiter) and its admission *credit*,
+//! in one atomic word that the common paths use without taking the limiter's lock.
 //!
-//! The word holds a `SLOW` flag, the number of running jobs and (the low 32 bits of) the number
-//! of jobs admitted so far, so taking a slot counts the admission in the same compare-and-swap,
-//! and the number completed is derived (admitted minus running) instead of being counted. The
-//! flag is set, under the lock, whenever anyone waits, the limiter is closed or admission is
-//! paused; from then on every admission and every release goes through the lock (so releases
-//! serve the waiters and nobody barges past them). While it is clear, a release is one atomic
-//! operation, and so is an admission when no budget is limited (then nothing else needs the
-//! lock). The lock-holding paths set the flag in the same compare-and-swap that decides a job
-//! must wait, so a release that happens meanwhile is either seen by that compare-and-swap or
-//! goes through the lock.
+//! The word holds a `SLOW` flag, the number of running jobs and a credit: a number of
+//! admissions and of tokens that may be admitted without the lock, valid while the coarse
+//! clock's epoch is the one named in the word (see [`RateLimiter`](super::RateLimiter)'s
+//! `State::issue`). A lock-free admission is one compare-and-swap that takes a slot and spends
+//! credit together; a lock-free release is one that gives the slot back.
 //!
-//! The admission count's high part lives in `carried`: under the lock, once the word's field
-//! has passed 2^31 it is moved there (the lock-free paths never let the field wrap; they go
-//! to the lock when it is full).
+//! The flag is set, under the lock, whenever anyone waits, the limiter is closed or admission
+//! is paused; from then on every admission and every release goes through the lock (so
+//! releases serve the waiters and nobody barges past them). The lock-holding paths set the flag
+//! in the same compare-and-swap that decides a job must wait, so a release that happens
+//! meanwhile is either seen by that compare-and-swap or goes through the lock.
+//!
+//! Credit is only ever added under the lock, after the previous credit was collected (taken
+//! out of the word, so that what was spent of it is known), and the lock holder collects it
+//! first thing: while the lock is held, nothing is admitted without it.
 
 use crate::shim::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// Set while every operation must take the lock.
 const SLOW: u64 = 1;
-/// One running job, in the units of the word.
-const ONE: u64 = 2;
-/// The running jobs' field: bits 1 to 31.
-const RUNNING: u64 = ((1 << 31) - 1) << 1;
+/// One running job, in the units of the word: the running jobs are bits 1 to 20.
+const ONE: u64 = 1 << 1;
+const RUNNING: u64 = ((1 << 20) - 1) << 1;
 /// The most jobs that can run at once (the concurrency limit is capped at it).
-pub(crate) const MAX_RUNNING: usize = (1 << 31) - 1;
-/// Where the admission count's low part starts.
-const ADMITTED_SHIFT: u32 = 32;
-/// One admission, in the units of the word.
-const ONE_ADMITTED: u64 = 1 << ADMITTED_SHIFT;
-/// The admission field's value from which the lock-holding paths carry it into `carried`.
-const CARRY_FROM: u64 = 1 << 31;
+pub(crate) const MAX_RUNNING: usize = (1 << 20) - 1;
+/// The credit's epoch (its low bits): bits 21 to 31.
+const EPOCH_SHIFT: u32 = 21;
+const EPOCH_BITS: u32 = 11;
+pub(crate) const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
+/// Admissions left in the credit: bits 32 to 41.
+const REQ_SHIFT: u32 = 32;
+pub(crate) const MAX_CREDIT_REQUESTS: u64 = (1 << 10) - 1;
+/// Tokens left in the credit: bits 42 to 63.
+const TOK_SHIFT: u32 = 42;
+pub(crate) const MAX_CREDIT_TOKENS: u64 = (1 << 22) - 1;
+const CREDIT: u64 = !(SLOW | RUNNING);
 
 fn running_of(word: u64) -> usize {
-    // At most 2^31 - 1: the cast never truncates.
+    // At most 2^20 - 1: the cast never truncates.
     ((word & RUNNING) / ONE) as usize
 }
 
-fn admitted_of(word: u64) -> u64 {
-    word >> ADMITTED_SHIFT
+fn epoch_of(word: u64) -> u64 {
+    (word >> EPOCH_SHIFT) & EPOCH_MASK
 }
 
-/// Whether one more admission fits in the word's field without wrapping.
-fn room_to_count(word: u64) -> bool {
-    admitted_of(word) < u64::from(u32::MAX)
+fn requests_of(word: u64) -> u64 {
+    (word >> REQ_SHIFT) & MAX_CREDIT_REQUESTS
+}
+
+fn tokens_of(word: u64) -> u64 {
+    word >> TOK_SHIFT
+}
+
+/// Credit that was in the word when it was collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unspent {
+    pub(crate) requests: u64,
+    pub(crate) tokens: u64,
 }
 
 #[derive(Debug)]
 pub(crate) struct Slots {
-    /// `admitted (low 32 bits) << 32 | running << 1 | SLOW`.
+    /// `tokens << 42 | requests << 32 | epoch << 21 | running << 1 | SLOW`.
     word: AtomicU64,
     /// The concurrency limit (at most `MAX_RUNNING`).
     limit: usize,
-    /// Admissions carried out of the word's field; changed under the limiter's lock only.
-    carried: AtomicU64,
+    /// One more than the last coarse epoch in which no job can be admitted, whatever its cost
+    /// (the request budget is spent until then); zero when unknown. Set and cleared under the
+    /// lock; lets [`try_acquire`](super::RateLimiter::try_acquire) refuse without it.
+    blocked: AtomicU64,
+    /// Refusals made without the lock.
+    pub(crate) rejected: AtomicU64,
 }
 
 impl Slots {
@@ -63,11 +82,35 @@ impl Slots {
         Slots {
             word: AtomicU64::new(0),
             limit: limit.unwrap_or(MAX_RUNNING).min(MAX_RUNNING),
-            carried: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
+    /// Under the lock: nothing can be admitted in coarse epochs up to `epoch`.
+    pub(crate) fn block_until(&self, epoch: u64) {
+        self.blocked.store(epoch.saturating_add(1), Release);
+    }
+
+    /// Under the lock: budget came back early (a refund), so the block no longer holds.
+    pub(crate) fn unblock(&self) {
+        self.blocked.store(0, Release);
+    }
+
+    /// The lock-free refusal: whether admission is certainly impossible in coarse `epoch`
+    /// (and the flag is clear, so the refusal is `WouldWait` rather than a closed limiter's);
+    /// counts the refusal.
+    #[inline]
+    pub(crate) fn refuse_blocked(&self, epoch: u64) -> bool {
+        let blocked = epoch < self.blocked.load(Acquire) && self.word.load(Acquire) & SLOW == 0;
+        if blocked {
+            self.rejected.fetch_add(1, Relaxed);
+        }
+        blocked
+    }
+
     /// Applies `f` to the word atomically unless it returns `None`; whether it applied.
+    #[inline]
     fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> bool {
         let mut seen = self.word.load(Acquire);
         loop {
@@ -87,66 +130,60 @@ impl Slots {
         self.running() < self.limit
     }
 
-    /// Under the lock: `(admitted, running)`, from one reading of the word.
-    pub(crate) fn counts(&self) -> (u64, usize) {
-        let word = self.word.load(Acquire);
-        (
-            self.carried.load(Relaxed) + admitted_of(word),
-            running_of(word),
-        )
-    }
-
-    /// The lock-free admission: takes a slot (and counts it) if one is free and the flag is
-    /// clear.
-    pub(crate) fn try_take_fast(&self) -> bool {
+    /// The lock-free admission: takes a slot and spends one admission and `tokens` of the
+    /// credit, if the flag is clear, a slot is free, the credit is for `epoch` (when given:
+    /// its low bits) and holds enough.
+    #[inline]
+    pub(crate) fn try_take_credit(&self, epoch: Option<u64>, tokens: u64) -> bool {
         let limit = self.limit;
         self.update(|w| {
-            (w & SLOW == 0 && running_of(w) < limit && room_to_count(w))
-                .then(|| w + ONE + ONE_ADMITTED)
+            let ok = w & SLOW == 0
+                && running_of(w) < limit
+                && epoch.is_none_or(|e| e & EPOCH_MASK == epoch_of(w))
+                && requests_of(w) >= 1
+                && tokens_of(w) >= tokens;
+            ok.then(|| w + ONE - (1 << REQ_SHIFT) - (tokens << TOK_SHIFT))
         })
     }
 
-    /// Under the lock: moves the admission field into `carried` once it is large.
-    fn carry(&self) {
-        let field = admitted_of(self.word.load(Acquire));
-        if field >= CARRY_FROM {
-            // The lock-free paths only add to the field meanwhile, so subtracting what was
-            // read never borrows.
-            self.word.fetch_sub(field << ADMITTED_SHIFT, AcqRel);
-            self.carried.fetch_add(field, Relaxed);
+    /// Under the lock: takes the credit out of the word.
+    pub(crate) fn collect(&self) -> Unspent {
+        let w = self.word.fetch_and(!CREDIT, AcqRel);
+        Unspent {
+            requests: requests_of(w),
+            tokens: tokens_of(w),
         }
     }
 
-    /// Under the lock: takes a slot (and counts the admission) if `admissible` and one is
-    /// free; otherwise sets the flag when `wait` (the caller is about to queue), in the same
-    /// compare-and-swap.
+    /// Under the lock, after [`collect`](Self::collect): puts a credit in the word.
+    pub(crate) fn issue(&self, epoch: u64, requests: u64, tokens: u64) {
+        debug_assert!(requests <= MAX_CREDIT_REQUESTS && tokens <= MAX_CREDIT_TOKENS);
+        let credit = (epoch & EPOCH_MASK) << EPOCH_SHIFT
+            | requests.min(MAX_CREDIT_REQUESTS) << REQ_SHIFT
+            | tokens.min(MAX_CREDIT_TOKENS) << TOK_SHIFT;
+        self.word.fetch_or(credit, AcqRel);
+    }
+
+    /// Under the lock: takes a slot if `admissible` and one is free; otherwise sets the flag
+    /// when `wait` (the caller is about to queue), in the same compare-and-swap.
     pub(crate) fn take_or_flag(&self, admissible: bool, wait: bool) -> bool {
         let limit = self.limit;
-        loop {
-            self.carry();
-            let mut took = false;
-            let mut full = false;
-            self.update(|w| {
-                took = admissible && running_of(w) < limit;
-                full = took && !room_to_count(w);
-                if full {
-                    None
-                } else if took {
-                    Some(w + ONE + ONE_ADMITTED)
-                } else if wait {
-                    Some(w | SLOW)
-                } else {
-                    None
-                }
-            });
-            // Only if 2^31 lock-free admissions raced this one since `carry`: carry again.
-            if !full {
-                return took;
+        let mut took = false;
+        self.update(|w| {
+            took = admissible && running_of(w) < limit;
+            if took {
+                Some(w + ONE)
+            } else if wait {
+                Some(w | SLOW)
+            } else {
+                None
             }
-        }
+        });
+        took
     }
 
     /// The lock-free release: gives the slot back if the flag is clear.
+    #[inline]
     pub(crate) fn release_fast(&self) -> bool {
         self.update(|w| (w & SLOW == 0).then(|| w - ONE))
     }
@@ -154,18 +191,6 @@ impl Slots {
     /// Under the lock: gives a slot back.
     pub(crate) fn release_locked(&self) {
         self.word.fetch_sub(ONE, AcqRel);
-    }
-
-    /// Under the lock: gives back a slot taken for an admission that was never used (a
-    /// waiter dropped after it was granted), and uncounts the admission.
-    pub(crate) fn release_unadmitted(&self) {
-        if admitted_of(self.word.load(Acquire)) > 0 {
-            // Only the lock-holding paths lower the field, so it stays above zero.
-            self.word.fetch_sub(ONE + ONE_ADMITTED, AcqRel);
-        } else {
-            self.carried.fetch_sub(1, Relaxed);
-            self.word.fetch_sub(ONE, AcqRel);
-        }
     }
 
     /// Under the lock: sets or clears the flag.
@@ -185,38 +210,62 @@ mod tests {
     #[test]
     fn the_flag_sends_everyone_to_the_lock() {
         let slots = Slots::new(Some(2));
-        assert!(slots.try_take_fast());
-        assert!(slots.try_take_fast());
-        assert!(!slots.try_take_fast(), "limit reached");
+        slots.issue(0, 10, 0);
+        assert!(slots.try_take_credit(None, 0));
+        assert!(slots.try_take_credit(None, 0));
+        assert!(!slots.try_take_credit(None, 0), "limit reached");
         // A waiter queues: the flag goes up in the compare-and-swap that refused it.
         assert!(!slots.take_or_flag(true, true));
         assert!(!slots.release_fast(), "releases must serve the waiter");
         slots.release_locked();
         assert_eq!(slots.running(), 1);
-        assert!(!slots.try_take_fast(), "no barging past the waiter");
+        assert!(
+            !slots.try_take_credit(None, 0),
+            "no barging past the waiter"
+        );
         assert!(slots.take_or_flag(true, false));
         slots.set_slow(false);
         assert!(slots.release_fast());
         assert_eq!(slots.running(), 1);
-        assert_eq!(slots.counts(), (3, 1));
+        assert_eq!(
+            slots.collect(),
+            Unspent {
+                requests: 8,
+                tokens: 0
+            }
+        );
+        assert_eq!(slots.running(), 1, "collecting leaves the slots alone");
     }
 
-    /// The admission count survives its field filling up: the lock-free path stops short of
-    /// wrapping, the locked path carries, and an unused admission is uncounted across a carry.
+    /// Credit is spent in whole admissions and tokens, only in its own epoch, and collecting
+    /// it stops lock-free admission until the next issue.
     #[test]
-    fn the_admission_count_carries() {
+    fn credit_is_bounded_and_dated() {
         let slots = Slots::new(None);
-        let almost = (u64::from(u32::MAX) - 1) << ADMITTED_SHIFT;
-        slots.word.store(almost, Relaxed);
-        assert!(slots.try_take_fast());
-        assert!(!slots.try_take_fast(), "the field is full");
-        assert!(slots.take_or_flag(true, false), "the locked path carries");
-        assert_eq!(slots.counts(), (u64::from(u32::MAX) + 1, 2));
-        assert_eq!(admitted_of(slots.word.load(Relaxed)), 1);
-        slots.release_unadmitted();
-        slots.release_unadmitted();
-        assert_eq!(slots.counts(), (u64::from(u32::MAX) - 1, 0));
-        assert!(slots.try_take_fast());
-        assert_eq!(slots.counts(), (u64::from(u32::MAX), 1));
+        slots.issue(EPOCH_MASK + 1 + 5, 3, 100);
+        assert!(!slots.try_take_credit(Some(4), 10), "another epoch");
+        assert!(slots.try_take_credit(Some(5), 60));
+        assert!(!slots.try_take_credit(Some(5), 41), "40 tokens left");
+        assert!(slots.try_take_credit(Some(5), 40));
+        assert!(slots.try_take_credit(Some(5), 0));
+        assert!(!slots.try_take_credit(Some(5), 0), "no admission left");
+        assert_eq!(
+            slots.collect(),
+            Unspent {
+                requests: 0,
+                tokens: 0
+            }
+        );
+        slots.issue(6, MAX_CREDIT_REQUESTS, MAX_CREDIT_TOKENS);
+        assert!(slots.try_take_credit(Some(6), MAX_CREDIT_TOKENS));
+        assert_eq!(slots.running(), 4);
+        assert_eq!(
+            slots.collect(),
+            Unspent {
+                requests: MAX_CREDIT_REQUESTS - 1,
+                tokens: 0
+            }
+        );
+        assert!(!slots.try_take_credit(Some(6), 0), "collected");
     }
 }
