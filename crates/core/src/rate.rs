@@ -32,7 +32,9 @@
 //! [`FixedWindow`](Replenishment::FixedWindow) (lionagi's: everything comes back at each
 //! multiple of the interval). No background task is involved: budgets are brought up to date
 //! from [`time::now`] whenever the limiter is used, and the job at the head
-//! of the line sleeps until the instant its cost fits.
+//! of the line sleeps until the instant its cost fits. (Outside any runtime, admissions read
+//! the kernel's coarse clock instead, a few nanoseconds instead of some twenty, and record
+//! uses at most a few milliseconds late, never early; `docs/rate.md` has the details.)
 //!
 //! # Order
 //!
@@ -401,7 +403,8 @@ impl RateLimiterBuilder {
     }
 
     /// How many admitted jobs (and held [`Permit`]s, streams included) may run at once;
-    /// `None` (the default) is unlimited.
+    /// `None` (the default) is unlimited (in fact at most 1,048,575 at once, as is any larger
+    /// limit).
     ///
     /// # Examples
     ///

@@ -175,7 +175,8 @@ impl Bounds {
 
 #[cfg(all(
     any(target_os = "linux", target_os = "android", target_os = "freebsd"),
-    not(shuttle)
+    not(shuttle),
+    not(miri)
 ))]
 mod coarse {
     use std::sync::OnceLock;
@@ -298,14 +299,15 @@ mod coarse {
 
 #[cfg(not(all(
     any(target_os = "linux", target_os = "android", target_os = "freebsd"),
-    not(shuttle)
+    not(shuttle),
+    not(miri)
 )))]
 mod coarse {
     use std::time::Instant;
 
     use super::{Bounds, Coarse};
 
-    // No coarse clock here (or under shuttle): the callers read the precise one.
+    // No coarse clock here (or under shuttle or miri): the callers read the precise one.
 
     pub(super) fn now() -> Option<Coarse> {
         None
