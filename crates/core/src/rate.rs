@@ -71,6 +71,7 @@ mod slots;
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -1011,6 +1012,21 @@ impl RateLimiter {
         self.shared.lock()
     }
 
+    /// [`acquire`](Self::acquire) for the `submit` family: the admission borrows the limiter
+    /// instead of holding a reference count to it (two atomic operations less per job).
+    fn admit(
+        &self,
+        tokens: u64,
+        no_room_wait: bool,
+    ) -> impl Future<Output = Result<Held<&Shared>, RateLimitError>> + '_ {
+        let mut acquire = Acquire::new(self, tokens, no_room_wait);
+        let shared = &*self.shared;
+        std::future::poll_fn(move |cx| {
+            let admitted = acquire.poll_mark(cx);
+            admitted.map(|admitted| admitted.map(|mark| Held::new(shared, mark, tokens)))
+        })
+    }
+
     /// Waits in line until the job can be admitted, then runs `job` and returns its output.
     /// `tokens` is the job's estimated token cost (ignored when tokens are unlimited); each
     /// job also costs one request. When the queue is full, waits for room first, in order.
@@ -1044,9 +1060,9 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let permit = self.acquire(tokens).await?;
+        let held = self.admit(tokens, false).await?;
         let output = job.await;
-        drop(permit);
+        drop(held);
         Ok(output)
     }
 
@@ -1086,9 +1102,9 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut permit = self.acquire(tokens).await?;
-        let output = job(permit.usage()).await;
-        drop(permit);
+        let mut held = self.admit(tokens, false).await?;
+        let output = job(held.usage()).await;
+        drop(held);
         Ok(output)
     }
 
@@ -1124,9 +1140,9 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let permit = self.try_acquire_queued(tokens).await?;
+        let held = self.admit(tokens, true).await?;
         let output = job.await;
-        drop(permit);
+        drop(held);
         Ok(output)
     }
 
@@ -1162,9 +1178,9 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut permit = self.try_acquire_queued(tokens).await?;
-        let output = job(permit.usage()).await;
-        drop(permit);
+        let mut held = self.admit(tokens, true).await?;
+        let output = job(held.usage()).await;
+        drop(held);
         Ok(output)
     }
 
@@ -1246,8 +1262,8 @@ impl RateLimiter {
         let shared = &self.shared;
         let config = &shared.config;
         let coarse = config.coarse.then(time::coarse_now).flatten();
-        if let Some(permit) = shared.admit_on_credit(tokens, coarse) {
-            return Ok(permit);
+        if let Some(mark) = shared.admit_on_credit(tokens, coarse) {
+            return Ok(Permit::new(shared, mark, tokens));
         }
         if let Some(coarse) = coarse {
             let fits_window = config.limits[TOKENS].is_none_or(|limit| tokens <= limit);
@@ -1530,11 +1546,11 @@ impl Shared {
     /// The lock-free admission: spends credit, if there is enough for `tokens` and (with
     /// limited budgets) it is for the coarse clock's current epoch.
     #[inline]
-    fn admit_on_credit(self: &Arc<Self>, tokens: u64, coarse: Option<Coarse>) -> Option<Permit> {
+    fn admit_on_credit(&self, tokens: u64, coarse: Option<Coarse>) -> Option<Mark> {
         let config = &self.config;
         if !config.reads_clock {
             let took = self.slots.try_take_credit(None, 0);
-            return took.then(|| Permit::new(self, Mark::empty(0), tokens));
+            return took.then(|| Mark::empty(0));
         }
         if config.replenishment != Replenishment::Continuous {
             return None;
@@ -1546,7 +1562,7 @@ impl Shared {
         }
         // (The end of an epoch is representable for some five centuries.)
         let at = time::epoch_end(epoch).unwrap_or_else(time::far_future);
-        Some(Permit::new(self, Mark::on_credit(at, cost), tokens))
+        Some(Mark::on_credit(at, cost))
     }
 
     /// Runs `f` under the lock, serves the line, wakes whoever was admitted and marks the
@@ -1612,30 +1628,36 @@ impl<'a> Acquire<'a> {
             timer: None,
         }
     }
-
-    /// The permit of a grant (its slot was taken, and the admission counted, by the grant).
-    fn permit(&self, grant: Grant) -> Result<Permit, RateLimitError> {
-        Ok(Permit::new(&self.limiter.shared, grant?, self.tokens))
-    }
 }
 
 impl Future for Acquire<'_> {
     type Output = Result<Permit, RateLimitError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let (shared, tokens) = (&this.limiter.shared, this.tokens);
+        this.poll_mark(cx)
+            .map(|admitted| admitted.map(|mark| Permit::new(shared, mark, tokens)))
+    }
+}
+
+impl Acquire<'_> {
+    /// Polls for the admission: the mark of its reservation, whose slot was taken and the
+    /// admission counted.
+    fn poll_mark(&mut self, cx: &mut Context<'_>) -> Poll<Result<Mark, RateLimitError>> {
         if crate::cancel::is_cancelled() {
             // The catching scope was woken and will drop this wait.
             return Poll::Pending;
         }
-        let this = &mut *self;
+        let this = self;
         let shared = &this.limiter.shared;
         let config = &shared.config;
         let mut read = None;
         if this.state == AcquireState::Start {
             let coarse = config.coarse.then(time::coarse_now).flatten();
-            if let Some(permit) = shared.admit_on_credit(this.tokens, coarse) {
+            if let Some(mark) = shared.admit_on_credit(this.tokens, coarse) {
                 this.state = AcquireState::Done;
-                return Poll::Ready(Ok(permit));
+                return Poll::Ready(Ok(mark));
             }
             read = config.reads_clock.then(|| read_bounds(config, coarse));
         }
@@ -1664,7 +1686,7 @@ impl Future for Acquire<'_> {
                         let mark = state.reserve(now, this.tokens);
                         state.issue(config, read.and_then(|read| read.epoch));
                         drop(state);
-                        return Poll::Ready(this.permit(Ok(mark)));
+                        return Poll::Ready(Ok(mark));
                     }
                     if let (true, Some(capacity)) = (full, config.queue_capacity) {
                         state.rejected += 1;
@@ -1685,10 +1707,9 @@ impl Future for Acquire<'_> {
                     }
                     if let Some(grant) = granted {
                         this.state = AcquireState::Done;
-                        let permit = this.permit(grant);
                         drop(state);
                         wakers.wake_all();
-                        return Poll::Ready(permit);
+                        return Poll::Ready(grant);
                     }
                     now = read;
                     key
@@ -1778,7 +1799,13 @@ impl Acquire<'_> {
 /// assert_eq!(limiter.statistics().tokens_left, Some(900));
 /// ```
 pub struct Permit {
-    shared: Arc<Shared>,
+    held: Held<Arc<Shared>>,
+}
+
+/// An admission held through `S`: a [`Permit`] holds a reference count to the limiter; the
+/// `submit` family, which borrows the limiter anyway, a reference.
+struct Held<S: Deref<Target = Shared>> {
+    shared: S,
     mark: Mark,
     /// The estimate the job was admitted with.
     tokens: u64,
@@ -1790,9 +1817,39 @@ pub struct Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("tokens", &self.tokens)
-            .field("accounted", &self.accounted)
+            .field("tokens", &self.held.tokens)
+            .field("accounted", &self.held.accounted)
             .finish_non_exhaustive()
+    }
+}
+
+impl<S: Deref<Target = Shared>> Held<S> {
+    #[inline]
+    fn new(shared: S, mark: Mark, tokens: u64) -> Self {
+        Held {
+            shared,
+            mark,
+            tokens,
+            accounted: tokens,
+            usage: None,
+        }
+    }
+
+    fn settle(&mut self, tokens: u64) {
+        let accounted = self.accounted;
+        let mark = &mut self.mark;
+        self.shared
+            .update(|state| settle(state, mark, accounted, tokens));
+        self.accounted = tokens;
+    }
+
+    fn usage(&mut self) -> Usage {
+        let cell = self
+            .usage
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(UNREPORTED)));
+        Usage {
+            cell: Arc::clone(cell),
+        }
     }
 }
 
@@ -1800,11 +1857,7 @@ impl Permit {
     #[inline]
     fn new(shared: &Arc<Shared>, mark: Mark, tokens: u64) -> Self {
         Permit {
-            shared: Arc::clone(shared),
-            mark,
-            tokens,
-            accounted: tokens,
-            usage: None,
+            held: Held::new(Arc::clone(shared), mark, tokens),
         }
     }
 
@@ -1817,7 +1870,7 @@ impl Permit {
     /// assert_eq!(limiter.try_acquire(7).unwrap().tokens(), 7);
     /// ```
     pub fn tokens(&self) -> u64 {
-        self.tokens
+        self.held.tokens
     }
 
     /// Settles the real token usage so far: the difference from what is currently charged is
@@ -1839,11 +1892,7 @@ impl Permit {
     /// assert_eq!(limiter.statistics().tokens_left, Some(750));
     /// ```
     pub fn settle(&mut self, tokens: u64) {
-        let accounted = self.accounted;
-        let mark = &mut self.mark;
-        self.shared
-            .update(|state| settle(state, mark, accounted, tokens));
-        self.accounted = tokens;
+        self.held.settle(tokens);
     }
 
     /// A handle through which the job reports its real usage; it is settled when the permit
@@ -1861,16 +1910,11 @@ impl Permit {
     /// assert_eq!(limiter.statistics().tokens_left, Some(960));
     /// ```
     pub fn usage(&mut self) -> Usage {
-        let cell = self
-            .usage
-            .get_or_insert_with(|| Arc::new(AtomicU64::new(UNREPORTED)));
-        Usage {
-            cell: Arc::clone(cell),
-        }
+        self.held.usage()
     }
 }
 
-impl Drop for Permit {
+impl<S: Deref<Target = Shared>> Drop for Held<S> {
     #[inline]
     fn drop(&mut self) {
         if self.usage.is_none() && self.shared.slots.release_fast() {
@@ -1880,7 +1924,7 @@ impl Drop for Permit {
     }
 }
 
-impl Permit {
+impl<S: Deref<Target = Shared>> Held<S> {
     /// Settles what was reported and releases the slot (unless the release was done).
     fn release(&mut self) {
         let reported = self
