@@ -253,6 +253,11 @@ impl Ledger {
         }
     }
 
+    /// `amount`, cut down so that adding it to what is used cannot overflow.
+    fn headroom(&self, amount: Amount) -> Amount {
+        [0, 1].map(|d| amount[d].min(u64::MAX - self.used[d]))
+    }
+
     /// Records `cost` as used at `now` (after [`advance`](Self::advance)), under identity `id`.
     pub(crate) fn take(&mut self, now: Instant, cost: Amount, id: u64) -> Mark {
         self.add(now, cost, id);
@@ -266,6 +271,9 @@ impl Ledger {
     /// Records `amount` as used at `now` (a charge after the fact, or a provider's lower
     /// figure); it comes back like any use.
     pub(crate) fn add(&mut self, now: Instant, amount: Amount, id: u64) {
+        // What is recorded never takes a total past `u64::MAX`, so the log's entries always
+        // sum to exactly `used` (a use that large is far beyond any budget anyway).
+        let amount = self.headroom(amount);
         if amount == [0, 0] {
             return;
         }
@@ -277,7 +285,7 @@ impl Ledger {
     /// it is [`record`](Self::record)ed when it is collected, the rest [`unhold`](Self::unhold)).
     pub(crate) fn hold(&mut self, amount: Amount) {
         for (used, amount) in self.used.iter_mut().zip(amount) {
-            *used = used.saturating_add(amount);
+            *used += amount;
         }
     }
 
@@ -319,6 +327,7 @@ impl Ledger {
     /// same log entry or window if that is still counted, otherwise as used at `now` (then
     /// `fresh_id` identifies it).
     pub(crate) fn charge(&mut self, now: Instant, mark: &mut Mark, amount: Amount, fresh_id: u64) {
+        let amount = self.headroom(amount);
         if amount == [0, 0] {
             return;
         }
@@ -335,7 +344,7 @@ impl Ledger {
             Mode::Fixed { window, .. } => mark.key == Key::Window(*window),
         };
         if counted {
-            self.used = [0, 1].map(|d| self.used[d].saturating_add(amount[d]));
+            self.used = [0, 1].map(|d| self.used[d] + amount[d]);
             mark.amount = [0, 1].map(|d| mark.amount[d] + amount[d]);
         } else {
             *mark = self.take(now, amount, fresh_id);
