@@ -1560,9 +1560,7 @@ impl Shared {
         if !self.slots.try_take_credit(Some(epoch), cost[TOKENS]) {
             return None;
         }
-        // (The end of an epoch is representable for some five centuries.)
-        let at = time::epoch_end(epoch).unwrap_or_else(time::far_future);
-        Some(Mark::on_credit(at, cost))
+        Some(Mark::on_credit(epoch, cost))
     }
 
     /// Runs `f` under the lock, serves the line, wakes whoever was admitted and marks the
@@ -1953,6 +1951,7 @@ fn settle(state: &mut State, mark: &mut Mark, accounted: u64, tokens: u64) {
     if state.ledger.limits()[TOKENS].is_none() || tokens == accounted {
         return;
     }
+    mark.resolve(time::epoch_end);
     let Some(now) = state.clock() else { return };
     if tokens > accounted {
         let id = state.id();

@@ -77,6 +77,9 @@ enum Key {
     /// Sliding mode, an admission made on credit (which has no identity): the instant its
     /// use is recorded at, which names its log entry.
     At(Instant),
+    /// The same before it is worked out ([`Mark::resolve`]): the coarse clock epoch of the
+    /// credit, whose end is that instant.
+    Epoch(u64),
     /// Fixed mode: the window it was charged to.
     Window(u64),
 }
@@ -90,11 +93,22 @@ impl Mark {
         }
     }
 
-    /// The mark of an admission made on credit, whose use is recorded at `at`.
-    pub(crate) fn on_credit(at: Instant, amount: Amount) -> Self {
+    /// The mark of an admission made on credit in coarse clock `epoch` (whose use is
+    /// recorded at the epoch's end).
+    #[inline]
+    pub(crate) fn on_credit(epoch: u64, amount: Amount) -> Self {
         Mark {
-            key: Key::At(at),
+            key: Key::Epoch(epoch),
             amount,
+        }
+    }
+
+    /// Works out the instant an admission on credit was recorded at, from `epoch_end` (before
+    /// the ledger looks the mark up; the admission itself does not spend the time).
+    pub(crate) fn resolve(&mut self, epoch_end: impl FnOnce(u64) -> Option<Instant>) {
+        if let Key::Epoch(epoch) = self.key {
+            // No instant (five centuries on): the lookup finds nothing and refunds nothing.
+            self.key = epoch_end(epoch).map_or(Key::Id(0), Key::At);
         }
     }
 }
@@ -394,6 +408,11 @@ fn entry_of(log: &VecDeque<Entry>, mark: &Mark) -> Option<usize> {
         Key::Id(id) => id,
         // Entries have distinct, increasing instants.
         Key::At(at) => return log.binary_search_by_key(&at, |e| e.at).ok(),
+        // Resolved before any lookup; unresolved, it finds nothing (nothing is refunded).
+        Key::Epoch(_) => {
+            debug_assert!(false, "a mark on credit is resolved before it is looked up");
+            return None;
+        }
         Key::Window(_) => return None,
     };
     let index = match log.binary_search_by_key(&id, |e| e.id) {
