@@ -1,16 +1,17 @@
 //! The public builders fed arbitrary input (the retry policy, the rate limiter, the flow
 //! graph): each gives a typed error or a working value, never a panic or a hang. What the
 //! working values then run is bounded by virtual time, so a hang fails the test.
+//!
+//! The checks live in `sheepdog_tests::builders`, shared with the coverage-guided fuzz targets
+//! in `tests/fuzz`; here proptest feeds them values weighted towards the awkward ones.
 
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sheepdog_core::cancel::fail_after;
-use sheepdog_core::combinators::{retry, RetryPolicy};
-use sheepdog_core::flow::{FlowBuilder, RunOptions};
-use sheepdog_core::rate::RateLimiter;
-use sheepdog_core::runtime::Runtime;
-use sheepdog_core::testing::VirtualRuntime;
+use sheepdog_tests::builders::{
+    check_flow_graph, check_rate_limiter, check_retry_policy, FlowInput, LimiterInput, LimiterOp,
+    NodeKind, RetryInput,
+};
 
 /// Any `f64`, weighted towards the awkward ones.
 fn float() -> impl Strategy<Value = f64> {
@@ -49,8 +50,33 @@ fn limit() -> impl Strategy<Value = Option<u64>> {
     ]
 }
 
-/// A watchdog in virtual time: anything the builders' values run must end well before it.
-const WATCHDOG: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Any optional `usize` capacity, weighted towards zero and small values.
+fn capacity() -> impl Strategy<Value = Option<usize>> {
+    proptest::option::of(prop_oneof![Just(0_usize), 0_usize..10, any::<usize>()])
+}
+
+/// Any step on a rate limiter.
+fn limiter_op() -> impl Strategy<Value = LimiterOp> {
+    let tokens = || prop_oneof![Just(0_u64), 0_u64..1_000, any::<u64>()];
+    prop_oneof![
+        tokens().prop_map(LimiterOp::TryAcquire),
+        (tokens(), any::<u16>()).prop_map(|(tokens, millis)| LimiterOp::Submit { tokens, millis }),
+        (any::<u8>(), tokens()).prop_map(|(permit, tokens)| LimiterOp::Settle { permit, tokens }),
+        any::<u8>().prop_map(LimiterOp::Release),
+        (limit(), limit()).prop_map(|(r, t)| LimiterOp::UpdateRemaining(r, t)),
+        any::<u16>().prop_map(LimiterOp::Pause),
+        any::<u16>().prop_map(LimiterOp::Sleep),
+    ]
+}
+
+/// Any node behaviour.
+fn node_kind() -> impl Strategy<Value = NodeKind> {
+    prop_oneof![
+        4 => Just(NodeKind::Ok),
+        1 => Just(NodeKind::Fail),
+        2 => any::<u8>().prop_map(NodeKind::Sleep),
+    ]
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 256 }))]
@@ -67,94 +93,70 @@ proptest! {
         timeout in proptest::option::of(duration()),
         budget in proptest::option::of(duration()),
     ) {
-        let mut builder = RetryPolicy::builder()
-            .attempts(attempts)
-            .base_delay(base)
-            .max_delay(max)
-            .factor(factor)
-            .jitter(jitter);
-        if let Some(timeout) = timeout {
-            builder = builder.attempt_timeout(timeout);
-        }
-        if let Some(budget) = budget {
-            builder = builder.budget(budget);
-        }
-        let Ok(policy) = builder.build() else {
-            return Ok(());
-        };
-        // Keep the run short: a policy allowing millions of attempts is valid, but the
-        // check only needs to see that retrying ends and never exceeds the count.
-        prop_assume!(policy.attempts() <= 20);
-        let rt = VirtualRuntime::new();
-        let calls = std::cell::Cell::new(0_u32);
-        let out = rt.block_on(fail_after(WATCHDOG, retry(
-            || {
-                calls.set(calls.get() + 1);
-                async { Err::<(), _>("always") }
-            },
-            policy.clone(),
-        )));
-        let result = out.expect("retrying ends");
-        let error = result.expect_err("the call always fails");
-        prop_assert!(error.attempts() <= policy.attempts());
-        prop_assert_eq!(error.attempts(), calls.get());
+        check_retry_policy(&RetryInput { attempts, base, max, factor, jitter, timeout, budget });
     }
 
-    /// A rate limiter from any knobs: a typed error, or a limiter that runs a job or refuses
-    /// it with a typed error.
+    /// A rate limiter from any knobs: a typed error, or a limiter on which any sequence of
+    /// acquisitions, submissions, settlements, releases, provider updates and pauses works or
+    /// is refused with a typed error, within its limits, losing no slot.
     #[test]
     fn rate_limiter_from_anything(
         requests in limit(),
         tokens in limit(),
-        refresh in float(),
-        queue in proptest::option::of(prop_oneof![Just(0_usize), 0_usize..10, any::<usize>()]),
-        concurrency in proptest::option::of(prop_oneof![Just(0_usize), 0_usize..10, any::<usize>()]),
-        cost in prop_oneof![Just(0_u64), 0_u64..1_000, any::<u64>()],
+        refresh_secs in float(),
+        queue in capacity(),
+        concurrency in capacity(),
+        fixed_window in any::<bool>(),
+        ops in proptest::collection::vec(limiter_op(), 0..16),
     ) {
-        let built = RateLimiter::builder()
-            .limit_requests(requests)
-            .limit_tokens(tokens)
-            .capacity_refresh_secs(refresh)
-            .queue_capacity(queue)
-            .concurrency_limit(concurrency)
-            .build();
-        let Ok(limiter) = built else {
-            return Ok(());
-        };
-        let rt = VirtualRuntime::new();
-        let out = rt.block_on(fail_after(WATCHDOG, limiter.submit(cost, async { 7 })));
-        // Either the job ran or it was refused with a typed error; never a hang.
-        if let Ok(Ok(value)) = out {
-            prop_assert_eq!(value, 7);
-        } else if let Err(elapsed) = out {
-            prop_assert!(false, "the job neither ran nor was refused: {elapsed:?}");
-        }
+        check_rate_limiter(&LimiterInput {
+            requests, tokens, refresh_secs, queue, concurrency, fixed_window, ops,
+        });
     }
 
-    /// A graph from random names and dependencies: a typed error, or a flow that runs every
-    /// node.
+    /// A graph from random names and dependencies (colliding, dangling, cyclic): a typed
+    /// error, or a flow whose run settles every node consistently with the graph.
     #[test]
     fn flow_graph_from_anything(
         nodes in proptest::collection::vec(
-            (0_u8..12, proptest::collection::vec(0_u8..14, 0..4)),
+            (0_u8..12, proptest::collection::vec(0_u8..14, 0..4), node_kind()),
             0..12,
         ),
-        limit in 1_usize..4,
+        limit in any::<u8>(),
+        policy in any::<u8>(),
     ) {
-        let mut graph = FlowBuilder::<()>::new();
-        for (name, deps) in &nodes {
-            let deps: Vec<String> = deps.iter().map(|d| format!("n{d}")).collect();
-            let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
-            graph.node(&format!("n{name}"), &deps, |_| async { Ok(()) });
-        }
-        let Ok(flow) = graph.build() else {
-            return Ok(());
-        };
-        let rt = VirtualRuntime::new();
-        let report = rt
-            .block_on(fail_after(WATCHDOG, flow.run(RunOptions::new().max_concurrent(limit))))
-            .expect("the flow ends");
-        prop_assert!(report.all_completed());
-        prop_assert_eq!(report.settle_order().len(), nodes.len());
+        check_flow_graph(&FlowInput { nodes, limit, policy });
     }
+}
+
+/// Found by the `rate_limiter` fuzz target: settlements whose charges add up past `u64::MAX`
+/// tokens made the sliding log's entries sum to more than the saturated total, so once they
+/// expired the total wrapped and a waiting job was re-checked forever at the same instant.
+#[test]
+fn rate_limiter_charges_past_u64_max_balance() {
+    check_rate_limiter(&LimiterInput {
+        requests: None,
+        tokens: Some(18_446_743_846_076_284_927),
+        refresh_secs: 2.0,
+        queue: None,
+        concurrency: None,
+        fixed_window: false,
+        ops: vec![
+            LimiterOp::TryAcquire(6_727_636_073_941_172_171),
+            LimiterOp::Settle {
+                permit: 0,
+                tokens: 6_727_636_073_941_130_589,
+            },
+            LimiterOp::TryAcquire(6_727_636_073_935_011_840),
+            LimiterOp::Settle {
+                permit: 1,
+                tokens: 18_400_966_308_085_456_221,
+            },
+            LimiterOp::Submit {
+                tokens: 9_989_053_385_114_082_383,
+                millis: 16_191,
+            },
+            LimiterOp::TryAcquire(0),
+        ],
+    });
 }

@@ -53,6 +53,41 @@ fn deadlines_fire_exactly() {
     assert_eq!(took, 4 * SEC);
 }
 
+/// A region with no enclosing scope waits without a node of its own; asked for its scope at a
+/// later poll, it makes one (with the deadline it already fixed), and its deadline still
+/// catches, spawned tasks and nested scopes below it included.
+#[test]
+fn a_root_region_makes_its_node_when_asked_after_waiting() {
+    let took = virtual_run(|| async {
+        let start = time::now();
+        let spawned_ran_out = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&spawned_ran_out);
+        let err = fail_after(5 * SEC, async move {
+            time::sleep(SEC).await; // waits as a root frame
+            assert_eq!(current_effective_deadline(), Some(start + 5 * SEC)); // makes the node
+                                                                             // Detached: only the scope it was spawned in can stop it.
+            runtime::spawn(async move {
+                time::sleep(60 * SEC).await;
+                flag.store(true, Ordering::SeqCst);
+            })
+            .detach();
+            let inner = CancelScope::new();
+            inner.run(time::sleep(60 * SEC)).await;
+            unreachable!("the outer deadline cancels the region first");
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.deadline(), start + 5 * SEC);
+        assert_eq!(time::now(), start + 5 * SEC);
+        time::sleep(120 * SEC).await;
+        assert!(
+            !spawned_ran_out.load(Ordering::SeqCst),
+            "the spawned task was cancelled"
+        );
+    });
+    assert_eq!(took, 125 * SEC);
+}
+
 /// A shorter inner `fail_after` fails inside an outer `move_on_after`, which catches nothing.
 #[test]
 fn fail_after_inside_move_on_after() {
@@ -297,4 +332,117 @@ fn a_scope_runs_one_region() {
         scope.run(async {}).await;
         scope.run(async {}).await;
     });
+}
+
+/// Deadline timers on every runtime: the runtime's own timer (tokio, virtual time) or the
+/// per-thread queue that async-io runtimes share (smol, async-std). Short real deadlines on
+/// the real runtimes, the same on virtual time.
+mod timers {
+    use std::time::Duration;
+
+    use futures::future::{join, join_all, pending};
+    use sheepdog_core::cancel::{fail_after, move_on_after, CancelScope};
+    use sheepdog_core::runtime::yield_now;
+    use sheepdog_core::time;
+    use sheepdog_tests::conformance;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    conformance! {
+        /// A region with no enclosing scope (it needs no node) still times out, no earlier than
+        /// its deadline, and reports that deadline.
+        async fn root_region_times_out(cx) {
+            let start = time::now();
+            let err = fail_after(20 * MS, pending::<()>()).await.unwrap_err();
+            assert!(time::now() >= start + 20 * MS);
+            assert!(err.deadline() >= start + 20 * MS);
+            assert!(err.deadline() <= time::now());
+        }
+
+        /// The same inside an enclosing scope (the region makes a node).
+        async fn nested_region_times_out(cx) {
+            let outer = CancelScope::new();
+            let out = outer
+                .run(async {
+                    let start = time::now();
+                    let out = move_on_after(15 * MS, pending::<()>()).await;
+                    assert!(time::now() >= start + 15 * MS);
+                    out
+                })
+                .await;
+            assert_eq!(out, Some(None), "the inner scope caught, not the outer one");
+            assert!(!outer.cancel_called());
+        }
+
+        /// Deadlines registered latest-first, soonest-last, fire soonest-first: a deadline
+        /// earlier than the one the shared timer is armed for re-arms it.
+        async fn deadlines_fire_in_order(cx) {
+            let order = std::sync::Mutex::new(Vec::new());
+            let waits = [60u32, 40, 20].map(|ms| {
+                let order = &order;
+                async move {
+                    assert!(move_on_after(ms * MS, pending::<()>()).await.is_none());
+                    order.lock().unwrap().push(ms);
+                }
+            });
+            join_all(waits).await;
+            assert_eq!(*order.lock().unwrap(), vec![20, 40, 60]);
+        }
+
+        /// Thousands of regions that end before their (far) deadline leave nothing behind that
+        /// fires: a short deadline afterwards still fires on time, and a far one never does.
+        async fn finished_regions_leave_no_deadline_behind(cx) {
+            for i in 0..2_000u32 {
+                let out = fail_after(Duration::from_secs(3600), async {
+                    yield_now().await;
+                    i
+                })
+                .await;
+                assert_eq!(out, Ok(i));
+            }
+            let start = time::now();
+            let (short, long) = join(
+                move_on_after(10 * MS, pending::<()>()),
+                fail_after(Duration::from_secs(3600), async {
+                    time::sleep(30 * MS).await;
+                    7
+                }),
+            )
+            .await;
+            assert_eq!(short, None);
+            assert_eq!(long, Ok(7));
+            assert!(time::now() >= start + 30 * MS);
+        }
+
+        /// A deadline moved earlier while the region waits re-arms the timer; moved later, it
+        /// holds off the timeout.
+        async fn moved_deadlines_rearm(cx) {
+            let scope = CancelScope::new().with_timeout(Duration::from_secs(3600));
+            let handle = scope.clone();
+            let start = time::now();
+            let (out, ()) = join(scope.run(pending::<()>()), async move {
+                time::sleep(5 * MS).await;
+                handle.set_deadline(time::now() + 10 * MS);
+            })
+            .await;
+            assert_eq!(out, None);
+            assert!(scope.cancelled_caught());
+            assert!(time::now() >= start + 15 * MS);
+
+            let scope = CancelScope::new().with_timeout(10 * MS);
+            let handle = scope.clone();
+            let (out, ()) = join(
+                scope.run(async {
+                    time::sleep(30 * MS).await;
+                    1
+                }),
+                async move {
+                    yield_now().await;
+                    handle.set_deadline(time::now() + Duration::from_secs(3600));
+                },
+            )
+            .await;
+            assert_eq!(out, Some(1));
+        }
+    }
 }

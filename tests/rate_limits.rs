@@ -1047,3 +1047,112 @@ fn threads_race_the_fast_paths() {
         assert_eq!(stats.admitted, stats.completed);
     }
 }
+
+/// Outside any runtime admissions read the kernel's coarse clock and, while nobody waits,
+/// spend credit without the lock. On the real clock, one thread admits back to back for 0.6 s
+/// (ten intervals): no run of admissions that certainly fell within one interval (from just
+/// before the first call to just after the last returned) holds more than the budgets, and
+/// most of the allowed rate is used.
+#[test]
+fn outside_a_runtime_no_window_over_budget_on_the_real_clock() {
+    const REQUESTS: u64 = 40;
+    const TOKENS: u64 = 2_000;
+    let interval = Duration::from_millis(60);
+    let limiter = RateLimiter::builder()
+        .limit_requests(REQUESTS)
+        .limit_tokens(TOKENS)
+        .capacity_refresh_time(interval)
+        .build()
+        .unwrap();
+    // (called at, returned at, tokens)
+    let mut log: Vec<(Instant, Instant, u64)> = Vec::new();
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < interval * 10 {
+        let tokens = 10 + (i * 37) % 60;
+        i += 1;
+        let called = Instant::now();
+        let admitted = limiter.try_acquire(tokens);
+        let returned = Instant::now();
+        if let Ok(mut permit) = admitted {
+            // Some jobs report less than they reserved: refunds on credit admissions too.
+            let used = if i % 4 == 0 { tokens / 2 } else { tokens };
+            permit.settle(used);
+            log.push((called, returned, used));
+        }
+    }
+    for (k, &(first_called, ..)) in log.iter().enumerate() {
+        let within = log[k..]
+            .iter()
+            .take_while(|&&(_, returned, _)| returned - first_called < interval);
+        let (count, tokens) = within.fold((0, 0), |(n, t), &(.., used)| (n + 1, t + used));
+        assert!(count <= REQUESTS, "{count} admissions within one interval");
+        assert!(tokens <= TOKENS, "{tokens} tokens within one interval");
+    }
+    // At least half the allowed rate over the ten intervals (the coarse clock costs a few
+    // milliseconds per interval; a loaded machine costs more).
+    assert!(
+        log.len() as u64 >= REQUESTS * 10 / 2,
+        "only {} admissions",
+        log.len()
+    );
+    let stats = limiter.statistics();
+    assert_eq!(stats.admitted, log.len() as u64);
+    assert_eq!((stats.completed, stats.running), (stats.admitted, 0));
+}
+
+/// Outside any runtime: admissions on credit are counted, settled and refunded like any; a
+/// spent request budget refuses without the lock (counted), yet a closed limiter still says
+/// `Closed`; and the budget comes back after the interval.
+#[test]
+fn outside_a_runtime_credit_and_fast_refusals_keep_the_books() {
+    let interval = Duration::from_millis(50);
+    let limiter = RateLimiter::builder()
+        .limit_requests(3)
+        .limit_tokens(1_000)
+        .capacity_refresh_time(interval)
+        .build()
+        .unwrap();
+    let a = limiter.try_acquire(300).unwrap();
+    let mut b = limiter.try_acquire(200).unwrap();
+    b.settle(50);
+    assert_eq!(limiter.statistics().tokens_left, Some(650));
+    let out = futures::executor::block_on(limiter.submit_with(100, |usage| async move {
+        usage.report(10);
+        7
+    }));
+    assert_eq!(out, Ok(7));
+    let stats = limiter.statistics();
+    assert_eq!(
+        (stats.tokens_left, stats.requests_left),
+        (Some(640), Some(0))
+    );
+    assert_eq!((stats.admitted, stats.completed, stats.running), (3, 1, 2));
+    drop((a, b));
+    for _ in 0..100 {
+        assert_eq!(
+            limiter.try_acquire(1).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+    }
+    assert_eq!(limiter.statistics().rejected, 100);
+    // Oversize jobs are still told so.
+    assert_eq!(
+        limiter.try_acquire(5_000).unwrap_err(),
+        RateLimitError::ExceedsTokenWindow {
+            cost: 5_000,
+            limit: 1_000
+        }
+    );
+    // Every use comes back one interval after it, give or take a few clock ticks.
+    std::thread::sleep(interval * 3);
+    let again = limiter.try_acquire(1).unwrap();
+    drop(again);
+    limiter.close();
+    assert_eq!(limiter.try_acquire(1).unwrap_err(), RateLimitError::Closed);
+    let stats = limiter.statistics();
+    assert_eq!(
+        (stats.admitted, stats.completed, stats.rejected),
+        (4, 4, 102)
+    );
+}

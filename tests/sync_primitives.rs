@@ -22,8 +22,9 @@ use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
 use sheepdog_tests::{conformance, CountingWaker};
 
-/// How many waiters the FIFO tests queue.
-const FIFO_WAITERS: usize = 10_000;
+/// How many waiters the FIFO tests queue (100 under miri).
+#[allow(clippy::cast_possible_truncation, reason = "at most 10,000")]
+const FIFO_WAITERS: usize = sheepdog_tests::scaled(10_000, 100) as usize;
 
 /// Yields until `condition` holds (other tasks make it true).
 async fn until(condition: impl Fn() -> bool) {

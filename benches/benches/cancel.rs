@@ -124,6 +124,41 @@ mod pending_once {
         });
     }
 
+    /// The same two inside a tokio task rather than `block_on` (where most code runs).
+    #[divan::bench]
+    fn tokio_task_timeout(bencher: Bencher<'_, '_>) {
+        let rt = tokio();
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            rt.block_on(async {
+                tokio::spawn(async {
+                    for _ in 0..OPS {
+                        tokio::time::timeout(FAR, yield_now())
+                            .await
+                            .expect("no timeout");
+                    }
+                })
+                .await
+                .expect("the task ran")
+            })
+        });
+    }
+
+    #[divan::bench]
+    fn tokio_task_sheepdog_fail_after(bencher: Bencher<'_, '_>) {
+        let _registers_the_detector = TokioRuntime::from_handle(tokio().handle().clone());
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            tokio().block_on(async {
+                tokio::spawn(async {
+                    for _ in 0..OPS {
+                        fail_after(FAR, yield_now()).await.expect("no timeout");
+                    }
+                })
+                .await
+                .expect("the task ran")
+            })
+        });
+    }
+
     #[divan::bench]
     fn smol_bare(bencher: Bencher<'_, '_>) {
         bencher.counter(ItemsCount::new(OPS)).bench_local(|| {

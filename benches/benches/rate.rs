@@ -13,10 +13,11 @@
 //! - `queued_round_trip`: one waiter queues behind a held permit, the permit is dropped (direct
 //!   hand-off), the waiter takes it: per round trip.
 //! - `jobs_100k`: 100,000 jobs, unlimited budgets, concurrency limit 64, on
-//!   `futures::executor::block_on`: `buffer_unordered(64)` alone (the reference), the same with
-//!   every job going through `submit` (the limiter's overhead on the fast path); for jobs that
-//!   yield once, also all 100,000 `submit`s polled at once so that all but 64 wait in line
-//!   (the queued path).
+//!   `futures::executor::block_on`: sheepdog's own `bounded_map(jobs, 64, ..)` alone (the
+//!   reference of target T8) against the same with every job going through `submit` (the
+//!   limiter's overhead on the fast path); the same pair with `buffer_unordered(64)` (the
+//!   earlier reference); for jobs that yield once, also all 100,000 `submit`s polled at once so
+//!   that all but 64 wait in line (the queued path).
 //!
 //! Run with `cargo bench -p sheepdog-benches --bench rate`.
 
@@ -252,6 +253,7 @@ mod queued_round_trip {
 #[divan::bench_group(sample_count = 30)]
 mod jobs_100k {
     use super::*;
+    use sheepdog_core::combinators::bounded_map;
     use sheepdog_core::runtime::yield_now;
 
     const JOBS: usize = 100_000;
@@ -272,6 +274,50 @@ mod jobs_100k {
                 black_box(out);
             },
         ));
+    }
+
+    /// Runs every job of `jobs` through sheepdog's `bounded_map`, at most `LIMIT` at once.
+    fn run_bounded<F: Future>(jobs: impl Iterator<Item = F>) {
+        let all = bounded_map(jobs, LIMIT, |job| job).unwrap();
+        black_box(futures::executor::block_on(all));
+    }
+
+    #[divan::bench]
+    fn ready_bounded_map(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run_bounded((0..JOBS).map(|i| async move { black_box(i) }));
+        });
+    }
+
+    #[divan::bench]
+    fn ready_sheepdog_submit_bounded_map(bencher: Bencher<'_, '_>) {
+        let limiter = unlimited();
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run_bounded((0..JOBS).map(|i| limiter.submit(0, async move { black_box(i) })));
+        });
+    }
+
+    #[divan::bench]
+    fn yield_once_bounded_map(bencher: Bencher<'_, '_>) {
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run_bounded((0..JOBS).map(|i| async move {
+                yield_now().await;
+                black_box(i)
+            }));
+        });
+    }
+
+    #[divan::bench]
+    fn yield_once_sheepdog_submit_bounded_map(bencher: Bencher<'_, '_>) {
+        let limiter = unlimited();
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run_bounded((0..JOBS).map(|i| {
+                limiter.submit(0, async move {
+                    yield_now().await;
+                    black_box(i)
+                })
+            }));
+        });
     }
 
     #[divan::bench]

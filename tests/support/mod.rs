@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+pub mod builders;
+
 pub use sheepdog_core::runtime::Runtime;
 use sheepdog_core::runtime::{self, JoinHandle, RuntimeHandle};
 
@@ -107,8 +109,19 @@ macro_rules! with_group_runtime {
     };
 }
 
-/// How long one test may run (in real time) before the watchdog fails it.
-pub const WATCHDOG: Duration = Duration::from_secs(60);
+/// How long one test may run (in real time) before the watchdog fails it; miri interprets
+/// every instruction, so under it the watchdog waits ten times as long.
+pub const WATCHDOG: Duration = Duration::from_secs(if cfg!(miri) { 600 } else { 60 });
+
+/// `full` normally, `small` under miri: the size of a test's workload (children, waiters,
+/// rounds) that is large for the thoroughness it buys, not for what it checks.
+pub const fn scaled(full: u64, small: u64) -> u64 {
+    if cfg!(miri) {
+        small
+    } else {
+        full
+    }
+}
 
 /// The runtimes the suite runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,14 +247,16 @@ macro_rules! conformance {
             $crate::conformance!(@tests
                 tokio_current_thread: TokioCurrentThread,
                 tokio_multi_thread: TokioMultiThread,
+                #[cfg_attr(miri, ignore = "miri cannot run async-io's reactor (timerfd_create)")]
                 smol: Smol,
+                #[cfg_attr(miri, ignore = "miri cannot run async-io's reactor (timerfd_create)")]
                 async_std: AsyncStd,
                 virtual_time: Virtual,
             );
         }
     )*};
-    (@tests $($test:ident: $flavor:ident,)*) => {
-        $crate::paste_tests! { $($test: $flavor,)* }
+    (@tests $($(#[$flavor_attr:meta])* $test:ident: $flavor:ident,)*) => {
+        $crate::paste_tests! { $($(#[$flavor_attr])* $test: $flavor,)* }
     };
 }
 
@@ -250,14 +265,16 @@ macro_rules! conformance {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! paste_tests {
-    ($($test:ident: $flavor:ident,)*) => {$(
+    ($($(#[$flavor_attr:meta])* $test:ident: $flavor:ident,)*) => {$(
         mod $test {
             #[test]
+            $(#[$flavor_attr])*
             fn concrete() {
                 $crate::run($crate::Flavor::$flavor, $crate::SpawnPath::Concrete, super::body);
             }
 
             #[test]
+            $(#[$flavor_attr])*
             fn ambient() {
                 $crate::run($crate::Flavor::$flavor, $crate::SpawnPath::Ambient, super::body);
             }

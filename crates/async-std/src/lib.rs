@@ -59,6 +59,10 @@ impl Runtime for AsyncStdRuntime {
         Box::pin(AsyncIoTimer::at(deadline))
     }
 
+    fn async_io_timers(&self) -> bool {
+        true
+    }
+
     fn handle(&self) -> RuntimeHandle {
         RuntimeHandle::from_static(&AsyncStdRuntime)
     }

@@ -36,6 +36,7 @@
 //!
 //! See `docs/cancellation.md` for the full model and what shielding can and cannot protect.
 
+mod deadlines;
 #[cfg(all(test, shuttle))]
 pub(crate) mod model;
 pub(crate) mod node;
@@ -47,9 +48,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use node::{Current, Deadline, Frame, Node};
+use node::{Current, Deadline, Frame, Lazy, LazyEntry, Node};
 
-use crate::time::{self, Sleep};
+use deadlines::ScopeTimer;
+
+use crate::time;
 
 /// A deadline passed before the future completed.
 ///
@@ -240,14 +243,17 @@ pin_project_lite::pin_project! {
         // The scope's node. `None` until needed for the handle-less forms (`fail_after`,
         // `move_on_after`, `shield`, ...): their first poll runs in a frame that makes the
         // node only if something asks for it, so a region that completes at once allocates
-        // nothing and reads no clock.
+        // nothing and reads no clock. One with no parent scope stays in a frame (in `slot`)
+        // even while it waits: only its own deadline can cancel it.
         node: Option<Arc<Node>>,
         // The configuration of a node not made yet.
         lazy_deadline: Deadline,
         lazy_shield: bool,
         // Moved into the thread-local current scope while the region's future is polled.
         slot: Option<Current>,
-        timer: Option<Sleep>,
+        // The deadline's timer while the region waits; dropped (deregistered) as soon as the
+        // region completes.
+        timer: Option<ScopeTimer>,
         entered: bool,
         exited: bool,
         shield_counted: bool,
@@ -298,53 +304,159 @@ impl<F> Scoped<F> {
     fn lazy(deadline: Deadline, shield: bool, future: F) -> Self {
         Self::new(None, deadline, shield, future)
     }
-
-    /// The scope's node, once made (always, once the region has caught a cancellation).
-    fn node(&self) -> Option<&Arc<Node>> {
-        self.node.as_ref()
-    }
 }
 
 /// What the first poll of a region did.
 enum First<T> {
     /// Completed without needing a node.
     Done(T),
-    /// Made (or found) its node; `Some` if the future already completed.
+    /// Waited with no parent scope and no node made: nothing but its own deadline can cancel
+    /// it, so it goes on in a frame (made into a node only if something inside asks for one).
+    Root,
+    /// Made (or found) its node; `Some` if the future already was polled.
     Node(Arc<Node>, Option<Poll<T>>),
+}
+
+/// What a poll of a region in a root frame did.
+enum RootPoll<T> {
+    Done(Option<T>),
+    Pending,
+    /// Something inside made the frame's node: go on as a region with a node.
+    Made(Poll<T>),
 }
 
 impl<F: Future> Scoped<F> {
     /// Enters the scope tree at the first poll. For a lazy region, polls the future once in a
-    /// frame and makes the node only if it waited or something below asked for it.
+    /// frame and makes the node only if it waited inside a scope or something below asked for
+    /// it.
     fn first_poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> First<F::Output> {
         let this = self.project();
-        let parent = node::current();
         if let Some(node) = this.node.as_ref() {
-            assert!(node.enter(parent), "a CancelScope can run only one region");
+            assert!(
+                node.enter(node::current()),
+                "a CancelScope can run only one region"
+            );
             return First::Node(Arc::clone(node), None);
         }
-        let (deadline, shield) = (*this.lazy_deadline, *this.lazy_shield);
+        let lazy = Lazy {
+            deadline: *this.lazy_deadline,
+            shield: *this.lazy_shield,
+        };
         let make = |parent| {
-            let node = Node::new(deadline, shield);
+            let node = Node::new(lazy.deadline, lazy.shield);
             node.enter(parent);
             node
         };
-        if !shield && parent.as_ref().is_some_and(|p| p.effectively_cancelled()) {
-            return First::Node(make(parent), None);
-        }
-        let mut frame = Some(Current::Frame(Frame {
-            parent: parent.clone(),
-            deadline,
-            shield,
-        }));
         let Some(future) = this.future.as_pin_mut() else {
             unreachable!("not polled yet")
         };
-        let polled = node::enter(&mut frame, || future.poll(cx));
-        match (polled, frame) {
-            (Poll::Ready(output), Some(Current::Frame(_))) => First::Done(output),
-            (polled, Some(Current::Node(node))) => First::Node(node, Some(polled)),
-            (polled, _) => First::Node(make(parent), Some(polled)),
+        if let LazyEntry::Slow = node::lazy_entry(lazy.shield) {
+            let parent = node::current();
+            if !lazy.shield && parent.as_ref().is_some_and(|p| p.effectively_cancelled()) {
+                return First::Node(make(parent), None);
+            }
+            let mut frame = Some(Current::Frame(Frame {
+                parent: parent.clone(),
+                deadline: lazy.deadline,
+                shield: lazy.shield,
+            }));
+            let polled = node::enter(&mut frame, || future.poll(cx));
+            return match (polled, frame) {
+                (Poll::Ready(output), Some(Current::Frame(_))) => First::Done(output),
+                (polled, Some(Current::Node(node))) => First::Node(node, Some(polled)),
+                (polled, _) => First::Node(make(parent), Some(polled)),
+            };
+        }
+        // The fast path: the frame goes on top of the current scope in a `Copy` cell; a node
+        // made inside lands in `this.node` (also on unwind, so the drop leaves the tree).
+        let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
+        match (polled, this.node.take()) {
+            (polled, Some(node)) => First::Node(node, Some(polled)),
+            (Poll::Ready(output), None) => First::Done(output),
+            (Poll::Pending, None) => match node::current() {
+                None => First::Root,
+                parent => First::Node(make(parent), Some(Poll::Pending)),
+            },
+        }
+    }
+
+    /// Polls a region that runs in a frame with no parent: only its deadline can end it early,
+    /// so it needs no node, no lock and no waker of its own — just the runtime's timer.
+    fn poll_root(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        polled: Option<Poll<F::Output>>,
+    ) -> RootPoll<F::Output> {
+        let mut this = self.project();
+        let polled = match polled {
+            Some(polled) => polled,
+            None => {
+                let Some(future) = this.future.as_mut().as_pin_mut() else {
+                    unreachable!("the future is only taken when the region completes")
+                };
+                match this.slot {
+                    // Polled outside any scope again (the usual case): the frame goes on top in
+                    // the `Copy` cell, as at the first poll.
+                    Some(Current::Frame(frame)) if node::bare() => {
+                        let lazy = Lazy {
+                            deadline: frame.deadline,
+                            shield: frame.shield,
+                        };
+                        let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
+                        if let Some(node) = this.node.as_ref() {
+                            *this.slot = Some(Current::Node(Arc::clone(node)));
+                            return RootPoll::Made(polled);
+                        }
+                        polled
+                    }
+                    _ => node::enter(this.slot, || future.poll(cx)),
+                }
+            }
+        };
+        let frame = match this.slot {
+            Some(Current::Node(node)) => {
+                *this.node = Some(Arc::clone(node));
+                return RootPoll::Made(polled);
+            }
+            Some(Current::Frame(frame)) => frame,
+            None => unreachable!("a root region runs in a frame"),
+        };
+        if let Poll::Ready(output) = polled {
+            this.future.set(None);
+            *this.exited = true;
+            *this.timer = None;
+            return RootPoll::Done(Some(output));
+        }
+        let deadline = match frame.deadline {
+            Deadline::None => return RootPoll::Pending,
+            Deadline::At(at) => at,
+            Deadline::After(after) => {
+                // Fixed at the first wait, as a node would fix it.
+                let at = node::after_now(time::now(), after);
+                frame.deadline = Deadline::At(at);
+                at
+            }
+        };
+        let timer = this.timer.get_or_insert_with(|| ScopeTimer::new(deadline));
+        if timer.poll(cx).is_pending() {
+            return RootPoll::Pending;
+        }
+        // The deadline passed: nothing else can reach this scope, so it catches.
+        this.future.set(None);
+        *this.exited = true;
+        *this.timer = None;
+        RootPoll::Done(None)
+    }
+
+    /// The region's deadline as fixed so far (for [`Elapsed`]).
+    fn fixed_deadline(&self) -> Option<Instant> {
+        match (&self.node, &self.slot) {
+            (Some(node), _) => node.resolve_deadline(time::now),
+            (None, Some(Current::Frame(frame))) => match frame.deadline {
+                Deadline::At(at) => Some(at),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
@@ -352,13 +464,80 @@ impl<F: Future> Scoped<F> {
 impl<F: Future> Future for Scoped<F> {
     type Output = Option<F::Output>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        if !self.entered && self.node.is_none() {
+            // The first poll of a region with no handle: the hot path of `fail_after` and
+            // friends, kept small (a future that completes at once costs two writes of a
+            // thread-local cell).
+            let this = self.as_mut().project();
+            let shield = *this.lazy_shield;
+            if let LazyEntry::Ready = node::lazy_entry(shield) {
+                let lazy = Lazy {
+                    deadline: *this.lazy_deadline,
+                    shield,
+                };
+                let Some(future) = this.future.as_pin_mut() else {
+                    unreachable!("not polled yet")
+                };
+                let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
+                if this.node.is_none() {
+                    if let Poll::Ready(output) = polled {
+                        let mut this = self.project();
+                        this.future.set(None);
+                        *this.entered = true;
+                        *this.exited = true;
+                        return Poll::Ready(Some(output));
+                    }
+                }
+                return self.after_first_lazy(cx, polled);
+            }
+        }
+        self.poll_entered(cx, None)
+    }
+}
+
+impl<F: Future> Scoped<F> {
+    /// After a first poll on the fast path that waited, or made the region's node.
+    #[inline(never)]
+    fn after_first_lazy(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        polled: Poll<F::Output>,
+    ) -> Poll<Option<F::Output>> {
+        let this = self.as_mut().project();
+        let first = match this.node.take() {
+            Some(node) => First::Node(node, Some(polled)),
+            None => match node::current() {
+                None => First::Root,
+                parent => {
+                    let node = Node::new(*this.lazy_deadline, *this.lazy_shield);
+                    node.enter(parent);
+                    First::Node(node, Some(polled))
+                }
+            },
+        };
+        self.poll_entered(cx, Some(first))
+    }
+
+    /// Every poll but a lazy region's first: `first` is what that first poll did, if it
+    /// already ran.
+    #[inline(never)]
+    fn poll_entered(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        first: Option<First<F::Output>>,
+    ) -> Poll<Option<F::Output>> {
         if self.exited {
             panic!("a cancel scope's region was polled after it completed");
         }
         let mut polled = None;
-        if !self.entered {
-            let first = self.as_mut().first_poll(cx);
+        let first = match first {
+            Some(first) => Some(first),
+            None if !self.entered => Some(self.as_mut().first_poll(cx)),
+            None => None,
+        };
+        if let Some(first) = first {
             let mut this = self.as_mut().project();
             *this.entered = true;
             match first {
@@ -367,11 +546,26 @@ impl<F: Future> Future for Scoped<F> {
                     *this.exited = true;
                     return Poll::Ready(Some(output));
                 }
+                First::Root => {
+                    *this.slot = Some(Current::Frame(Frame {
+                        parent: None,
+                        deadline: *this.lazy_deadline,
+                        shield: *this.lazy_shield,
+                    }));
+                    polled = Some(Poll::Pending);
+                }
                 First::Node(node, first_polled) => {
                     *this.slot = Some(Current::Node(Arc::clone(&node)));
                     *this.node = Some(node);
                     polled = first_polled;
                 }
+            }
+        }
+        if self.node.is_none() {
+            match self.as_mut().poll_root(cx, polled.take()) {
+                RootPoll::Done(output) => return Poll::Ready(output),
+                RootPoll::Pending => return Poll::Pending,
+                RootPoll::Made(made) => polled = Some(made),
             }
         }
         let mut this = self.project();
@@ -400,6 +594,7 @@ impl<F: Future> Future for Scoped<F> {
                         if node.cancel_called() {
                             this.future.set(None);
                             *this.exited = true;
+                            *this.timer = None;
                             exit(node, this.shield_counted);
                             node.set_caught();
                             return Poll::Ready(None);
@@ -416,6 +611,7 @@ impl<F: Future> Future for Scoped<F> {
             if let Poll::Ready(output) = polled_now {
                 this.future.set(None);
                 *this.exited = true;
+                *this.timer = None;
                 exit(node, this.shield_counted);
                 return Poll::Ready(Some(output));
             }
@@ -434,13 +630,11 @@ impl<F: Future> Future for Scoped<F> {
             };
             // The timer is created at the first wait, so a region that completes at once
             // registers none; moving the deadline re-arms it.
-            let timer = this
-                .timer
-                .get_or_insert_with(|| time::timer_until(deadline));
+            let timer = this.timer.get_or_insert_with(|| ScopeTimer::new(deadline));
             if timer.deadline() != deadline {
                 timer.reset(deadline);
             }
-            if Pin::new(timer).poll(cx).is_pending() {
+            if timer.poll(cx).is_pending() {
                 return Poll::Pending;
             }
             node.cancel();
@@ -584,10 +778,7 @@ impl<F: Future> Future for FailAfter<F> {
             Poll::Ready(Some(output)) => Poll::Ready(Ok(output)),
             Poll::Ready(None) => {
                 // Nothing but the deadline can cancel this scope: no handle to it exists.
-                let deadline = scoped
-                    .node()
-                    .and_then(|node| node.resolve_deadline(time::now))
-                    .unwrap_or_else(time::now);
+                let deadline = scoped.fixed_deadline().unwrap_or_else(time::now);
                 Poll::Ready(Err(Elapsed { deadline }))
             }
         }
@@ -752,6 +943,7 @@ impl Future for Checkpoint {
 /// ```
 /// assert!(!sheepdog_core::cancel::is_cancelled());
 /// ```
+#[inline]
 pub fn is_cancelled() -> bool {
     node::current_cancelled()
 }

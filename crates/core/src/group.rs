@@ -482,7 +482,7 @@ macro_rules! in_task_group {
                 if !self.core.shared.join() {
                     return Err(GroupClosed);
                 }
-                let child = LocalChild::new(&self.core.shared.node, future, sink);
+                let child = LocalChild::new(future, sink);
                 self.core.push(Box::pin(child));
                 Ok(())
             }
@@ -716,14 +716,14 @@ where
         loop {
             if !*this.swept && node.effectively_cancelled() {
                 *this.swept = true;
-                if this.body_out.is_none() && this.body.as_mut().sweep() {
+                if this.body_out.is_none() && this.body.as_mut().sweep(node) {
                     *this.body_out = Some(None);
                 }
                 this.children.sweep();
             }
             if this.body_out.is_none() {
                 // The body is swept like an in-task child.
-                if let Poll::Ready(outcome) = this.body.as_mut().poll_outcome(cx, |_| {}) {
+                if let Poll::Ready(outcome) = this.body.as_mut().poll_outcome(cx, node, |_| {}) {
                     *this.body_out = Some(match outcome {
                         Outcome::Done(Ok(output)) => Some(output),
                         Outcome::Done(Err(error)) => {

@@ -79,6 +79,8 @@ pub mod cancel;
 pub mod combinators;
 pub mod flow;
 pub mod group;
+#[cfg(all(test, shuttle))]
+mod model;
 pub mod rate;
 mod ready;
 pub mod runtime;

@@ -32,7 +32,9 @@
 //! [`FixedWindow`](Replenishment::FixedWindow) (lionagi's: everything comes back at each
 //! multiple of the interval). No background task is involved: budgets are brought up to date
 //! from [`time::now`] whenever the limiter is used, and the job at the head
-//! of the line sleeps until the instant its cost fits.
+//! of the line sleeps until the instant its cost fits. (Outside any runtime, admissions read
+//! the kernel's coarse clock instead, a few nanoseconds instead of some twenty, and record
+//! uses at most a few milliseconds late, never early; `docs/rate.md` has the details.)
 //!
 //! # Order
 //!
@@ -69,19 +71,30 @@ mod slots;
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ledger::{Ledger, Mark, TOKENS};
-use slots::Slots;
+use ledger::{Amount, Ledger, Mark, REQUESTS, TOKENS};
+use slots::{Slots, EPOCH_MASK, MAX_CREDIT_REQUESTS, MAX_CREDIT_TOKENS};
 
 use crate::shim::{AtomicU64, Mutex, MutexGuard};
 use crate::sync::queue::{Abandoned, WaitList, Wakers};
 use crate::sync::Event;
-use crate::time::{self, Sleep};
+use crate::time::{self, Bounds, Coarse, Sleep};
+
+/// Bounds on the current instant from a coarse reading already taken, or else from a new
+/// reading (a precise one if the limiter does not use the coarse clock).
+fn read_bounds(config: &Config, coarse: Option<Coarse>) -> Bounds {
+    match coarse {
+        Some(coarse) => coarse.bounds(),
+        None if config.coarse => time::now_bounds(),
+        None => Bounds::exact(time::now()),
+    }
+}
 
 /// lionagi's name for the executor; the same type as [`RateLimiter`].
 ///
@@ -391,7 +404,8 @@ impl RateLimiterBuilder {
     }
 
     /// How many admitted jobs (and held [`Permit`]s, streams included) may run at once;
-    /// `None` (the default) is unlimited.
+    /// `None` (the default) is unlimited (in fact at most 1,048,575 at once, as is any larger
+    /// limit).
     ///
     /// # Examples
     ///
@@ -495,6 +509,12 @@ impl RateLimiterBuilder {
             interval,
             replenishment: self.replenishment,
             reads_clock: self.limits != [None, None],
+            limits: self.limits,
+            // Fixed windows must know which window an admission falls in: coarse bounds a few
+            // milliseconds wide would leave that open too often with short intervals.
+            coarse: self.limits != [None, None]
+                && (self.replenishment == Replenishment::Continuous
+                    || interval >= Duration::from_secs(1)),
         };
         let slots = Arc::new(Slots::new(self.concurrency_limit));
         let state = State {
@@ -504,8 +524,11 @@ impl RateLimiterBuilder {
             paused_until: None,
             closed: false,
             last_now: None,
+            last_stamp: None,
             next_id: 1,
+            admitted: 0,
             rejected: 0,
+            credit: None,
         };
         Ok(RateLimiter {
             shared: Arc::new(Shared {
@@ -573,6 +596,37 @@ struct Config {
     replenishment: Replenishment,
     /// Whether a budget is limited, so that admission must read the clock.
     reads_clock: bool,
+    /// The budgets per interval (as the ledger's).
+    limits: [Option<u64>; 2],
+    /// Whether admissions outside runtimes read the coarse clock ([`time::coarse_now`]).
+    coarse: bool,
+}
+
+impl Config {
+    /// The cost of a job of `tokens` in the budgets that are limited.
+    fn cost(&self, tokens: u64) -> Amount {
+        [
+            u64::from(self.limits[REQUESTS].is_some()),
+            if self.limits[TOKENS].is_some() {
+                tokens
+            } else {
+                0
+            },
+        ]
+    }
+}
+
+/// Credit handed out for lock-free admissions (see [`State::issue`]).
+#[derive(Debug, Clone, Copy)]
+struct Credit {
+    /// Admissions it allows.
+    requests: u64,
+    /// Tokens it allows (meaningless when tokens are unlimited).
+    tokens: u64,
+    /// What of it the ledger counts as used until it is collected.
+    held: Amount,
+    /// The coarse clock's epoch it is valid in, with limited budgets.
+    epoch: Option<u64>,
 }
 
 type Grant = Result<Mark, RateLimitError>;
@@ -588,42 +642,211 @@ struct State {
     waiters: WaitList<u64, Grant>,
     paused_until: Option<Instant>,
     closed: bool,
-    /// The latest instant read, so that the clock seen under the lock never goes backwards.
+    /// The latest instant the books were brought up to, so that it never goes backwards.
     last_now: Option<Instant>,
+    /// The latest instant a use was recorded at, so that recorded instants never go backwards.
+    last_stamp: Option<Instant>,
     next_id: u64,
+    /// Admissions so far (those on credit are added when the credit is collected).
+    admitted: u64,
     rejected: u64,
+    /// The credit in the slot word, if any was issued and not collected.
+    credit: Option<Credit>,
+}
+
+/// What the limiter knows of the current instant, after [`State::clock`].
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    /// Never later than the true instant: the books and the pause are up to date to it.
+    at: Instant,
+    /// Never earlier than the true instant.
+    upper: Instant,
+    /// Never earlier than the true instant nor than any use recorded before: what is used now
+    /// is recorded at this instant.
+    stamp: Instant,
+    /// Whether the clock was read precisely (`at` is then the reading, unless the clock
+    /// seemed to go backwards).
+    exact: bool,
 }
 
 impl State {
-    /// Reads the clock if anything depends on it (limited budgets or a pause), brings the
-    /// budgets and the pause up to date, and returns the instant.
-    fn clock(&mut self) -> Option<Instant> {
+    /// Reads the clock precisely if anything depends on it (limited budgets or a pause),
+    /// brings the budgets and the pause up to date, and returns the instant.
+    fn clock(&mut self) -> Option<Now> {
         self.clock_with(None)
     }
 
-    /// [`clock`](Self::clock), with the clock read before the lock was taken if it was (so
-    /// the lock is held for less time).
-    fn clock_with(&mut self, read: Option<Instant>) -> Option<Instant> {
+    /// [`clock`](Self::clock) from [`time::now_bounds`] if the limiter uses the coarse clock
+    /// (outside runtimes, a cheap reading within a few clock ticks instead of a precise one).
+    fn clock_bounded(&mut self, config: &Config) -> Option<Now> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
         }
-        let now = read.unwrap_or_else(time::now);
-        let now = match self.last_now {
-            Some(last) => now.max(last),
-            None => now,
-        };
-        self.last_now = Some(now);
-        self.ledger.advance(now);
-        if self.paused_until.is_some_and(|until| until <= now) {
+        self.clock_with(Some(read_bounds(config, None)))
+    }
+
+    /// [`clock`](Self::clock), with bounds on the instant read before the lock was taken if
+    /// they were (so the lock is held for less time, and the clock read may be a cheap one).
+    fn clock_with(&mut self, read: Option<Bounds>) -> Option<Now> {
+        if self.ledger.is_unlimited() && self.paused_until.is_none() {
+            return None;
+        }
+        let read = read.unwrap_or_else(|| Bounds::exact(time::now()));
+        let at = self
+            .last_now
+            .map_or(read.lower, |last| read.lower.max(last));
+        let upper = read.upper.max(at);
+        let stamp = self.last_stamp.map_or(upper, |last| upper.max(last));
+        self.last_now = Some(at);
+        self.last_stamp = Some(stamp);
+        self.ledger.advance(at);
+        if self.paused_until.is_some_and(|until| until <= at) {
             self.paused_until = None;
             self.sync_slow();
         }
-        Some(now)
+        Some(Now {
+            at,
+            upper,
+            stamp,
+            exact: read.is_exact(),
+        })
+    }
+
+    /// The clock for an admission of `tokens`, from `read` (bounds read before the lock), and
+    /// whether the budgets have room for it ([`budget_ok`](Self::budget_ok)). When the bounds
+    /// leave that answer open (a use comes back, a window turns or a pause ends between
+    /// them), the clock is read precisely.
+    fn admission_clock(&mut self, read: Option<Bounds>, tokens: u64) -> (Option<Now>, bool) {
+        let now = self.clock_with(read);
+        let ok = self.budget_ok(tokens);
+        match now {
+            Some(n) if !n.exact && self.unsure_until(n.upper, ok) => {
+                let now = self.clock();
+                (now, self.budget_ok(tokens))
+            }
+            _ => (now, ok),
+        }
+    }
+
+    /// Whether what [`budget_ok`](Self::budget_ok) answered (`ok`), or the window a use would
+    /// be recorded in, could change before `upper`.
+    fn unsure_until(&self, upper: Instant, ok: bool) -> bool {
+        self.paused_until.is_some_and(|until| until <= upper) || self.ledger.unsure_until(upper, ok)
     }
 
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// Takes the credit back out of the slot word (first thing under the lock, so that while
+    /// the lock is held nothing is admitted without it): counts the admissions made on it,
+    /// records what they used, and stops holding the rest.
+    ///
+    /// What was spent is recorded at the end of the credit's coarse epoch, the instant every
+    /// admission on it names in its mark: each was made in that epoch, unless the coarse
+    /// clock went round the epochs the slot word can tell apart; then it is recorded now.
+    fn collect(&mut self) {
+        let Some(credit) = self.credit.take() else {
+            return;
+        };
+        let unspent = self.slots.collect();
+        self.admitted += credit.requests - unspent.requests;
+        let Some(epoch) = credit.epoch else { return };
+        let limited = self.ledger.limits().map(|limit| limit.is_some());
+        let unspent = [
+            if limited[REQUESTS] {
+                unspent.requests
+            } else {
+                0
+            },
+            if limited[TOKENS] { unspent.tokens } else { 0 },
+        ];
+        self.ledger.unhold(unspent);
+        self.slots.unblock();
+        let spent = [0, 1].map(|d| credit.held[d] - unspent[d]);
+        if spent == [0, 0] {
+            return;
+        }
+        let read = time::now_bounds();
+        let at = match time::epoch_by(read.upper) {
+            Some(by) if by <= epoch.saturating_add(EPOCH_MASK) => time::epoch_end(epoch),
+            _ => None,
+        }
+        .unwrap_or(read.upper);
+        let stamp = self.last_stamp.map_or(at, |last| at.max(last));
+        self.last_stamp = Some(stamp);
+        let id = self.id();
+        self.ledger.record(stamp, spent, id);
+    }
+
+    /// After a refusal: if the request budget is spent, lets later refusals happen without
+    /// the lock until the coarse epoch in which it can have room again.
+    fn block_fast_refusals(&self, now: Option<Now>) {
+        let Some(now) = now else { return };
+        if !self.waiters.is_empty() || self.paused_until.is_some() || self.closed {
+            return;
+        }
+        let any = self.ledger.cost(0);
+        if any[REQUESTS] == 0 || self.ledger.fits(any) {
+            return;
+        }
+        let ready = self.ledger.ready_at(now.at, any);
+        if let Some(epoch) = time::last_epoch_before(ready) {
+            self.slots.block_until(epoch);
+        }
+    }
+
+    /// Hands out credit for lock-free admissions, if nobody waits, admission is neither
+    /// paused nor closed, and (with limited budgets) the replenishment is continuous and
+    /// `epoch` is the coarse clock's epoch this operation read (after `clock`).
+    ///
+    /// With limited budgets the credit is what the budgets have left, counted as used until it
+    /// is collected, valid in `epoch` only: an admission on it is recorded at the epoch's end
+    /// (never earlier than the admission), and the next operation under the lock after the
+    /// epoch ends collects it. Without budgets it only counts admissions.
+    fn issue(&mut self, config: &Config, epoch: Option<u64>) {
+        if self.credit.is_some()
+            || !self.waiters.is_empty()
+            || self.closed
+            || self.paused_until.is_some()
+        {
+            return;
+        }
+        let credit = if config.reads_clock {
+            let Some(epoch) = epoch else { return };
+            if config.replenishment != Replenishment::Continuous {
+                return;
+            }
+            let [requests_left, tokens_left] = self.ledger.left();
+            let requests =
+                requests_left.map_or(MAX_CREDIT_REQUESTS, |left| left.min(MAX_CREDIT_REQUESTS));
+            let tokens = tokens_left.map_or(MAX_CREDIT_TOKENS, |left| left.min(MAX_CREDIT_TOKENS));
+            if requests == 0 {
+                return;
+            }
+            let held = [
+                if requests_left.is_some() { requests } else { 0 },
+                if tokens_left.is_some() { tokens } else { 0 },
+            ];
+            self.ledger.hold(held);
+            Credit {
+                requests,
+                tokens,
+                held,
+                epoch: Some(epoch),
+            }
+        } else {
+            Credit {
+                requests: MAX_CREDIT_REQUESTS,
+                tokens: 0,
+                held: [0, 0],
+                epoch: None,
+            }
+        };
+        self.slots
+            .issue(credit.epoch.unwrap_or(0), credit.requests, credit.tokens);
+        self.credit = Some(credit);
     }
 
     /// Keeps the `SLOW` flag in line with who waits, closing and pausing.
@@ -639,22 +862,25 @@ impl State {
     }
 
     /// Reserves the cost of a job of `tokens`, whose slot was taken (after `clock`).
-    fn reserve(&mut self, now: Option<Instant>, tokens: u64) -> Mark {
+    fn reserve(&mut self, now: Option<Now>, tokens: u64) -> Mark {
         let id = self.id();
         match now {
             Some(now) => {
                 let cost = self.ledger.cost(tokens);
-                self.ledger.take(now, cost, id)
+                self.ledger.take(now.stamp, cost, id)
             }
             None => Mark::empty(id),
         }
     }
 
-    /// Gives back everything a reservation holds, and its slot.
-    fn release(&mut self, mark: &mut Mark) {
+    /// Gives back everything a reservation that was granted but never taken holds, and its
+    /// slot (the admission is uncounted).
+    fn give_back(&mut self, mark: &mut Mark) {
         self.clock();
         let amount = mark.amount;
         self.ledger.refund(mark, amount);
+        self.slots.unblock();
+        self.admitted -= 1;
         self.slots.release_locked();
     }
 
@@ -666,26 +892,23 @@ impl State {
     /// timer, or one for a later instant, looks again. The head's own poll passes `false`.
     ///
     /// Returns the instant it read, if it read the clock.
-    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Instant> {
+    fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Now> {
         if self.waiters.is_empty() {
             self.sync_slow();
             return None;
         }
-        let now = self.clock();
+        let mut now = self.clock_bounded(config);
+        if let Some(n) = now {
+            if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
+                now = self.clock();
+            }
+        }
         let mut admitted = false;
-        while self.paused_until.is_none() {
-            let ledger = &self.ledger;
-            let fits = |&(_, &tokens): &(usize, &u64)| ledger.fits(ledger.cost(tokens));
-            let next = if config.allow_overtaking {
-                let queue = config.queue_capacity.unwrap_or(usize::MAX);
-                self.waiters.iter().take(queue).find(fits)
-            } else {
-                self.waiters.iter().next().filter(fits)
-            };
-            let Some((key, &tokens)) = next else { break };
+        while let Some((key, tokens)) = self.next_admissible(config) {
             if !self.slots.take_or_flag(true, false) {
                 break;
             }
+            self.admitted += 1;
             let mark = self.reserve(now, tokens);
             wakers.push(self.waiters.grant(key, |_| Ok(mark)));
             admitted = true;
@@ -700,11 +923,28 @@ impl State {
         now
     }
 
+    /// The waiter to admit next if a slot is free: the head of the line if admission is not
+    /// paused and its cost fits (with overtaking: the first in the queue whose cost fits).
+    fn next_admissible(&self, config: &Config) -> Option<(usize, u64)> {
+        if self.paused_until.is_some() {
+            return None;
+        }
+        let ledger = &self.ledger;
+        let fits = |&(_, &tokens): &(usize, &u64)| ledger.fits(ledger.cost(tokens));
+        let next = if config.allow_overtaking {
+            let queue = config.queue_capacity.unwrap_or(usize::MAX);
+            self.waiters.iter().take(queue).find(fits)
+        } else {
+            self.waiters.iter().next().filter(fits)
+        };
+        next.map(|(key, &tokens)| (key, tokens))
+    }
+
     /// When the head of the line should look again if nothing else happens: the end of a
     /// pause, or the instant its cost (with overtaking: any queued cost) fits. `None` when only
     /// a released slot can help, or the line is empty.
-    fn next_wake(&self, config: &Config, now: Option<Instant>) -> Option<Instant> {
-        let now = now?;
+    fn next_wake(&self, config: &Config, now: Option<Now>) -> Option<Instant> {
+        let now = now?.at;
         if self.waiters.is_empty() || !self.slots.free() {
             return None;
         }
@@ -772,6 +1012,21 @@ impl RateLimiter {
         self.shared.lock()
     }
 
+    /// [`acquire`](Self::acquire) for the `submit` family: the admission borrows the limiter
+    /// instead of holding a reference count to it (two atomic operations less per job).
+    fn admit(
+        &self,
+        tokens: u64,
+        no_room_wait: bool,
+    ) -> impl Future<Output = Result<Held<&Shared>, RateLimitError>> + '_ {
+        let mut acquire = Acquire::new(self, tokens, no_room_wait);
+        let shared = &*self.shared;
+        std::future::poll_fn(move |cx| {
+            let admitted = acquire.poll_mark(cx);
+            admitted.map(|admitted| admitted.map(|mark| Held::new(shared, mark, tokens)))
+        })
+    }
+
     /// Waits in line until the job can be admitted, then runs `job` and returns its output.
     /// `tokens` is the job's estimated token cost (ignored when tokens are unlimited); each
     /// job also costs one request. When the queue is full, waits for room first, in order.
@@ -805,9 +1060,9 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let permit = self.acquire(tokens).await?;
+        let held = self.admit(tokens, false).await?;
         let output = job.await;
-        drop(permit);
+        drop(held);
         Ok(output)
     }
 
@@ -847,9 +1102,9 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut permit = self.acquire(tokens).await?;
-        let output = job(permit.usage()).await;
-        drop(permit);
+        let mut held = self.admit(tokens, false).await?;
+        let output = job(held.usage()).await;
+        drop(held);
         Ok(output)
     }
 
@@ -885,9 +1140,9 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let permit = self.try_acquire_queued(tokens).await?;
+        let held = self.admit(tokens, true).await?;
         let output = job.await;
-        drop(permit);
+        drop(held);
         Ok(output)
     }
 
@@ -923,9 +1178,9 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut permit = self.try_acquire_queued(tokens).await?;
-        let output = job(permit.usage()).await;
-        drop(permit);
+        let mut held = self.admit(tokens, true).await?;
+        let output = job(held.usage()).await;
+        drop(held);
         Ok(output)
     }
 
@@ -1006,23 +1261,36 @@ impl RateLimiter {
     pub fn try_acquire(&self, tokens: u64) -> Result<Permit, RateLimitError> {
         let shared = &self.shared;
         let config = &shared.config;
-        if !config.reads_clock && shared.slots.try_take_fast() {
-            shared.slots.count_admitted();
-            return Ok(Permit::new(shared, Mark::empty(0), tokens));
-        }
-        let read = config.reads_clock.then(time::now);
-        let mut state = self.lock();
-        state.refuse(tokens)?;
-        let now = state.clock_with(read);
-        let ok = (state.waiters.is_empty() || config.allow_overtaking) && state.budget_ok(tokens);
-        if shared.slots.take_or_flag(ok, false) {
-            let mark = state.reserve(now, tokens);
-            shared.slots.count_admitted();
-            drop(state);
+        let coarse = config.coarse.then(time::coarse_now).flatten();
+        if let Some(mark) = shared.admit_on_credit(tokens, coarse) {
             return Ok(Permit::new(shared, mark, tokens));
         }
-        state.rejected += 1;
-        Err(RateLimitError::WouldWait)
+        if let Some(coarse) = coarse {
+            let fits_window = config.limits[TOKENS].is_none_or(|limit| tokens <= limit);
+            if fits_window && shared.slots.refuse_blocked(coarse.epoch) {
+                return Err(RateLimitError::WouldWait);
+            }
+        }
+        let read = config.reads_clock.then(|| read_bounds(config, coarse));
+        let mut state = self.lock();
+        state.refuse(tokens)?;
+        let (now, budget_ok) = state.admission_clock(read, tokens);
+        let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
+        let took = shared.slots.take_or_flag(ok, false);
+        let mark = if took {
+            state.admitted += 1;
+            Some(state.reserve(now, tokens))
+        } else {
+            state.rejected += 1;
+            state.block_fast_refusals(now);
+            None
+        };
+        state.issue(config, read.and_then(|read| read.epoch));
+        drop(state);
+        match mark {
+            Some(mark) => Ok(Permit::new(shared, mark, tokens)),
+            None => Err(RateLimitError::WouldWait),
+        }
     }
 
     /// Pauses admission until `until` (for an HTTP 429 with `Retry-After`). A pause only ever
@@ -1124,7 +1392,7 @@ impl RateLimiter {
             let mut state = self.lock();
             if let Some(now) = state.clock() {
                 let id = state.id();
-                state.ledger.lower_to(now, [requests, tokens], id);
+                state.ledger.lower_to(now.stamp, [requests, tokens], id);
             }
             wakers.extend(state.waiters.front_waker());
         }
@@ -1148,15 +1416,18 @@ impl RateLimiter {
         let waiting = state.waiters.len();
         let capacity = self.shared.config.queue_capacity.unwrap_or(usize::MAX);
         let [requests_left, tokens_left] = state.ledger.left();
+        let (admitted, running) = (state.admitted, self.shared.slots.running());
         RateLimiterStatistics {
             queued: waiting.min(capacity),
             waiting_for_room: waiting.saturating_sub(capacity),
-            running: self.shared.slots.running(),
+            running,
             requests_left,
             tokens_left,
-            admitted: self.shared.slots.admitted.load(Ordering::Relaxed),
-            rejected: state.rejected,
-            completed: self.shared.slots.completed.load(Ordering::Relaxed),
+            admitted,
+            rejected: state.rejected + self.shared.slots.rejected.load(Ordering::Relaxed),
+            // Every admission holds a slot until it completes; nothing is admitted on credit
+            // while the lock is held.
+            completed: admitted.saturating_sub(running as u64),
             paused_until: state.paused_until,
             closed: state.closed,
         }
@@ -1265,8 +1536,31 @@ impl RateLimiter {
 }
 
 impl Shared {
+    /// Takes the lock, and the credit back (see [`State::collect`]).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.collect();
+        state
+    }
+
+    /// The lock-free admission: spends credit, if there is enough for `tokens` and (with
+    /// limited budgets) it is for the coarse clock's current epoch.
+    #[inline]
+    fn admit_on_credit(&self, tokens: u64, coarse: Option<Coarse>) -> Option<Mark> {
+        let config = &self.config;
+        if !config.reads_clock {
+            let took = self.slots.try_take_credit(None, 0);
+            return took.then(|| Mark::empty(0));
+        }
+        if config.replenishment != Replenishment::Continuous {
+            return None;
+        }
+        let epoch = coarse?.epoch;
+        let cost = config.cost(tokens);
+        if !self.slots.try_take_credit(Some(epoch), cost[TOKENS]) {
+            return None;
+        }
+        Some(Mark::on_credit(epoch, cost))
     }
 
     /// Runs `f` under the lock, serves the line, wakes whoever was admitted and marks the
@@ -1300,8 +1594,9 @@ pub struct Acquire<'a> {
     /// Fail with `QueueFull` instead of waiting for room.
     no_room_wait: bool,
     state: AcquireState,
-    /// The head of the line's timer: the instant its cost fits or a pause ends.
-    timer: Option<Sleep>,
+    /// The head of the line's timer: the instant its cost fits or a pause ends. Boxed: few
+    /// waits need one, and every `submit` future carries the field.
+    timer: Option<Box<Sleep>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1321,6 +1616,7 @@ impl fmt::Debug for Acquire<'_> {
 }
 
 impl<'a> Acquire<'a> {
+    #[inline]
     fn new(limiter: &'a RateLimiter, tokens: u64, no_room_wait: bool) -> Self {
         Acquire {
             limiter,
@@ -1330,33 +1626,40 @@ impl<'a> Acquire<'a> {
             timer: None,
         }
     }
-
-    fn permit(&self, state: &mut State, grant: Grant) -> Result<Permit, RateLimitError> {
-        let mark = grant?;
-        state.slots.count_admitted();
-        Ok(Permit::new(&self.limiter.shared, mark, self.tokens))
-    }
 }
 
 impl Future for Acquire<'_> {
     type Output = Result<Permit, RateLimitError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let (shared, tokens) = (&this.limiter.shared, this.tokens);
+        this.poll_mark(cx)
+            .map(|admitted| admitted.map(|mark| Permit::new(shared, mark, tokens)))
+    }
+}
+
+impl Acquire<'_> {
+    /// Polls for the admission: the mark of its reservation, whose slot was taken and the
+    /// admission counted.
+    fn poll_mark(&mut self, cx: &mut Context<'_>) -> Poll<Result<Mark, RateLimitError>> {
         if crate::cancel::is_cancelled() {
             // The catching scope was woken and will drop this wait.
             return Poll::Pending;
         }
-        let this = &mut *self;
+        let this = self;
         let shared = &this.limiter.shared;
         let config = &shared.config;
-        let mut wakers = Wakers::default();
-        if this.state == AcquireState::Start && !config.reads_clock && shared.slots.try_take_fast()
-        {
-            this.state = AcquireState::Done;
-            shared.slots.count_admitted();
-            return Poll::Ready(Ok(Permit::new(shared, Mark::empty(0), this.tokens)));
+        let mut read = None;
+        if this.state == AcquireState::Start {
+            let coarse = config.coarse.then(time::coarse_now).flatten();
+            if let Some(mark) = shared.admit_on_credit(this.tokens, coarse) {
+                this.state = AcquireState::Done;
+                return Poll::Ready(Ok(mark));
+            }
+            read = config.reads_clock.then(|| read_bounds(config, coarse));
         }
-        let read = (config.reads_clock && this.state == AcquireState::Start).then(time::now);
+        let mut wakers = Wakers::default();
         let wake_at = {
             let mut state = shared.lock();
             let now;
@@ -1366,9 +1669,9 @@ impl Future for Acquire<'_> {
                         this.state = AcquireState::Done;
                         return Poll::Ready(Err(refused));
                     }
-                    now = state.clock_with(read);
-                    let ok = (state.waiters.is_empty() || config.allow_overtaking)
-                        && state.budget_ok(this.tokens);
+                    let budget_ok;
+                    (now, budget_ok) = state.admission_clock(read, this.tokens);
+                    let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
                     let full = this.no_room_wait
                         && config
                             .queue_capacity
@@ -1377,8 +1680,11 @@ impl Future for Acquire<'_> {
                     // then serves this waiter instead of being lost.
                     if shared.slots.take_or_flag(ok, !full) {
                         this.state = AcquireState::Done;
+                        state.admitted += 1;
                         let mark = state.reserve(now, this.tokens);
-                        return Poll::Ready(this.permit(&mut state, Ok(mark)));
+                        state.issue(config, read.and_then(|read| read.epoch));
+                        drop(state);
+                        return Poll::Ready(Ok(mark));
                     }
                     if let (true, Some(capacity)) = (full, config.queue_capacity) {
                         state.rejected += 1;
@@ -1399,10 +1705,9 @@ impl Future for Acquire<'_> {
                     }
                     if let Some(grant) = granted {
                         this.state = AcquireState::Done;
-                        let permit = this.permit(&mut state, grant);
                         drop(state);
                         wakers.wake_all();
-                        return Poll::Ready(permit);
+                        return Poll::Ready(grant);
                     }
                     now = read;
                     key
@@ -1418,11 +1723,13 @@ impl Future for Acquire<'_> {
         };
         wakers.wake_all();
         if let Some(at) = wake_at {
-            let timer = this.timer.get_or_insert_with(|| time::sleep_until(at));
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::new(time::sleep_until(at)));
             if timer.deadline() != at {
                 timer.reset(at);
             }
-            if Pin::new(timer).poll(cx).is_ready() {
+            if Pin::new(&mut **timer).poll(cx).is_ready() {
                 // Due already: look again through the executor.
                 cx.waker().wake_by_ref();
             }
@@ -1432,11 +1739,18 @@ impl Future for Acquire<'_> {
 }
 
 impl Drop for Acquire<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let AcquireState::Queued(key) = std::mem::replace(&mut self.state, AcquireState::Done)
-        else {
-            return;
-        };
+        if let AcquireState::Queued(key) = std::mem::replace(&mut self.state, AcquireState::Done) {
+            self.leave(key);
+        }
+    }
+}
+
+impl Acquire<'_> {
+    /// Leaves the line (dropped while queued), passing on what was granted.
+    #[cold]
+    fn leave(&mut self, key: usize) {
         let shared = &self.limiter.shared;
         let mut wakers = Wakers::default();
         let drained = {
@@ -1449,7 +1763,7 @@ impl Drop for Acquire<'_> {
                 }
                 Abandoned::Granted(Ok(mut mark)) => {
                     // Admitted but never taken: nothing was used, so everything goes back.
-                    state.release(&mut mark);
+                    state.give_back(&mut mark);
                     state.serve(&shared.config, &mut wakers, true);
                 }
                 Abandoned::Granted(Err(_)) => {}
@@ -1483,7 +1797,13 @@ impl Drop for Acquire<'_> {
 /// assert_eq!(limiter.statistics().tokens_left, Some(900));
 /// ```
 pub struct Permit {
-    shared: Arc<Shared>,
+    held: Held<Arc<Shared>>,
+}
+
+/// An admission held through `S`: a [`Permit`] holds a reference count to the limiter; the
+/// `submit` family, which borrows the limiter anyway, a reference.
+struct Held<S: Deref<Target = Shared>> {
+    shared: S,
     mark: Mark,
     /// The estimate the job was admitted with.
     tokens: u64,
@@ -1495,20 +1815,47 @@ pub struct Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("tokens", &self.tokens)
-            .field("accounted", &self.accounted)
+            .field("tokens", &self.held.tokens)
+            .field("accounted", &self.held.accounted)
             .finish_non_exhaustive()
     }
 }
 
-impl Permit {
-    fn new(shared: &Arc<Shared>, mark: Mark, tokens: u64) -> Self {
-        Permit {
-            shared: Arc::clone(shared),
+impl<S: Deref<Target = Shared>> Held<S> {
+    #[inline]
+    fn new(shared: S, mark: Mark, tokens: u64) -> Self {
+        Held {
+            shared,
             mark,
             tokens,
             accounted: tokens,
             usage: None,
+        }
+    }
+
+    fn settle(&mut self, tokens: u64) {
+        let accounted = self.accounted;
+        let mark = &mut self.mark;
+        self.shared
+            .update(|state| settle(state, mark, accounted, tokens));
+        self.accounted = tokens;
+    }
+
+    fn usage(&mut self) -> Usage {
+        let cell = self
+            .usage
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(UNREPORTED)));
+        Usage {
+            cell: Arc::clone(cell),
+        }
+    }
+}
+
+impl Permit {
+    #[inline]
+    fn new(shared: &Arc<Shared>, mark: Mark, tokens: u64) -> Self {
+        Permit {
+            held: Held::new(Arc::clone(shared), mark, tokens),
         }
     }
 
@@ -1521,7 +1868,7 @@ impl Permit {
     /// assert_eq!(limiter.try_acquire(7).unwrap().tokens(), 7);
     /// ```
     pub fn tokens(&self) -> u64 {
-        self.tokens
+        self.held.tokens
     }
 
     /// Settles the real token usage so far: the difference from what is currently charged is
@@ -1543,11 +1890,7 @@ impl Permit {
     /// assert_eq!(limiter.statistics().tokens_left, Some(750));
     /// ```
     pub fn settle(&mut self, tokens: u64) {
-        let accounted = self.accounted;
-        let mark = &mut self.mark;
-        self.shared
-            .update(|state| settle(state, mark, accounted, tokens));
-        self.accounted = tokens;
+        self.held.settle(tokens);
     }
 
     /// A handle through which the job reports its real usage; it is settled when the permit
@@ -1565,17 +1908,23 @@ impl Permit {
     /// assert_eq!(limiter.statistics().tokens_left, Some(960));
     /// ```
     pub fn usage(&mut self) -> Usage {
-        let cell = self
-            .usage
-            .get_or_insert_with(|| Arc::new(AtomicU64::new(UNREPORTED)));
-        Usage {
-            cell: Arc::clone(cell),
-        }
+        self.held.usage()
     }
 }
 
-impl Drop for Permit {
+impl<S: Deref<Target = Shared>> Drop for Held<S> {
+    #[inline]
     fn drop(&mut self) {
+        if self.usage.is_none() && self.shared.slots.release_fast() {
+            return;
+        }
+        self.release();
+    }
+}
+
+impl<S: Deref<Target = Shared>> Held<S> {
+    /// Settles what was reported and releases the slot (unless the release was done).
+    fn release(&mut self) {
         let reported = self
             .usage
             .as_ref()
@@ -1585,7 +1934,6 @@ impl Drop for Permit {
         let settles = reported.is_some_and(|tokens| tokens != accounted);
         let slots = &self.shared.slots;
         if !settles && slots.release_fast() {
-            slots.count_completed();
             return;
         }
         let mark = &mut self.mark;
@@ -1594,7 +1942,6 @@ impl Drop for Permit {
                 settle(state, mark, accounted, tokens);
             }
             state.slots.release_locked();
-            state.slots.count_completed();
         });
     }
 }
@@ -1604,12 +1951,16 @@ fn settle(state: &mut State, mark: &mut Mark, accounted: u64, tokens: u64) {
     if state.ledger.limits()[TOKENS].is_none() || tokens == accounted {
         return;
     }
+    mark.resolve(time::epoch_end);
     let Some(now) = state.clock() else { return };
     if tokens > accounted {
         let id = state.id();
-        state.ledger.charge(now, mark, [0, tokens - accounted], id);
+        state
+            .ledger
+            .charge(now.stamp, mark, [0, tokens - accounted], id);
     } else {
         state.ledger.refund(mark, [0, accounted - tokens]);
+        state.slots.unblock();
     }
 }
 

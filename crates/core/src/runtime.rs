@@ -143,6 +143,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// [`now`](Runtime::now)) and can be re-armed.
     fn timer(&self, deadline: Instant) -> BoxTimer;
 
+    /// Whether this runtime's timers are async-io's, on the system clock (smol, async-std).
+    ///
+    /// async-io registers every timer with its reactor thread, at the cost of a few syscalls,
+    /// so cancel scopes on such a runtime do not take one [`timer`](Runtime::timer) each: they
+    /// share one async-io timer per thread, re-armed for the earliest deadline. Return `true`
+    /// only if [`timer`](Runtime::timer) is async-io's and [`now`](Runtime::now) is the system
+    /// clock. The default is `false`: every deadline gets a timer from
+    /// [`timer`](Runtime::timer).
+    fn async_io_timers(&self) -> bool {
+        false
+    }
+
     /// Reads this runtime's clock.
     ///
     /// The default reads the system's monotonic clock. Virtual-time runtimes override it.

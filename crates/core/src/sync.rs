@@ -104,6 +104,7 @@ pub struct WouldBlock;
 
 /// Whether the calling code is inside an effectively cancelled scope, where waits never
 /// complete.
+#[inline]
 fn cancelled() -> bool {
     crate::cancel::is_cancelled()
 }

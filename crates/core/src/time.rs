@@ -82,6 +82,254 @@ pub fn now() -> std::time::Instant {
     runtime::context::installed().map_or_else(Instant::now, |rt| rt.now())
 }
 
+/// Bounds on the current instant: the true reading of the clock [`now`] follows lies in
+/// `[lower, upper]`.
+///
+/// With an ambient runtime, its clock is read and both bounds are that reading (virtual time
+/// stays exact). Without one, on Linux and FreeBSD, the kernel's coarse monotonic clock is read
+/// instead of the precise one ([`coarse_now`]): a few nanoseconds through the vDSO instead of
+/// about twenty, at the price of bounds about three clock ticks apart (some 13 ms at the
+/// common 250 Hz). Elsewhere the precise clock is read.
+pub(crate) fn now_bounds() -> Bounds {
+    match runtime::context::installed() {
+        Some(rt) => Bounds::exact(rt.now()),
+        None => coarse::now().map_or_else(|| Bounds::exact(Instant::now()), |c| c.bounds()),
+    }
+}
+
+/// A reading of the coarse clock: `None` inside an ambient runtime (its clock rules) or where
+/// there is no coarse clock.
+///
+/// The coarse clock is the precise one as of the kernel's last tick, so it trails it by less
+/// than one tick (its resolution); everything derived from it assumes that. A reading names
+/// its *epoch* (the number of whole periods since an anchor, a period being the tick rounded
+/// up to a power of two nanoseconds, so that the epoch is a shift away); every instant at
+/// which the epoch is `e` lies before [`epoch_end(e)`](epoch_end).
+#[inline]
+pub(crate) fn coarse_now() -> Option<Coarse> {
+    if runtime::context::installed().is_some() {
+        return None;
+    }
+    coarse::now()
+}
+
+/// An instant never earlier than any at which the coarse epoch was `epoch`.
+pub(crate) fn epoch_end(epoch: u64) -> Option<Instant> {
+    coarse::epoch_end(epoch)
+}
+
+/// The latest coarse epoch that ends no later than `instant` (see [`epoch_end`]): while the
+/// coarse clock reads that epoch or an earlier one, `instant` has not come.
+pub(crate) fn last_epoch_before(instant: Instant) -> Option<u64> {
+    coarse::last_epoch_before(instant)
+}
+
+/// The latest coarse epoch that can have been read at or before `upper`.
+pub(crate) fn epoch_by(upper: Instant) -> Option<u64> {
+    coarse::epoch_by(upper)
+}
+
+/// See [`coarse_now`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Coarse {
+    /// Nanoseconds since the anchor, on the coarse clock.
+    since: u64,
+    /// `since / period`.
+    pub(crate) epoch: u64,
+}
+
+impl Coarse {
+    /// Bounds on the instant of the reading: the end of its epoch above, and below, the
+    /// reading mapped onto the precise clock less one tick.
+    pub(crate) fn bounds(&self) -> Bounds {
+        coarse::bounds(self).unwrap_or_else(|| Bounds::exact(Instant::now()))
+    }
+}
+
+/// The result of [`now_bounds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// Never later than the true instant.
+    pub(crate) lower: Instant,
+    /// Never earlier than the true instant.
+    pub(crate) upper: Instant,
+    /// The coarse epoch read, if the coarse clock was read (`upper` is then its end).
+    pub(crate) epoch: Option<u64>,
+}
+
+impl Bounds {
+    /// A precise reading.
+    pub(crate) fn exact(now: Instant) -> Self {
+        Bounds {
+            lower: now,
+            upper: now,
+            epoch: None,
+        }
+    }
+
+    /// Whether both bounds are the same instant.
+    pub(crate) fn is_exact(&self) -> bool {
+        self.lower == self.upper
+    }
+}
+
+#[cfg(all(
+    any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+    not(shuttle),
+    not(miri)
+))]
+mod coarse {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use rustix::time::{clock_getres, clock_gettime, ClockId, Timespec};
+
+    use super::{Bounds, Coarse};
+
+    /// A coarse reading taken together with a precise one: `coarse <= precise < coarse + tick`
+    /// (on the coarse clock's scale, in nanoseconds).
+    struct Anchor {
+        precise: Instant,
+        coarse: u64,
+        /// The coarse clock's resolution: how far it may trail the precise one.
+        tick: u64,
+        /// An epoch's length is `1 << shift` nanoseconds, at least a tick.
+        shift: u32,
+    }
+
+    static ANCHOR: OnceLock<Option<Anchor>> = OnceLock::new();
+
+    fn nanos(Timespec { tv_sec, tv_nsec }: Timespec) -> Option<u64> {
+        let secs = u64::try_from(tv_sec).ok()?;
+        let nanos = u64::try_from(tv_nsec).ok()?;
+        secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+    }
+
+    #[inline]
+    fn read() -> Option<u64> {
+        nanos(clock_gettime(ClockId::MonotonicCoarse))
+    }
+
+    fn anchor() -> Option<Anchor> {
+        let tick = nanos(clock_getres(ClockId::MonotonicCoarse))?;
+        // A resolution that is zero or over 100 ms is not a tick-driven coarse clock.
+        if tick == 0 || tick > 100_000_000 {
+            return None;
+        }
+        for _ in 0..100 {
+            // The precise reading lies between two coarse readings; when they agree, the
+            // coarse clock had that value while the precise one was read:
+            // `coarse <= precise < coarse + tick`.
+            let before = read()?;
+            let precise = Instant::now();
+            let after = read()?;
+            if before == after {
+                return Some(Anchor {
+                    precise,
+                    coarse: before,
+                    tick,
+                    shift: tick.next_power_of_two().trailing_zeros(),
+                });
+            }
+        }
+        None
+    }
+
+    #[inline]
+    fn get() -> Option<&'static Anchor> {
+        ANCHOR.get_or_init(anchor).as_ref()
+    }
+
+    #[inline]
+    pub(super) fn now() -> Option<Coarse> {
+        let anchor = get()?;
+        let since = read()?.checked_sub(anchor.coarse)?;
+        Some(Coarse {
+            since,
+            epoch: since >> anchor.shift,
+        })
+    }
+
+    /// With `a` the anchor's precise instant, whose value on the coarse scale lies in
+    /// `[coarse, coarse + tick)`, and the true value of the reading's instant in
+    /// `[now, now + tick)`, the true instant lies within `a + (now - coarse) ± tick`; and
+    /// `now - coarse < (epoch + 1) * period` puts the upper bound below the epoch's end.
+    pub(super) fn bounds(reading: &Coarse) -> Option<Bounds> {
+        let anchor = get()?;
+        let mid = anchor
+            .precise
+            .checked_add(Duration::from_nanos(reading.since))?;
+        Some(Bounds {
+            lower: mid.checked_sub(Duration::from_nanos(anchor.tick))?,
+            upper: epoch_end(reading.epoch)?,
+            epoch: Some(reading.epoch),
+        })
+    }
+
+    /// `a + (epoch + 1) * period + tick`: a reading in `epoch` has
+    /// `now - coarse < (epoch + 1) * period`, so the true instant is before that.
+    #[inline]
+    pub(super) fn epoch_end(epoch: u64) -> Option<Instant> {
+        let anchor = get()?;
+        let periods = epoch.checked_add(1)?;
+        if periods.leading_zeros() < anchor.shift {
+            return None;
+        }
+        let nanos = (periods << anchor.shift).checked_add(anchor.tick)?;
+        anchor.precise.checked_add(Duration::from_nanos(nanos))
+    }
+
+    /// The largest `e` with `epoch_end(e) <= instant`.
+    pub(super) fn last_epoch_before(instant: Instant) -> Option<u64> {
+        let anchor = get()?;
+        let since = instant.checked_duration_since(anchor.precise)?;
+        let since = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        (since.checked_sub(anchor.tick)? >> anchor.shift).checked_sub(1)
+    }
+
+    /// A reading in epoch `e` has `a + e * period - tick <= a + (now - coarse) - tick <= true
+    /// instant`, so by `upper` the epoch is at most `(upper - a + tick) / period`.
+    pub(super) fn epoch_by(upper: Instant) -> Option<u64> {
+        let anchor = get()?;
+        let since = upper.saturating_duration_since(anchor.precise);
+        let since = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        Some(since.saturating_add(anchor.tick) >> anchor.shift)
+    }
+}
+
+#[cfg(not(all(
+    any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+    not(shuttle),
+    not(miri)
+)))]
+mod coarse {
+    use std::time::Instant;
+
+    use super::{Bounds, Coarse};
+
+    // No coarse clock here (or under shuttle or miri): the callers read the precise one.
+
+    pub(super) fn now() -> Option<Coarse> {
+        None
+    }
+
+    pub(super) fn bounds(_: &Coarse) -> Option<Bounds> {
+        None
+    }
+
+    pub(super) fn epoch_end(_: u64) -> Option<Instant> {
+        None
+    }
+
+    pub(super) fn epoch_by(_: Instant) -> Option<u64> {
+        None
+    }
+
+    pub(super) fn last_epoch_before(_: Instant) -> Option<u64> {
+        None
+    }
+}
+
 /// An instant so far ahead that it is never reached, used to saturate additions that would
 /// overflow.
 pub(crate) fn far_future() -> Instant {
@@ -148,17 +396,6 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
         clock: None,
         cancellable: true,
         check_first: true,
-    }
-}
-
-/// A sleep that ignores cancel scopes, for sheepdog's own deadline timers. It arms the
-/// runtime's timer at its first poll without reading the clock first (a deadline already past
-/// makes the timer fire at once, and the clock is read then).
-pub(crate) fn timer_until(deadline: Instant) -> Sleep {
-    Sleep {
-        cancellable: false,
-        check_first: false,
-        ..sleep_until(deadline)
     }
 }
 

@@ -176,6 +176,10 @@ impl Runtime for SmolRuntime {
         Box::pin(AsyncIoTimer::at(deadline))
     }
 
+    fn async_io_timers(&self) -> bool {
+        true
+    }
+
     fn handle(&self) -> RuntimeHandle {
         self.handle.clone()
     }
@@ -379,6 +383,10 @@ impl Runtime for SmolHandle {
 
     fn timer(&self, deadline: Instant) -> BoxTimer {
         Box::pin(AsyncIoTimer::at(deadline))
+    }
+
+    fn async_io_timers(&self) -> bool {
+        true
     }
 
     fn handle(&self) -> RuntimeHandle {

@@ -353,8 +353,10 @@ fn register_tokio_detector() {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {
         register_detector(|| {
-            tokio::runtime::Handle::try_current()
-                .is_ok()
+            // Inside a tokio task, the usual place, tokio's context is set and a thread-local
+            // read says so; elsewhere (`block_on`, `Runtime::enter`) ask for the handle, which
+            // clones (and drops) tokio's reference-counted handle.
+            (tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok())
                 .then(in_context)
         });
     });

@@ -10,11 +10,31 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 thread_local! {
-    /// The innermost scope of the code being polled on this thread.
-    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
-    /// Whether `CURRENT` holds anything: a plain `Copy` cell, so that the common case — no
-    /// scope at all, checked on every spawn and every sleep — costs one thread-local read.
-    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    /// The innermost scope node of the code being polled on this thread (below a lazy frame,
+    /// if `TOP` has one: then it is that frame's parent).
+    static CURRENT: Cell<Option<Arc<Node>>> = const { Cell::new(None) };
+    /// What is on top of the current scope: a plain `Copy` cell, so that the common cases —
+    /// no scope at all (checked on every spawn and every sleep), and a deadline region that
+    /// completes at its first poll (entered and left here, without touching `CURRENT`) — cost
+    /// a thread-local read or two.
+    static TOP: Cell<Top> = const { Cell::new(Top { node: false, lazy: None }) };
+}
+
+/// The state of the current scope that fits in a `Copy` cell.
+#[derive(Debug, Clone, Copy)]
+struct Top {
+    /// Whether `CURRENT` holds a node.
+    node: bool,
+    /// A region whose node has not been made yet, on top of `CURRENT`: it is made (and pushed
+    /// into `CURRENT`) the first time anything asks for the current node.
+    lazy: Option<Lazy>,
+}
+
+/// The configuration of a region whose node has not been made yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lazy {
+    pub(crate) deadline: Deadline,
+    pub(crate) shield: bool,
 }
 
 /// What the thread-local current scope holds.
@@ -250,7 +270,7 @@ impl Node {
             Deadline::None => None,
             Deadline::At(at) => Some(at),
             Deadline::After(after) => {
-                let at = crate::time::saturating_add(now(), after);
+                let at = after_now(now(), after);
                 state.deadline = Deadline::At(at);
                 Some(at)
             }
@@ -275,60 +295,181 @@ impl Node {
     }
 }
 
-/// The innermost scope node of the code being polled, if any (making it from a frame if
+/// `now + after`, saturating as [`time::saturating_add`](crate::time::saturating_add) does,
+/// without its second clock read when `after` is within the cap (every practical timeout).
+pub(crate) fn after_now(now: Instant, after: Duration) -> Instant {
+    /// Well within `time::far_future`'s thirty years, whatever the clock reads.
+    const NEAR: Duration = Duration::from_secs(86_400 * 365 * 29);
+    match now.checked_add(after) {
+        Some(at) if after <= NEAR => at,
+        _ => crate::time::saturating_add(now, after),
+    }
+}
+
+/// Whether no scope at all is current (no node and no lazy frame).
+#[inline]
+pub(crate) fn bare() -> bool {
+    let top = TOP.with(Cell::get);
+    !top.node && top.lazy.is_none()
+}
+
+/// The innermost scope node of the code being polled, if any (making it from a lazy frame if
 /// needed).
 pub(crate) fn current() -> Option<Arc<Node>> {
-    if !ACTIVE.with(Cell::get) {
+    let top = TOP.with(Cell::get);
+    if let Some(lazy) = top.lazy {
+        let parent = CURRENT.with(Cell::take);
+        let node = Node::new(lazy.deadline, lazy.shield);
+        node.enter(parent);
+        CURRENT.with(|cell| cell.set(Some(Arc::clone(&node))));
+        TOP.with(|cell| {
+            cell.set(Top {
+                node: true,
+                lazy: None,
+            });
+        });
+        return Some(node);
+    }
+    if !top.node {
         return None;
     }
-    CURRENT.with(|cell| match cell.take() {
-        None => None,
-        Some(Current::Node(node)) => {
-            cell.set(Some(Current::Node(Arc::clone(&node))));
-            Some(node)
-        }
-        Some(Current::Frame(frame)) => {
-            let node = Node::new(frame.deadline, frame.shield);
-            node.enter(frame.parent);
-            cell.set(Some(Current::Node(Arc::clone(&node))));
-            Some(node)
-        }
+    crate::runtime::context::peek(&CURRENT)
+}
+
+/// Runs `f` with the node in `CURRENT`, if any, without cloning it.
+#[inline]
+fn with_current_node<R>(f: impl FnOnce(Option<&Arc<Node>>) -> R) -> R {
+    CURRENT.with(|cell| {
+        let node = cell.take();
+        let out = f(node.as_ref());
+        cell.set(node);
+        out
     })
 }
 
 /// Makes `slot` the current scope while `f` runs, moving it in and out (a frame made into a
 /// node meanwhile comes back as the node).
 pub(crate) fn enter<R>(slot: &mut Option<Current>, f: impl FnOnce() -> R) -> R {
-    struct RestoreActive(bool);
-    impl Drop for RestoreActive {
+    struct Restore<'a> {
+        slot: &'a mut Option<Current>,
+        top: Top,
+        node: Option<Arc<Node>>,
+    }
+    impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            ACTIVE.with(|active| active.set(self.0));
+            let top = TOP.with(|cell| cell.replace(self.top));
+            let node = CURRENT.with(|cell| cell.replace(self.node.take()));
+            *self.slot = match top.lazy {
+                Some(lazy) => Some(Current::Frame(Frame {
+                    parent: node,
+                    deadline: lazy.deadline,
+                    shield: lazy.shield,
+                })),
+                None => node.map(Current::Node),
+            };
         }
     }
-    let _active = RestoreActive(ACTIVE.with(|active| active.replace(slot.is_some())));
-    crate::runtime::context::with_swapped(&CURRENT, slot, f)
+    let (node, lazy) = match slot.take() {
+        None => (None, None),
+        Some(Current::Node(node)) => (Some(node), None),
+        Some(Current::Frame(frame)) => (
+            frame.parent,
+            Some(Lazy {
+                deadline: frame.deadline,
+                shield: frame.shield,
+            }),
+        ),
+    };
+    let top = Top {
+        node: node.is_some(),
+        lazy,
+    };
+    let _restore = Restore {
+        top: TOP.with(|cell| cell.replace(top)),
+        node: CURRENT.with(|cell| cell.replace(node)),
+        slot,
+    };
+    f()
+}
+
+/// What [`enter_lazy`] found before running anything.
+pub(crate) enum LazyEntry {
+    /// The frame can go on top of the current scope.
+    Ready,
+    /// The current scope is a lazy frame itself, or (for an unshielded region) is already
+    /// cancelled: the caller takes the slow path, through [`current`].
+    Slow,
+}
+
+/// Whether a lazy region can be entered on the fast path (see [`enter_lazy`]).
+#[inline]
+pub(crate) fn lazy_entry(shield: bool) -> LazyEntry {
+    let top = TOP.with(Cell::get);
+    if top.lazy.is_some()
+        || (!shield
+            && top.node
+            && with_current_node(|n| n.is_some_and(|n| n.effectively_cancelled())))
+    {
+        return LazyEntry::Slow;
+    }
+    LazyEntry::Ready
+}
+
+/// Runs `f` with a lazy frame configured by `lazy` on top of the current scope, which must not
+/// be a lazy frame itself (check [`lazy_entry`] first). `CURRENT` is not touched unless
+/// something inside asks for the current node: then the frame's node is made and stored in
+/// `made` (also on unwind, so the caller can leave the tree).
+pub(crate) fn enter_lazy<R>(lazy: Lazy, made: &mut Option<Arc<Node>>, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a> {
+        top: Top,
+        made: &'a mut Option<Arc<Node>>,
+    }
+    impl Drop for Restore<'_> {
+        #[inline]
+        fn drop(&mut self) {
+            let top = TOP.with(|cell| cell.replace(self.top));
+            if top.lazy.is_none() {
+                // Made into a node: it is in `CURRENT`, its parent is what was there before.
+                let node = CURRENT.with(|cell| {
+                    let node = cell.take();
+                    let parent = node.as_ref().and_then(|n| n.parent().cloned());
+                    cell.set(parent);
+                    node
+                });
+                *self.made = node;
+            }
+        }
+    }
+    let top = TOP.with(Cell::get);
+    debug_assert!(top.lazy.is_none(), "enter_lazy on top of a lazy frame");
+    let _restore = Restore {
+        top: TOP.with(|cell| {
+            cell.replace(Top {
+                node: top.node,
+                lazy: Some(lazy),
+            })
+        }),
+        made,
+    };
+    f()
 }
 
 /// Whether the code being polled is inside an effectively cancelled scope.
+///
+/// Inlined into every wait's fast path (a semaphore's acquire, say): outside any scope it is one
+/// thread-local read; the rest of the check is out of line.
+#[inline]
 pub(crate) fn current_cancelled() -> bool {
-    if !ACTIVE.with(Cell::get) {
+    let top = TOP.with(Cell::get);
+    top.node && current_cancelled_slow(top)
+}
+
+/// The part of [`current_cancelled`] for code inside a scope.
+#[inline(never)]
+fn current_cancelled_slow(top: Top) -> bool {
+    // A lazy frame's own scope has no handle, so only a visible ancestor can cancel it.
+    if top.lazy.is_some_and(|lazy| lazy.shield) {
         return false;
     }
-    CURRENT.with(|cell| {
-        let current = cell.take();
-        let cancelled = match &current {
-            None => false,
-            Some(Current::Node(node)) => node.effectively_cancelled(),
-            // A frame's own scope has no handle, so only a visible ancestor can cancel it.
-            Some(Current::Frame(frame)) => {
-                !frame.shield
-                    && frame
-                        .parent
-                        .as_ref()
-                        .is_some_and(|parent| parent.effectively_cancelled())
-            }
-        };
-        cell.set(current);
-        cancelled
-    })
+    with_current_node(|node| node.is_some_and(|node| node.effectively_cancelled()))
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 
 use super::member::{Entry, Shared};
+use crate::cancel::node::{self, Current};
 use crate::ready::{ReadyList, SlotWaker};
 
 /// How many children one poll of the group polls before it yields to its executor.
@@ -73,6 +74,13 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
     /// Polls new and woken children until none is left to poll, or the budget is spent (then
     /// the group's future is woken again, so its executor gets a turn first).
     pub(crate) fn poll_children(&self, cx: &mut Context<'_>) {
+        // The children run in frames right below the group's node: make it current once for
+        // all of them (see `Member::in_group`).
+        let mut group = Some(Current::Node(Arc::clone(&self.shared.node)));
+        node::enter(&mut group, || self.poll_children_here(cx));
+    }
+
+    fn poll_children_here(&self, cx: &mut Context<'_>) {
         self.ready.register(cx.waker());
         let mut slab = lock(&self.slab);
         let mut woken = Vec::new();

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 
-use crate::cancel::node::{self, Current, Deadline, Frame, Node};
+use crate::cancel::node::{self, Current, Deadline, Frame, Lazy, Node};
 use crate::shim::AtomicUsize;
 
 pub(crate) type Payload = Box<dyn Any + Send + 'static>;
@@ -184,6 +184,10 @@ pin_project_lite::pin_project! {
         #[pin]
         future: Option<F>,
         slot: Option<Current>,
+        // An in-task child: it runs in a frame right below the group's node, which the group
+        // makes current once around all its children's polls, so the member holds no
+        // reference to it. `slot` is `None` until something inside makes the frame's node.
+        in_group: bool,
     }
 
     impl<F> PinnedDrop for Member<F> {
@@ -218,19 +222,31 @@ impl<F> Member<F> {
         Member {
             future: Some(future),
             slot: frame(group),
+            in_group: false,
+        }
+    }
+
+    /// A member polled only inside its group's node (see [`InTask`](super::in_task)): no
+    /// reference counting per child.
+    pub(crate) fn in_group(future: F) -> Self {
+        Member {
+            future: Some(future),
+            slot: None,
+            in_group: true,
         }
     }
 
     /// Whether the group's cancellation reaches this member now: its scope is effectively
-    /// cancelled and no shielded region inside it is still running.
-    fn cancelled(&self) -> bool {
+    /// cancelled and no shielded region inside it is still running. `group` is the group's
+    /// node.
+    fn cancelled(&self, group: &Node) -> bool {
         match &self.slot {
             Some(Current::Frame(frame)) => frame
                 .parent
                 .as_ref()
                 .is_some_and(|parent| parent.effectively_cancelled()),
             Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
-            None => false,
+            None => self.in_group && group.effectively_cancelled(),
         }
     }
 
@@ -242,8 +258,8 @@ impl<F> Member<F> {
     }
 
     /// Cancels the member now if the group's cancellation reaches it. Returns whether it did.
-    pub(crate) fn sweep(self: Pin<&mut Self>) -> bool {
-        if self.future.is_none() || !self.cancelled() {
+    pub(crate) fn sweep(self: Pin<&mut Self>, group: &Node) -> bool {
+        if self.future.is_none() || !self.cancelled(group) {
             return false;
         }
         self.finish();
@@ -270,22 +286,37 @@ where
     pub(crate) fn poll_outcome(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
+        group: &Node,
         wait_in_frame: impl FnOnce(&Waker),
     ) -> Poll<Outcome<T, E>> {
         assert!(
             self.future.is_some(),
             "a group member was polled after it ended"
         );
-        if self.cancelled() {
+        if self.cancelled(group) {
             return Poll::Ready(self.finish_with(Outcome::Cancelled));
         }
         let this = self.as_mut().project();
         let Some(future) = this.future.as_pin_mut() else {
             unreachable!("checked above")
         };
-        let polled = node::enter(this.slot, || {
-            catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
-        });
+        let poll = || catch_unwind(AssertUnwindSafe(|| future.poll(cx)));
+        let polled = if *this.in_group && this.slot.is_none() {
+            // The group's node is current (the group entered it): the frame goes on top.
+            let mut made = None;
+            let polled = node::enter_lazy(
+                Lazy {
+                    deadline: Deadline::None,
+                    shield: false,
+                },
+                &mut made,
+                poll,
+            );
+            *this.slot = made.map(Current::Node);
+            polled
+        } else {
+            node::enter(this.slot, poll)
+        };
         let outcome = match polled {
             Ok(Poll::Ready(output)) => Outcome::Done(output),
             Err(payload) => Outcome::Panicked(payload),
@@ -295,7 +326,7 @@ where
                     _ => wait_in_frame(cx.waker()),
                 }
                 // A cancellation made during that poll is handled now rather than missed.
-                if !self.cancelled() {
+                if !self.cancelled(group) {
                     return Poll::Pending;
                 }
                 Outcome::Cancelled
@@ -355,7 +386,7 @@ where
     let outcome = if waiting.abandoned(cx) && member.as_mut().abandon() {
         Outcome::Cancelled
     } else {
-        std::task::ready!(member.poll_outcome(cx, wait_in_frame))
+        std::task::ready!(member.poll_outcome(cx, &group.node, wait_in_frame))
     };
     let Some(sink) = sink.take() else {
         unreachable!("checked above")
@@ -451,9 +482,9 @@ pin_project_lite::pin_project! {
 
 impl<F, S: Sink<E>, E> LocalChild<F, S, E> {
     /// A child already counted in with [`Shared::join`].
-    pub(crate) fn new(group: &Arc<Node>, future: F, sink: S) -> Self {
+    pub(crate) fn new(future: F, sink: S) -> Self {
         LocalChild {
-            member: Member::new(group, future),
+            member: Member::in_group(future),
             sink: Some(sink),
             group: PhantomData,
         }
@@ -482,7 +513,7 @@ where
 
     fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool {
         let this = self.project();
-        if !this.member.sweep() {
+        if !this.member.sweep(&group.node) {
             return false;
         }
         if let Some(sink) = this.sink.take() {

@@ -1,9 +1,12 @@
 //! Budget accounting of a [`RateLimiter`](super::RateLimiter): what was used of the request and
 //! token budgets, when it comes back, and when a given cost will fit.
 //!
-//! Pure bookkeeping over instants handed in by the caller (the limiter reads the clock once per
-//! operation, under its lock, and never lets it go backwards), so it is tested without a
-//! runtime. Amounts are exact integers; nothing is rounded.
+//! Pure bookkeeping over instants handed in by the caller, so it is tested without a runtime.
+//! The limiter brings the books up to an instant never later than the true one
+//! ([`advance`](Ledger::advance)) and records uses at an instant never earlier than the true one
+//! and never earlier than any recorded before (the `now` of [`take`](Ledger::take) and its
+//! kin); with a precise clock reading both are that reading. Amounts are exact integers;
+//! nothing is rounded.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -40,12 +43,19 @@ enum Mode {
         origin: Option<Instant>,
         /// The index of the current window.
         window: u64,
+        /// Where the current window ends (once the origin is set).
+        edge: Option<Instant>,
     },
 }
 
+/// The uses recorded at one instant: those of reservations `first_id..=id` (and of charges
+/// and provider figures with identities in that range).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     at: Instant,
+    /// `at` plus the interval: when the uses come back.
+    back: Instant,
+    first_id: u64,
     id: u64,
     amount: Amount,
 }
@@ -53,21 +63,52 @@ struct Entry {
 /// What one reservation recorded, so that it can be refunded later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mark {
-    /// The reservation's identity (sliding mode: its log entry).
-    pub(crate) id: u64,
-    /// The window it was charged to (fixed mode).
-    window: u64,
+    /// Where its use is counted.
+    key: Key,
     /// What it reserved, already restricted to the tracked budgets.
     pub(crate) amount: Amount,
+}
+
+/// Where a reservation's use is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// Sliding mode: the reservation's identity, within its log entry's range.
+    Id(u64),
+    /// Sliding mode, an admission made on credit (which has no identity): the instant its
+    /// use is recorded at, which names its log entry.
+    At(Instant),
+    /// The same before it is worked out ([`Mark::resolve`]): the coarse clock epoch of the
+    /// credit, whose end is that instant.
+    Epoch(u64),
+    /// Fixed mode: the window it was charged to.
+    Window(u64),
 }
 
 impl Mark {
     /// The mark of a reservation that recorded nothing (unlimited budgets).
     pub(crate) fn empty(id: u64) -> Self {
         Mark {
-            id,
-            window: 0,
+            key: Key::Id(id),
             amount: [0; 2],
+        }
+    }
+
+    /// The mark of an admission made on credit in coarse clock `epoch` (whose use is
+    /// recorded at the epoch's end).
+    #[inline]
+    pub(crate) fn on_credit(epoch: u64, amount: Amount) -> Self {
+        Mark {
+            key: Key::Epoch(epoch),
+            amount,
+        }
+    }
+
+    /// Works out the instant an admission on credit was recorded at, from `epoch_end` (before
+    /// the ledger looks the mark up; the admission itself does not spend the time).
+    pub(crate) fn resolve(&mut self, epoch_end: impl FnOnce(u64) -> Option<Instant>) {
+        if let Key::Epoch(epoch) = self.key {
+            // No instant (five centuries on): the lookup finds nothing and refunds nothing.
+            self.key = epoch_end(epoch).map_or(Key::Id(0), Key::At);
         }
     }
 }
@@ -81,6 +122,7 @@ impl Ledger {
             Replenishment::FixedWindow => Mode::Fixed {
                 origin: None,
                 window: 0,
+                edge: None,
             },
         };
         Ledger {
@@ -117,7 +159,7 @@ impl Ledger {
         match &mut self.mode {
             Mode::Sliding { log } => {
                 while let Some(entry) = log.front() {
-                    if now.saturating_duration_since(entry.at) < self.interval {
+                    if now < entry.back {
                         break;
                     }
                     for (used, amount) in self.used.iter_mut().zip(entry.amount) {
@@ -126,9 +168,21 @@ impl Ledger {
                     log.pop_front();
                 }
             }
-            Mode::Fixed { origin, window } => {
+            Mode::Fixed {
+                origin,
+                window,
+                edge,
+            } => {
+                if edge.is_some_and(|edge| now < edge) {
+                    return;
+                }
                 let origin = *origin.get_or_insert(now);
                 let current = window_index(origin, now, self.interval);
+                *edge = Some(window_start(
+                    origin,
+                    current.saturating_add(1),
+                    self.interval,
+                ));
                 if current > *window {
                     let passed = current - *window;
                     for (used, limit) in self.used.iter_mut().zip(self.limits) {
@@ -138,6 +192,25 @@ impl Ledger {
                     }
                     *window = current;
                 }
+            }
+        }
+    }
+
+    /// Whether the answer of [`fits`](Self::fits) or the window a use is recorded in could
+    /// change between the instant the books were brought up to and `upper`: an entry comes
+    /// back by then, or (fixed windows) a window edge falls before it.
+    pub(crate) fn unsure_until(&self, upper: Instant, fits: bool) -> bool {
+        match &self.mode {
+            Mode::Sliding { log } => {
+                !fits
+                    && log.front().is_some_and(|e| {
+                        // (`checked_add`: `saturating_add` would read the clock.)
+                        e.at.checked_add(self.interval)
+                            .is_some_and(|back| back <= upper)
+                    })
+            }
+            Mode::Fixed { origin, window, .. } => {
+                origin.is_none_or(|origin| window_index(origin, upper, self.interval) != *window)
             }
         }
     }
@@ -179,7 +252,7 @@ impl Ledger {
                 log.back()
                     .map_or(now, |last| saturating_add(last.at, self.interval))
             }
-            Mode::Fixed { origin, window } => {
+            Mode::Fixed { origin, window, .. } => {
                 let origin = origin.unwrap_or(now);
                 let windows = (0..2)
                     .filter_map(|d| {
@@ -194,35 +267,73 @@ impl Ledger {
         }
     }
 
+    /// `amount`, cut down so that adding it to what is used cannot overflow.
+    fn headroom(&self, amount: Amount) -> Amount {
+        [0, 1].map(|d| amount[d].min(u64::MAX - self.used[d]))
+    }
+
     /// Records `cost` as used at `now` (after [`advance`](Self::advance)), under identity `id`.
     pub(crate) fn take(&mut self, now: Instant, cost: Amount, id: u64) -> Mark {
         self.add(now, cost, id);
-        let window = match self.mode {
-            Mode::Fixed { window, .. } => window,
-            Mode::Sliding { .. } => 0,
+        let key = match self.mode {
+            Mode::Fixed { window, .. } => Key::Window(window),
+            Mode::Sliding { .. } => Key::Id(id),
         };
-        Mark {
-            id,
-            window,
-            amount: cost,
-        }
+        Mark { key, amount: cost }
     }
 
     /// Records `amount` as used at `now` (a charge after the fact, or a provider's lower
     /// figure); it comes back like any use.
     pub(crate) fn add(&mut self, now: Instant, amount: Amount, id: u64) {
+        // What is recorded never takes a total past `u64::MAX`, so the log's entries always
+        // sum to exactly `used` (a use that large is far beyond any budget anyway).
+        let amount = self.headroom(amount);
         if amount == [0, 0] {
             return;
         }
+        self.hold(amount);
+        self.record(now, amount, id);
+    }
+
+    /// Counts `amount` as used without recording when (credit handed out: what is spent of
+    /// it is [`record`](Self::record)ed when it is collected, the rest [`unhold`](Self::unhold)).
+    pub(crate) fn hold(&mut self, amount: Amount) {
         for (used, amount) in self.used.iter_mut().zip(amount) {
-            *used = used.saturating_add(amount);
+            *used += amount;
+        }
+    }
+
+    /// Stops counting `amount` held by [`hold`](Self::hold).
+    pub(crate) fn unhold(&mut self, amount: Amount) {
+        for (used, amount) in self.used.iter_mut().zip(amount) {
+            *used = used.saturating_sub(amount);
+        }
+    }
+
+    /// Records `amount`, already counted by [`hold`](Self::hold), as used at `now` under
+    /// identity `id` (sliding mode; a fixed window needs no record).
+    pub(crate) fn record(&mut self, now: Instant, amount: Amount, id: u64) {
+        if amount == [0, 0] {
+            return;
         }
         if let Mode::Sliding { log } = &mut self.mode {
-            log.push_back(Entry {
-                at: now,
-                id,
-                amount,
-            });
+            match log.back_mut() {
+                // Uses recorded at the same instant share an entry.
+                Some(last) if last.at == now => {
+                    last.id = id;
+                    last.amount[0] += amount[0];
+                    last.amount[1] += amount[1];
+                }
+                _ => log.push_back(Entry {
+                    at: now,
+                    back: now
+                        .checked_add(self.interval)
+                        .unwrap_or_else(|| saturating_add(now, self.interval)),
+                    first_id: id,
+                    id,
+                    amount,
+                }),
+            }
         }
     }
 
@@ -230,23 +341,24 @@ impl Ledger {
     /// same log entry or window if that is still counted, otherwise as used at `now` (then
     /// `fresh_id` identifies it).
     pub(crate) fn charge(&mut self, now: Instant, mark: &mut Mark, amount: Amount, fresh_id: u64) {
+        let amount = self.headroom(amount);
         if amount == [0, 0] {
             return;
         }
         let counted = match &mut self.mode {
-            Mode::Sliding { log } => match log.binary_search_by_key(&mark.id, |e| e.id) {
-                Ok(index) => {
+            Mode::Sliding { log } => match entry_of(log, mark) {
+                Some(index) => {
                     let entry = &mut log[index];
                     entry.amount[0] += amount[0];
                     entry.amount[1] += amount[1];
                     true
                 }
-                Err(_) => false,
+                None => false,
             },
-            Mode::Fixed { window, .. } => *window == mark.window,
+            Mode::Fixed { window, .. } => mark.key == Key::Window(*window),
         };
         if counted {
-            self.used = [0, 1].map(|d| self.used[d].saturating_add(amount[d]));
+            self.used = [0, 1].map(|d| self.used[d] + amount[d]);
             mark.amount = [0, 1].map(|d| mark.amount[d] + amount[d]);
         } else {
             *mark = self.take(now, amount, fresh_id);
@@ -259,17 +371,17 @@ impl Ledger {
     pub(crate) fn refund(&mut self, mark: &mut Mark, amount: Amount) -> Amount {
         let amount = [0, 1].map(|d| amount[d].min(mark.amount[d]));
         let given = match &mut self.mode {
-            Mode::Sliding { log } => match log.binary_search_by_key(&mark.id, |e| e.id) {
-                Ok(index) => {
+            Mode::Sliding { log } => match entry_of(log, mark) {
+                Some(index) => {
                     let entry = &mut log[index];
                     let given = [0, 1].map(|d| amount[d].min(entry.amount[d]));
                     entry.amount[0] -= given[0];
                     entry.amount[1] -= given[1];
                     given
                 }
-                Err(_) => [0; 2],
+                None => [0; 2],
             },
-            Mode::Fixed { window, .. } if *window == mark.window => amount,
+            Mode::Fixed { window, .. } if mark.key == Key::Window(*window) => amount,
             Mode::Fixed { .. } => [0; 2],
         };
         self.used = [0, 1].map(|d| self.used[d].saturating_sub(given[d]));
@@ -287,6 +399,29 @@ impl Ledger {
         });
         self.add(now, cut, id);
     }
+}
+
+/// The index of the log entry that holds the uses of the reservation `mark`, if it is still
+/// counted.
+fn entry_of(log: &VecDeque<Entry>, mark: &Mark) -> Option<usize> {
+    let id = match mark.key {
+        Key::Id(id) => id,
+        // Entries have distinct, increasing instants.
+        Key::At(at) => return log.binary_search_by_key(&at, |e| e.at).ok(),
+        // Resolved before any lookup; unresolved, it finds nothing (nothing is refunded).
+        Key::Epoch(_) => {
+            debug_assert!(false, "a mark on credit is resolved before it is looked up");
+            return None;
+        }
+        Key::Window(_) => return None,
+    };
+    let index = match log.binary_search_by_key(&id, |e| e.id) {
+        Ok(index) => index,
+        Err(index) => index,
+    };
+    log.get(index)
+        .is_some_and(|e| e.first_id <= id)
+        .then_some(index)
 }
 
 fn window_index(origin: Instant, now: Instant, interval: Duration) -> u64 {
@@ -398,6 +533,33 @@ mod tests {
         assert_eq!(l.left(), [Some(4), Some(1000)]);
         l.advance(t0 + 10 * SEC);
         assert_eq!(l.left(), [Some(10), Some(1000)]);
+    }
+
+    /// Uses recorded at one instant share a log entry; each can still be refunded (up to what
+    /// it reserved), charged, and comes back with the others.
+    #[test]
+    fn uses_at_one_instant_share_an_entry() {
+        let t0 = Instant::now();
+        let mut l = sliding(Some(10), Some(100));
+        l.advance(t0);
+        let mut a = l.take(t0, l.cost(30), 1);
+        let mut b = l.take(t0, l.cost(20), 2);
+        let c = l.take(t0 + SEC, l.cost(10), 3);
+        if let Mode::Sliding { log } = &l.mode {
+            assert_eq!(log.len(), 2);
+        }
+        assert_eq!(l.left(), [Some(7), Some(40)]);
+        assert_eq!(l.refund(&mut b, [1, 50]), [1, 20]);
+        l.charge(t0 + SEC, &mut a, [0, 5], 4);
+        assert_eq!(l.left(), [Some(8), Some(55)]);
+        assert_eq!(l.ready_at(t0 + SEC, l.cost(60)), t0 + 10 * SEC);
+        l.advance(t0 + 10 * SEC);
+        assert_eq!(l.left(), [Some(9), Some(90)]);
+        // `a` and `b` are gone with their entry; `c` is not.
+        assert_eq!(l.refund(&mut a, [0, 35]), [0, 0]);
+        let mut c = c;
+        assert_eq!(l.refund(&mut c, [0, 10]), [0, 10]);
+        assert_eq!(l.left(), [Some(9), Some(100)]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! shuttle models of the rate limiter (`RUSTFLAGS="--cfg shuttle" cargo test -p sheepdog-core
 //! --lib shuttle`): a slot released on one thread while the waiter it would go to is cancelled
-//! on another. Either the waiter gets the slot, or the slot passes on; it is never lost.
+//! on another (either the waiter gets the slot, or the slot passes on; it is never lost), and
+//! lock-free admissions on credit racing the lock holder that collects the credit (every
+//! admission counted exactly once).
 
 use crate::cancel::model::explore;
 use crate::cancel::CancelScope;
@@ -48,5 +50,45 @@ fn shuttle_slot_release_versus_waiter_cancel() {
         );
         assert!(limiter.try_acquire(0).is_ok(), "the slot did not come back");
         got_it
+    });
+}
+
+/// Lock-free admissions on credit (unlimited budgets, one slot) race each other, their
+/// releases, and a lock holder that collects the credit (`statistics`): every admission is
+/// counted exactly once, the slot is never held twice, and nothing is left running.
+#[test]
+fn shuttle_credit_admissions_versus_collection() {
+    explore(|| {
+        let limiter = RateLimiter::builder()
+            .concurrency_limit(1)
+            .build()
+            .expect("a valid limiter");
+        let admit = |limiter: RateLimiter| {
+            move || {
+                let mut admitted = 0;
+                for _ in 0..3 {
+                    if let Ok(permit) = limiter.try_acquire(0) {
+                        admitted += 1;
+                        assert_eq!(limiter.statistics().running, 1, "one slot, held twice");
+                        yield_randomly();
+                        drop(permit);
+                    }
+                }
+                admitted
+            }
+        };
+        let one = shuttle::thread::spawn(admit(limiter.clone()));
+        let two = shuttle::thread::spawn(admit(limiter.clone()));
+        yield_randomly();
+        let seen = limiter.statistics();
+        assert!(seen.running <= 1 && seen.completed <= seen.admitted);
+        let admitted = one.join().unwrap() + two.join().unwrap();
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running),
+            (admitted, admitted, 0),
+            "an admission was lost or counted twice"
+        );
+        seen.admitted > 0
     });
 }

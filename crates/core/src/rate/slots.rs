@@ -1,44 +1,117 @@
-//! The concurrency slots of a [`RateLimiter`](super::RateLimiter), and its counters, in atomics
-//! that the common paths use without taking the limiter's lock.
+//! The concurrency slots of a [`RateLimiter`](super::RateLimiter) and its admission *credit*,
+//! in one atomic word that the common paths use without taking the limiter's lock.
 //!
-//! One word holds the number of running jobs and a `SLOW` flag. The flag is set, under the
-//! lock, whenever anyone waits, the limiter is closed or admission is paused; from then on
-//! every admission and every release goes through the lock (so releases serve the waiters and
-//! nobody barges past them). While it is clear, a release is one compare-and-swap, and so is an
-//! admission when no budget is limited (then nothing else needs the lock). The lock-holding
-//! paths set the flag in the same compare-and-swap that decides a job must wait, so a release
-//! that happens meanwhile is either seen by that compare-and-swap or goes through the lock.
+//! The word holds a `SLOW` flag, the number of running jobs and a credit: a number of
+//! admissions and of tokens that may be admitted without the lock, valid while the coarse
+//! clock's epoch is the one named in the word (see [`RateLimiter`](super::RateLimiter)'s
+//! `State::issue`). A lock-free admission is one compare-and-swap that takes a slot and spends
+//! credit together; a lock-free release is one that gives the slot back.
+//!
+//! The flag is set, under the lock, whenever anyone waits, the limiter is closed or admission
+//! is paused; from then on every admission and every release goes through the lock (so
+//! releases serve the waiters and nobody barges past them). The lock-holding paths set the flag
+//! in the same compare-and-swap that decides a job must wait, so a release that happens
+//! meanwhile is either seen by that compare-and-swap or goes through the lock.
+//!
+//! Credit is only ever added under the lock, after the previous credit was collected (taken
+//! out of the word, so that what was spent of it is known), and the lock holder collects it
+//! first thing: while the lock is held, nothing is admitted without it.
 
-use crate::shim::{AtomicU64, AtomicUsize};
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use crate::shim::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// Set while every operation must take the lock.
-const SLOW: usize = 1;
-/// One running job, in the units of the word.
-const ONE: usize = 2;
+const SLOW: u64 = 1;
+/// One running job, in the units of the word: the running jobs are bits 1 to 20.
+const ONE: u64 = 1 << 1;
+const RUNNING: u64 = ((1 << 20) - 1) << 1;
+/// The most jobs that can run at once (the concurrency limit is capped at it).
+pub(crate) const MAX_RUNNING: usize = (1 << 20) - 1;
+/// The credit's epoch (its low bits): bits 21 to 31.
+const EPOCH_SHIFT: u32 = 21;
+const EPOCH_BITS: u32 = 11;
+pub(crate) const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
+/// Admissions left in the credit: bits 32 to 41.
+const REQ_SHIFT: u32 = 32;
+pub(crate) const MAX_CREDIT_REQUESTS: u64 = (1 << 10) - 1;
+/// Tokens left in the credit: bits 42 to 63.
+const TOK_SHIFT: u32 = 42;
+pub(crate) const MAX_CREDIT_TOKENS: u64 = (1 << 22) - 1;
+const CREDIT: u64 = !(SLOW | RUNNING);
+
+fn running_of(word: u64) -> usize {
+    // At most 2^20 - 1: the cast never truncates.
+    ((word & RUNNING) / ONE) as usize
+}
+
+fn epoch_of(word: u64) -> u64 {
+    (word >> EPOCH_SHIFT) & EPOCH_MASK
+}
+
+fn requests_of(word: u64) -> u64 {
+    (word >> REQ_SHIFT) & MAX_CREDIT_REQUESTS
+}
+
+fn tokens_of(word: u64) -> u64 {
+    word >> TOK_SHIFT
+}
+
+/// Credit that was in the word when it was collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unspent {
+    pub(crate) requests: u64,
+    pub(crate) tokens: u64,
+}
 
 #[derive(Debug)]
 pub(crate) struct Slots {
-    /// `running << 1 | SLOW`.
-    word: AtomicUsize,
-    /// The concurrency limit (effectively unlimited if none was set).
+    /// `tokens << 42 | requests << 32 | epoch << 21 | running << 1 | SLOW`.
+    word: AtomicU64,
+    /// The concurrency limit (at most `MAX_RUNNING`).
     limit: usize,
-    pub(crate) admitted: AtomicU64,
-    pub(crate) completed: AtomicU64,
+    /// One more than the last coarse epoch in which no job can be admitted, whatever its cost
+    /// (the request budget is spent until then); zero when unknown. Set and cleared under the
+    /// lock; lets [`try_acquire`](super::RateLimiter::try_acquire) refuse without it.
+    blocked: AtomicU64,
+    /// Refusals made without the lock.
+    pub(crate) rejected: AtomicU64,
 }
 
 impl Slots {
     pub(crate) fn new(limit: Option<usize>) -> Self {
         Slots {
-            word: AtomicUsize::new(0),
-            limit: limit.unwrap_or(usize::MAX / ONE),
-            admitted: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
+            word: AtomicU64::new(0),
+            limit: limit.unwrap_or(MAX_RUNNING).min(MAX_RUNNING),
+            blocked: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
+    /// Under the lock: nothing can be admitted in coarse epochs up to `epoch`.
+    pub(crate) fn block_until(&self, epoch: u64) {
+        self.blocked.store(epoch.saturating_add(1), Release);
+    }
+
+    /// Under the lock: budget came back early (a refund), so the block no longer holds.
+    pub(crate) fn unblock(&self) {
+        self.blocked.store(0, Release);
+    }
+
+    /// The lock-free refusal: whether admission is certainly impossible in coarse `epoch`
+    /// (and the flag is clear, so the refusal is `WouldWait` rather than a closed limiter's);
+    /// counts the refusal.
+    #[inline]
+    pub(crate) fn refuse_blocked(&self, epoch: u64) -> bool {
+        let blocked = epoch < self.blocked.load(Acquire) && self.word.load(Acquire) & SLOW == 0;
+        if blocked {
+            self.rejected.fetch_add(1, Relaxed);
+        }
+        blocked
+    }
+
     /// Applies `f` to the word atomically unless it returns `None`; whether it applied.
-    fn update(&self, mut f: impl FnMut(usize) -> Option<usize>) -> bool {
+    #[inline]
+    fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> bool {
         let mut seen = self.word.load(Acquire);
         loop {
             let Some(new) = f(seen) else { return false };
@@ -50,17 +123,45 @@ impl Slots {
     }
 
     pub(crate) fn running(&self) -> usize {
-        self.word.load(Acquire) / ONE
+        running_of(self.word.load(Acquire))
     }
 
     pub(crate) fn free(&self) -> bool {
         self.running() < self.limit
     }
 
-    /// The lock-free admission: takes a slot if one is free and the flag is clear.
-    pub(crate) fn try_take_fast(&self) -> bool {
+    /// The lock-free admission: takes a slot and spends one admission and `tokens` of the
+    /// credit, if the flag is clear, a slot is free, the credit is for `epoch` (when given:
+    /// its low bits) and holds enough.
+    #[inline]
+    pub(crate) fn try_take_credit(&self, epoch: Option<u64>, tokens: u64) -> bool {
         let limit = self.limit;
-        self.update(|w| (w & SLOW == 0 && w / ONE < limit).then_some(w + ONE))
+        self.update(|w| {
+            let ok = w & SLOW == 0
+                && running_of(w) < limit
+                && epoch.is_none_or(|e| e & EPOCH_MASK == epoch_of(w))
+                && requests_of(w) >= 1
+                && tokens_of(w) >= tokens;
+            ok.then(|| w + ONE - (1 << REQ_SHIFT) - (tokens << TOK_SHIFT))
+        })
+    }
+
+    /// Under the lock: takes the credit out of the word.
+    pub(crate) fn collect(&self) -> Unspent {
+        let w = self.word.fetch_and(!CREDIT, AcqRel);
+        Unspent {
+            requests: requests_of(w),
+            tokens: tokens_of(w),
+        }
+    }
+
+    /// Under the lock, after [`collect`](Self::collect): puts a credit in the word.
+    pub(crate) fn issue(&self, epoch: u64, requests: u64, tokens: u64) {
+        debug_assert!(requests <= MAX_CREDIT_REQUESTS && tokens <= MAX_CREDIT_TOKENS);
+        let credit = (epoch & EPOCH_MASK) << EPOCH_SHIFT
+            | requests.min(MAX_CREDIT_REQUESTS) << REQ_SHIFT
+            | tokens.min(MAX_CREDIT_TOKENS) << TOK_SHIFT;
+        self.word.fetch_or(credit, AcqRel);
     }
 
     /// Under the lock: takes a slot if `admissible` and one is free; otherwise sets the flag
@@ -69,7 +170,7 @@ impl Slots {
         let limit = self.limit;
         let mut took = false;
         self.update(|w| {
-            took = admissible && w / ONE < limit;
+            took = admissible && running_of(w) < limit;
             if took {
                 Some(w + ONE)
             } else if wait {
@@ -82,6 +183,7 @@ impl Slots {
     }
 
     /// The lock-free release: gives the slot back if the flag is clear.
+    #[inline]
     pub(crate) fn release_fast(&self) -> bool {
         self.update(|w| (w & SLOW == 0).then(|| w - ONE))
     }
@@ -99,14 +201,6 @@ impl Slots {
             self.word.fetch_and(!SLOW, AcqRel);
         }
     }
-
-    pub(crate) fn count_admitted(&self) {
-        self.admitted.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn count_completed(&self) {
-        self.completed.fetch_add(1, Relaxed);
-    }
 }
 
 #[cfg(test)]
@@ -116,18 +210,62 @@ mod tests {
     #[test]
     fn the_flag_sends_everyone_to_the_lock() {
         let slots = Slots::new(Some(2));
-        assert!(slots.try_take_fast());
-        assert!(slots.try_take_fast());
-        assert!(!slots.try_take_fast(), "limit reached");
+        slots.issue(0, 10, 0);
+        assert!(slots.try_take_credit(None, 0));
+        assert!(slots.try_take_credit(None, 0));
+        assert!(!slots.try_take_credit(None, 0), "limit reached");
         // A waiter queues: the flag goes up in the compare-and-swap that refused it.
         assert!(!slots.take_or_flag(true, true));
         assert!(!slots.release_fast(), "releases must serve the waiter");
         slots.release_locked();
         assert_eq!(slots.running(), 1);
-        assert!(!slots.try_take_fast(), "no barging past the waiter");
+        assert!(
+            !slots.try_take_credit(None, 0),
+            "no barging past the waiter"
+        );
         assert!(slots.take_or_flag(true, false));
         slots.set_slow(false);
         assert!(slots.release_fast());
         assert_eq!(slots.running(), 1);
+        assert_eq!(
+            slots.collect(),
+            Unspent {
+                requests: 8,
+                tokens: 0
+            }
+        );
+        assert_eq!(slots.running(), 1, "collecting leaves the slots alone");
+    }
+
+    /// Credit is spent in whole admissions and tokens, only in its own epoch, and collecting
+    /// it stops lock-free admission until the next issue.
+    #[test]
+    fn credit_is_bounded_and_dated() {
+        let slots = Slots::new(None);
+        slots.issue(EPOCH_MASK + 1 + 5, 3, 100);
+        assert!(!slots.try_take_credit(Some(4), 10), "another epoch");
+        assert!(slots.try_take_credit(Some(5), 60));
+        assert!(!slots.try_take_credit(Some(5), 41), "40 tokens left");
+        assert!(slots.try_take_credit(Some(5), 40));
+        assert!(slots.try_take_credit(Some(5), 0));
+        assert!(!slots.try_take_credit(Some(5), 0), "no admission left");
+        assert_eq!(
+            slots.collect(),
+            Unspent {
+                requests: 0,
+                tokens: 0
+            }
+        );
+        slots.issue(6, MAX_CREDIT_REQUESTS, MAX_CREDIT_TOKENS);
+        assert!(slots.try_take_credit(Some(6), MAX_CREDIT_TOKENS));
+        assert_eq!(slots.running(), 4);
+        assert_eq!(
+            slots.collect(),
+            Unspent {
+                requests: MAX_CREDIT_REQUESTS - 1,
+                tokens: 0
+            }
+        );
+        assert!(!slots.try_take_credit(Some(6), 0), "collected");
     }
 }

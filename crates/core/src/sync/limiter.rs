@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 
-use super::permits::{Excess, Permits, Waiter, MAX_PERMITS};
+use super::permits::{Excess, HasPermits, One, Permits, Waiter, MAX_PERMITS};
 use super::WouldBlock;
 use crate::shim::{Mutex, MutexGuard};
 
@@ -112,6 +112,13 @@ impl fmt::Debug for CapacityLimiter {
         f.debug_struct("CapacityLimiter")
             .field("statistics", &self.statistics())
             .finish_non_exhaustive()
+    }
+}
+
+impl HasPermits for CapacityLimiter {
+    #[inline]
+    fn permits(&self) -> &Permits {
+        &self.permits
     }
 }
 
@@ -263,10 +270,10 @@ impl CapacityLimiter {
     /// assert_eq!(limiter.borrowed_tokens(), 1);
     /// drop(token);
     /// ```
+    #[inline]
     pub fn acquire(&self) -> LimiterAcquire<'_> {
         LimiterAcquire {
-            limiter: self,
-            waiter: Waiter::new(&self.permits, 1),
+            waiter: Waiter::of(self, One),
         }
     }
 
@@ -284,6 +291,7 @@ impl CapacityLimiter {
     /// assert!(limiter.try_acquire().is_err());
     /// drop(token);
     /// ```
+    #[inline]
     pub fn try_acquire(&self) -> Result<CapacityLimiterGuard<'_>, WouldBlock> {
         if self.permits.try_acquire(1) {
             Ok(CapacityLimiterGuard { limiter: self })
@@ -326,7 +334,7 @@ impl CapacityLimiter {
             limiter: self,
             borrower: Arc::new(borrower),
             registered: false,
-            waiter: Waiter::new(&self.permits, 1),
+            waiter: Waiter::of(self, One),
         }
     }
 
@@ -392,6 +400,7 @@ impl CapacityLimiter {
         Ok(())
     }
 
+    #[inline]
     fn return_token(&self) {
         let released = self.permits.release(1, MAX_PERMITS, Excess::Discard);
         debug_assert!(released.is_ok(), "discarding never refuses");
@@ -422,6 +431,7 @@ impl fmt::Debug for CapacityLimiterGuard<'_> {
 }
 
 impl Drop for CapacityLimiterGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.limiter.return_token();
     }
@@ -431,15 +441,15 @@ impl Drop for CapacityLimiterGuard<'_> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct LimiterAcquire<'a> {
-    limiter: &'a CapacityLimiter,
-    waiter: Waiter<'a>,
+    waiter: Waiter<'a, CapacityLimiter, One>,
 }
 
 impl<'a> Future for LimiterAcquire<'a> {
     type Output = CapacityLimiterGuard<'a>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let limiter = self.limiter;
+        let limiter = self.waiter.owner();
         self.waiter
             .poll_acquire(cx)
             .map(|()| CapacityLimiterGuard { limiter })
@@ -453,7 +463,7 @@ pub struct LimiterAcquireOnBehalfOf<'a> {
     borrower: Arc<dyn BorrowerKey>,
     /// Whether the borrower is in the limiter's table (as waiting, until the token comes).
     registered: bool,
-    waiter: Waiter<'a>,
+    waiter: Waiter<'a, CapacityLimiter, One>,
 }
 
 impl fmt::Debug for LimiterAcquireOnBehalfOf<'_> {

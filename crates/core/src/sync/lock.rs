@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::permits::{Excess, Permits, Waiter};
+use super::permits::{Excess, HasPermits, One, Permits, Waiter};
 use super::WouldBlock;
 
 /// A fair, non-reentrant lock that protects no data (AnyIO's `Lock`).
@@ -60,6 +60,13 @@ impl fmt::Debug for Lock {
     }
 }
 
+impl HasPermits for Lock {
+    #[inline]
+    fn permits(&self) -> &Permits {
+        &self.permits
+    }
+}
+
 impl Lock {
     /// An unlocked lock.
     ///
@@ -94,10 +101,10 @@ impl Lock {
     ///     // critical section
     /// });
     /// ```
+    #[inline]
     pub fn lock(&self) -> LockAcquire<'_> {
         LockAcquire {
-            lock: self,
-            waiter: Waiter::new(&self.permits, 1),
+            waiter: Waiter::of(self, One),
         }
     }
 
@@ -115,6 +122,7 @@ impl Lock {
     /// assert!(lock.try_lock().is_err());
     /// drop(guard);
     /// ```
+    #[inline]
     pub fn try_lock(&self) -> Result<LockGuard<'_>, WouldBlock> {
         if self.permits.try_acquire(1) {
             Ok(LockGuard { lock: self })
@@ -153,6 +161,7 @@ impl Lock {
         }
     }
 
+    #[inline]
     fn unlock(&self) {
         let released = self.permits.release(1, 1, Excess::Discard);
         debug_assert!(released.is_ok(), "discarding never refuses");
@@ -196,6 +205,7 @@ impl fmt::Debug for LockGuard<'_> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.unlock();
     }
@@ -205,15 +215,15 @@ impl Drop for LockGuard<'_> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct LockAcquire<'a> {
-    lock: &'a Lock,
-    waiter: Waiter<'a>,
+    waiter: Waiter<'a, Lock, One>,
 }
 
 impl<'a> Future for LockAcquire<'a> {
     type Output = LockGuard<'a>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LockGuard<'a>> {
-        let lock = self.lock;
+        let lock = self.waiter.owner();
         self.waiter.poll_acquire(cx).map(|()| LockGuard { lock })
     }
 }

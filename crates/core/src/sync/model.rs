@@ -4,6 +4,11 @@
 //! waiter going away on another. Each checks that what was handed over reaches the next
 //! waiter (shuttle reports a deadlock if it is lost), that the counts come back whole, and —
 //! through [`explore`] — that both orders (handed over before the drop, or after) occurred.
+//!
+//! The permits' own protocol has three more races, modelled below: a woken waiter checking its
+//! grant without the lock while the release is still granting it; a waiter leaving from the
+//! middle of the line (a hole) while releases hand permits past it; and a release on the
+//! lock-free fast path against a waiter that is deciding, under the lock, to queue.
 
 use std::future::Future;
 use std::pin::pin;
@@ -52,6 +57,103 @@ fn shuttle_semaphore_hand_off_versus_drop() {
         assert_eq!((permits.available(), permits.waiting()), (1, 0));
         assert!(permits.try_acquire(1), "the fast path is open again");
         gone == Gone::Granted
+    });
+}
+
+/// A release granting the only waiter on one thread while the waiter is polled again on
+/// another: the poll sees the grant without the lock (`true`), or finds none, keeps its (new)
+/// waker in line and is woken by the grant (`false`).
+#[test]
+fn shuttle_permits_grant_check_without_the_lock_versus_release() {
+    explore(|| {
+        let permits = Arc::new(Permits::new(0));
+        let releaser = Arc::clone(&permits);
+        let mut waiter = Waiter::new(&permits, 1);
+        assert!(waiter.poll_acquire(&mut noop_cx()).is_pending());
+        let thread = shuttle::thread::spawn(move || {
+            yield_randomly();
+            releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
+        });
+        yield_randomly();
+        // `block_on`'s waker is not the one in line: a poll that finds no grant must swap it
+        // in, or the grant's wake-up goes to the old one and this hangs.
+        let mut polls = 0;
+        shuttle::future::block_on(std::future::poll_fn(|cx| {
+            polls += 1;
+            waiter.poll_acquire(cx)
+        }));
+        thread.join().unwrap();
+        assert_eq!((permits.available(), permits.waiting()), (0, 0));
+        assert_eq!(
+            waiter.abandon(),
+            Gone::Idle,
+            "a completed waiter holds nothing"
+        );
+        permits.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
+        assert!(permits.try_acquire(1), "the fast path is open again");
+        polls == 1
+    });
+}
+
+/// Three waiters; two releases on one thread while the middle waiter leaves on another. The
+/// first gets the first permit; the second permit reaches the third either way: passed on by
+/// the middle waiter if it had been granted (`true`), or handed past the hole it left.
+#[test]
+fn shuttle_permits_middle_waiter_leaves_versus_hand_offs() {
+    explore(|| {
+        let permits = Arc::new(Permits::new(0));
+        let releaser = Arc::clone(&permits);
+        let mut first = Waiter::new(&permits, 1);
+        let mut middle = Waiter::new(&permits, 1);
+        let mut last = Waiter::new(&permits, 1);
+        for waiter in [&mut first, &mut middle, &mut last] {
+            assert!(waiter.poll_acquire(&mut noop_cx()).is_pending());
+        }
+        let thread = shuttle::thread::spawn(move || {
+            for _ in 0..2 {
+                yield_randomly();
+                releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
+            }
+        });
+        yield_randomly();
+        let gone = middle.abandon();
+        assert_ne!(gone, Gone::Idle);
+        shuttle::future::block_on(std::future::poll_fn(|cx| first.poll_acquire(cx)));
+        shuttle::future::block_on(std::future::poll_fn(|cx| last.poll_acquire(cx)));
+        thread.join().unwrap();
+        assert_eq!((permits.available(), permits.waiting()), (0, 0));
+        permits.release(2, MAX_PERMITS, Excess::Refuse).unwrap();
+        assert_eq!(permits.available(), 2);
+        assert!(permits.try_acquire(2), "the fast path is open again");
+        gone == Gone::Granted
+    });
+}
+
+/// A release on the lock-free fast path on one thread against a waiter that found nothing
+/// free and is queueing (setting `SLOW` under the lock) on another: the waiter takes the
+/// permit at once if the release came first (`true`), or the release sees `SLOW`, goes
+/// through the lock and hands the permit over. Never both, never neither.
+#[test]
+fn shuttle_permits_fast_release_versus_queueing() {
+    explore(|| {
+        let permits = Arc::new(Permits::new(0));
+        let releaser = Arc::clone(&permits);
+        let thread = shuttle::thread::spawn(move || {
+            yield_randomly();
+            releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
+        });
+        yield_randomly();
+        let mut waiter = Waiter::new(&permits, 1);
+        let mut polls = 0;
+        shuttle::future::block_on(std::future::poll_fn(|cx| {
+            polls += 1;
+            waiter.poll_acquire(cx)
+        }));
+        thread.join().unwrap();
+        assert_eq!((permits.available(), permits.waiting()), (0, 0));
+        permits.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
+        assert!(permits.try_acquire(1), "the fast path is open again");
+        polls == 1
     });
 }
 

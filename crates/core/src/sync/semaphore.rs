@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::permits::{Excess, Permits, Waiter, MAX_PERMITS};
+use super::permits::{Excess, HasPermits, One, Permits, Waiter, MAX_PERMITS};
 use super::WouldBlock;
 
 /// A fair semaphore (AnyIO's `Semaphore`, plus weighted acquisition).
@@ -38,6 +38,8 @@ use super::WouldBlock;
 pub struct Semaphore {
     permits: Permits,
     max_value: Option<usize>,
+    /// The maximum value, or [`MAX_PERMITS`] if none was set.
+    limit: usize,
 }
 
 /// Misuse of a [`Semaphore`], or a `try_*` call that would have to wait.
@@ -113,6 +115,13 @@ impl fmt::Debug for Semaphore {
     }
 }
 
+impl HasPermits for Semaphore {
+    #[inline]
+    fn permits(&self) -> &Permits {
+        &self.permits
+    }
+}
+
 impl Semaphore {
     /// The most permits a semaphore can hold.
     pub const MAX_PERMITS: usize = MAX_PERMITS;
@@ -140,6 +149,7 @@ impl Semaphore {
         Semaphore {
             permits: Permits::new(permits),
             max_value: None,
+            limit: MAX_PERMITS,
         }
     }
 
@@ -168,6 +178,7 @@ impl Semaphore {
         Ok(Semaphore {
             permits: Permits::new(initial),
             max_value: Some(max_value),
+            limit: max_value,
         })
     }
 
@@ -196,8 +207,9 @@ impl Semaphore {
         self.max_value
     }
 
+    #[inline]
     fn limit(&self) -> usize {
-        self.max_value.unwrap_or(MAX_PERMITS)
+        self.limit
     }
 
     /// Waits for one permit, in line behind those who asked before.
@@ -215,10 +227,10 @@ impl Semaphore {
     /// let permit = futures::executor::block_on(sem.acquire());
     /// assert_eq!(permit.permits(), 1);
     /// ```
+    #[inline]
     pub fn acquire(&self) -> SemaphoreAcquire<'_> {
         SemaphoreAcquire {
-            semaphore: self,
-            waiter: Waiter::new(&self.permits, 1),
+            waiter: Waiter::of(self, One),
         }
     }
 
@@ -251,9 +263,8 @@ impl Semaphore {
     /// ```
     pub fn acquire_many(&self, n: usize) -> SemaphoreAcquireMany<'_> {
         SemaphoreAcquireMany {
-            semaphore: self,
             checked: self.check_request(n),
-            waiter: Waiter::new(&self.permits, n),
+            waiter: Waiter::of(self, n),
         }
     }
 
@@ -285,6 +296,7 @@ impl Semaphore {
     /// drop(permit);
     /// assert!(sem.try_acquire().is_ok());
     /// ```
+    #[inline]
     pub fn try_acquire(&self) -> Result<SemaphoreGuard<'_>, WouldBlock> {
         if self.permits.try_acquire(1) {
             Ok(self.guard(1))
@@ -360,6 +372,7 @@ impl Semaphore {
         }
     }
 
+    #[inline]
     fn guard(&self, permits: usize) -> SemaphoreGuard<'_> {
         SemaphoreGuard {
             semaphore: self,
@@ -424,6 +437,7 @@ impl fmt::Debug for SemaphoreGuard<'_> {
 }
 
 impl Drop for SemaphoreGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.permits > 0 {
             let released = self.semaphore.permits.release(
@@ -440,15 +454,15 @@ impl Drop for SemaphoreGuard<'_> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct SemaphoreAcquire<'a> {
-    semaphore: &'a Semaphore,
-    waiter: Waiter<'a>,
+    waiter: Waiter<'a, Semaphore, One>,
 }
 
 impl<'a> Future for SemaphoreAcquire<'a> {
     type Output = SemaphoreGuard<'a>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SemaphoreGuard<'a>> {
-        let semaphore = self.semaphore;
+        let semaphore = self.waiter.owner();
         self.waiter.poll_acquire(cx).map(|()| semaphore.guard(1))
     }
 }
@@ -457,9 +471,8 @@ impl<'a> Future for SemaphoreAcquire<'a> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct SemaphoreAcquireMany<'a> {
-    semaphore: &'a Semaphore,
     checked: Result<(), SemaphoreError>,
-    waiter: Waiter<'a>,
+    waiter: Waiter<'a, Semaphore>,
 }
 
 impl<'a> Future for SemaphoreAcquireMany<'a> {
@@ -467,7 +480,7 @@ impl<'a> Future for SemaphoreAcquireMany<'a> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.checked?;
-        let (semaphore, n) = (self.semaphore, self.waiter.wanted());
+        let (semaphore, n) = (self.waiter.owner(), self.waiter.wanted());
         self.waiter
             .poll_acquire(cx)
             .map(|()| Ok(semaphore.guard(n)))

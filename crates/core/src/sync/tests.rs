@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use super::permits::{Gone, Permits, Waiter};
+use super::permits::{Gone, Permits, Waiter, MAX_PERMITS};
 use super::queue::{Abandoned, WaitList, Wakers};
 use super::*;
 
@@ -90,6 +90,74 @@ fn permits_fast_path_then_fifo_hand_off() {
 
 fn permits_excess() -> super::permits::Excess {
     super::permits::Excess::Refuse
+}
+
+/// Waiters leaving from the middle of the line leave holes; once holes outnumber the waiters
+/// the line is compacted. Order, lookups (a waiter polled again with a new waker) and counts
+/// survive both.
+#[test]
+fn permits_line_with_holes_keeps_order_and_lookups() {
+    let permits = Permits::new(0);
+    let mut waiters: Vec<Waiter<'_>> = (0..100).map(|_| Waiter::new(&permits, 1)).collect();
+    let noop = Waker::noop().clone();
+    for waiter in &mut waiters {
+        assert!(waiter
+            .poll_acquire(&mut Context::from_waker(&noop))
+            .is_pending());
+    }
+    // Everyone but the first five and the last five leaves: holes, then a compaction.
+    for waiter in &mut waiters[5..95] {
+        assert_eq!(waiter.abandon(), Gone::Waiting);
+    }
+    assert_eq!(permits.waiting(), 10);
+    // The survivors swap in counting wakers: each is found in the compacted line.
+    let counters: Vec<_> = (0..100).map(|_| counting_waker()).collect();
+    for (i, waiter) in waiters.iter_mut().enumerate() {
+        if !(5..95).contains(&i) {
+            let cx = &mut Context::from_waker(&counters[i].1);
+            assert!(waiter.poll_acquire(cx).is_pending());
+        }
+    }
+    // One release at a time serves them in arrival order, each woken once.
+    let survivors: Vec<usize> = (0..5).chain(95..100).collect();
+    for (served, &i) in survivors.iter().enumerate() {
+        permits.release(1, MAX_PERMITS, permits_excess()).unwrap();
+        assert_eq!(wakes(&counters[i].0), 1, "waiter {i} is next");
+        let cx = &mut Context::from_waker(&counters[i].1);
+        assert!(waiters[i].poll_acquire(cx).is_ready());
+        assert_eq!(permits.waiting(), survivors.len() - served - 1);
+    }
+    // The line is empty: the fast path is open, and the permits come back whole.
+    permits.release(10, MAX_PERMITS, permits_excess()).unwrap();
+    assert_eq!(permits.available(), 10);
+    assert!(permits.try_acquire(10));
+}
+
+/// A release of several permits serves every waiter it can, in order, and counts the rest.
+#[test]
+fn permits_one_release_serves_several_waiters_in_order() {
+    let permits = Permits::new(0);
+    let (counter, waker) = counting_waker();
+    let cx = &mut Context::from_waker(&waker);
+    let mut two = Waiter::new(&permits, 2);
+    let mut one = Waiter::new(&permits, 1);
+    let mut three = Waiter::new(&permits, 3);
+    for waiter in [&mut two, &mut one, &mut three] {
+        assert!(waiter.poll_acquire(cx).is_pending());
+    }
+    // 4 permits: `two` and `one` are served, `three` (wanting 3) waits with 1 counted as free
+    // but not takeable by newcomers.
+    permits.release(4, MAX_PERMITS, permits_excess()).unwrap();
+    assert_eq!(wakes(&counter), 2);
+    assert_eq!(permits.available(), 1);
+    assert!(!permits.try_acquire(1), "no barging past the line");
+    assert!(two.poll_acquire(cx).is_ready());
+    assert!(one.poll_acquire(cx).is_ready());
+    assert!(three.poll_acquire(cx).is_pending());
+    // `three` leaves: the one free permit stays counted, and the fast path reopens.
+    assert_eq!(three.abandon(), Gone::Waiting);
+    assert_eq!((permits.available(), permits.waiting()), (1, 0));
+    assert!(permits.try_acquire(1));
 }
 
 #[test]
