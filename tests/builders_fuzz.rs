@@ -160,3 +160,29 @@ fn rate_limiter_charges_past_u64_max_balance() {
         ],
     });
 }
+
+/// Found by the `rate_limiter` fuzz target: with an interval of decades, waits that each ran
+/// a virtual year into the watchdog took the clock past the thirty years at which instants
+/// saturate; a job then waited for a saturated instant already in the past, and was woken and
+/// re-checked at that same instant forever.
+#[test]
+fn rate_limiter_with_decades_long_interval_never_spins() {
+    for fixed_window in [false, true] {
+        check_rate_limiter(&LimiterInput {
+            requests: None,
+            tokens: Some(1_000),
+            refresh_secs: 4.8e15,
+            queue: None,
+            concurrency: None,
+            fixed_window,
+            // Two fit; each of the others waits a virtual year, until the watchdog ends it.
+            ops: vec![
+                LimiterOp::Submit {
+                    tokens: 500,
+                    millis: 0,
+                };
+                40
+            ],
+        });
+    }
+}

@@ -330,21 +330,22 @@ mod coarse {
     }
 }
 
-/// An instant so far ahead that it is never reached, used to saturate additions that would
-/// overflow.
-pub(crate) fn far_future() -> Instant {
-    // About thirty years: far enough for every practical purpose, near enough for every
-    // platform's `Instant` to represent.
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
-}
+/// How far ahead an addition saturates: about thirty years, far enough to mean "never" for
+/// every practical purpose, near enough for every platform's `Instant` to represent.
+pub(crate) const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
-/// `instant + duration`, saturating at [`far_future`] instead of panicking on overflow.
+/// `instant + duration`, with `duration` capped at [`FAR`], instead of panicking on overflow.
+///
+/// The cap is relative to `instant`, never to the system clock: a virtual clock may run decades
+/// ahead of it, and a deadline must never land before the instant it was computed from.
 pub(crate) fn saturating_add(instant: Instant, duration: Duration) -> Instant {
-    let cap = far_future();
-    match instant.checked_add(duration) {
-        Some(t) if t <= cap => t,
-        _ => cap.max(instant),
-    }
+    let duration = duration.min(FAR);
+    // `Instant` counts from boot on every supported platform, so thirty years more fits; if it
+    // ever did not, the largest step that fits is still at or after `instant`.
+    instant
+        .checked_add(duration)
+        .or_else(|| instant.checked_add(duration / 2))
+        .unwrap_or(instant)
 }
 
 /// Waits until `duration` has elapsed on the ambient clock.

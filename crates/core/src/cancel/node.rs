@@ -295,15 +295,9 @@ impl Node {
     }
 }
 
-/// `now + after`, saturating as [`time::saturating_add`](crate::time::saturating_add) does,
-/// without its second clock read when `after` is within the cap (every practical timeout).
+/// `now + after`, saturating as [`time::saturating_add`](crate::time::saturating_add) does.
 pub(crate) fn after_now(now: Instant, after: Duration) -> Instant {
-    /// Well within `time::far_future`'s thirty years, whatever the clock reads.
-    const NEAR: Duration = Duration::from_secs(86_400 * 365 * 29);
-    match now.checked_add(after) {
-        Some(at) if after <= NEAR => at,
-        _ => crate::time::saturating_add(now, after),
-    }
+    crate::time::saturating_add(now, after)
 }
 
 /// Whether no scope at all is current (no node and no lazy frame).

@@ -234,6 +234,19 @@ impl Ledger {
         if self.fits(cost) {
             return now;
         }
+        let at = self.ready_after(now, cost);
+        // A cost that does not fit now fits strictly later. Only an instant that saturated
+        // (an interval of decades, with a clock that has run for decades) can say otherwise;
+        // waking then would find nothing changed, again and again, so wake "never" instead.
+        if at > now {
+            at
+        } else {
+            saturating_add(now, crate::time::FAR)
+        }
+    }
+
+    /// [`ready_at`](Self::ready_at) for a cost that does not fit now.
+    fn ready_after(&self, now: Instant, cost: Amount) -> Instant {
         match &self.mode {
             Mode::Sliding { log } => {
                 let mut freed = [0u64; 2];
@@ -245,12 +258,12 @@ impl Ledger {
                         Some(limit) => (self.used[d] - freed[d]).saturating_add(cost[d]) <= limit,
                     });
                     if fits {
-                        return saturating_add(entry.at, self.interval);
+                        // The instant `advance` takes the entry back at, exactly.
+                        return entry.back;
                     }
                 }
                 // A cost within the limits fits once everything has come back.
-                log.back()
-                    .map_or(now, |last| saturating_add(last.at, self.interval))
+                log.back().map_or(now, |last| last.back)
             }
             Mode::Fixed { origin, window, .. } => {
                 let origin = origin.unwrap_or(now);
