@@ -6,8 +6,9 @@
 //! [`InlineRaw`] stores the handle in a few words inside sheepdog's `JoinHandle` and calls it
 //! through a static table of functions instead, like `std::task::RawWaker` does.
 //!
-//! This is the only `unsafe` code in sheepdog. It is covered by the unit tests below, which run
-//! under miri (`cargo +nightly miri test -p sheepdog-core --lib`).
+//! One of the two `unsafe` modules in sheepdog (the other is `combinators::pinned`). It is
+//! covered by the unit tests below, which run under miri
+//! (`cargo +nightly miri test -p sheepdog-core --lib`).
 
 #![allow(
     unsafe_code,
