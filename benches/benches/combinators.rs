@@ -14,11 +14,9 @@
 //! (`benches/instr.sh`). Run with `cargo bench -p sheepdog-benches --bench combinators`; see
 //! `docs/performance.md`.
 
-use std::cell::RefCell;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use divan::counter::ItemsCount;
@@ -27,6 +25,7 @@ use futures::executor::block_on;
 use futures::stream::{self, FuturesUnordered, StreamExt};
 use futures_buffered::BufferedStreamExt;
 use futures_concurrency::future::{Join, Race};
+use sheepdog_benches::{chain, slots, Yields};
 use sheepdog_core::combinators::{bounded_map, gather, race, retry, CompletionStream, RetryPolicy};
 
 #[global_allocator]
@@ -68,104 +67,19 @@ fn yield_futs() -> Vec<YieldOnce> {
     (0..N).map(yield_once).collect()
 }
 
-/// A future that returns `Pending` `n` times (waking itself each time), then its value.
-struct Yields(usize, usize);
-
-impl Future for Yields {
-    type Output = usize;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
-        if self.0 == 0 {
-            Poll::Ready(self.1)
-        } else {
-            self.0 -= 1;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
 /// Race inputs: future `i` finishes after `i + 1` yields, so future 0 wins.
 fn race_futs(n: usize) -> Vec<Yields> {
     (0..n).map(|i| Yields(i + 1, i)).collect()
 }
 
-/// `n` futures that finish one at a time, last first: future `i` waits until future `i + 1`
-/// has finished, which wakes it (and only it).
-fn chain(n: usize) -> Vec<impl Future<Output = usize>> {
-    let state = Rc::new(RefCell::new((n, vec![None::<Waker>; n])));
-    (0..n)
-        .map(|i| {
-            let state = Rc::clone(&state);
-            futures::future::poll_fn(move |cx| {
-                let mut state = state.borrow_mut();
-                if state.0 == i + 1 {
-                    state.0 = i;
-                    if let Some(waker) = i.checked_sub(1).and_then(|p| state.1[p].take()) {
-                        waker.wake();
-                    }
-                    Poll::Ready(i)
-                } else {
-                    state.1[i] = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            })
-        })
-        .collect()
-}
-
 /// The 64-slot loop: 64 futures in place, each refilled from the input as it finishes.
 fn slots64(n: usize) -> usize {
-    let mut input = (0..n).map(yield_once);
-    let mut slots: Vec<Option<YieldOnce>> = (0..LIMIT).map(|_| input.next()).collect();
-    let mut sum = 0;
-    block_on(futures::future::poll_fn(|cx| {
-        let mut busy = false;
-        for slot in &mut slots {
-            // Poll the slot's future; a finished one is replaced by the next input, polled at
-            // once (so that it registers the waker).
-            while let Some(fut) = slot {
-                match Pin::new(fut).poll(cx) {
-                    Poll::Ready(v) => {
-                        sum += v;
-                        *slot = input.next();
-                    }
-                    Poll::Pending => {
-                        busy = true;
-                        break;
-                    }
-                }
-            }
-        }
-        if busy {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    }));
-    sum
+    block_on(slots((0..n).map(yield_once), LIMIT))
 }
 
 /// The physical reference: poll every unfinished future of a slice until all are done.
-fn inplace<F: Future<Output = usize> + Unpin>(mut futs: Vec<F>) -> usize {
-    let mut done = vec![None; futs.len()];
-    block_on(futures::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (fut, slot) in futs.iter_mut().zip(done.iter_mut()) {
-            if slot.is_none() {
-                match Pin::new(fut).poll(cx) {
-                    Poll::Ready(v) => *slot = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    }));
-    done.into_iter().flatten().sum()
+fn inplace<F: Future<Output = usize> + Unpin>(futs: Vec<F>) -> usize {
+    block_on(sheepdog_benches::inplace(futs))
 }
 
 #[divan::bench_group(counter = ItemsCount::new(N))]

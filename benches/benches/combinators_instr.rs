@@ -9,40 +9,20 @@
 //! Every scenario builds its input the same way as its `input_*` baseline, so subtracting the
 //! baseline leaves the combinator alone.
 
-use std::cell::RefCell;
 use std::future::{ready, Future, Ready};
 use std::hint::black_box;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 
 use futures::executor::block_on;
-use futures::future::poll_fn;
 use futures::stream::{self, FuturesUnordered, StreamExt};
 use futures_buffered::BufferedStreamExt;
 use futures_concurrency::future::{Join, Race};
+use sheepdog_benches::{chain, slots, Yields};
 use sheepdog_core::combinators::{
     bounded_map, gather, race, retry, try_gather, CompletionStream, RetryPolicy,
 };
 
 const LIMIT: usize = 64;
-
-/// A future that returns `Pending` a number of times (waking itself each time), then its value.
-struct Yields(usize, usize);
-
-impl Future for Yields {
-    type Output = usize;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
-        if self.0 == 0 {
-            Poll::Ready(self.1)
-        } else {
-            self.0 -= 1;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
 
 fn yield_once(i: usize) -> Yields {
     Yields(1, i)
@@ -57,81 +37,13 @@ fn yield_futs(n: usize) -> Vec<Yields> {
 }
 
 /// The in-place poll loop: poll every unfinished future of the vector until all are done.
-fn inplace<F: Future<Output = usize> + Unpin>(mut futs: Vec<F>) -> usize {
-    let mut done = vec![None; futs.len()];
-    block_on(poll_fn(|cx| {
-        let mut pending = false;
-        for (fut, slot) in futs.iter_mut().zip(done.iter_mut()) {
-            if slot.is_none() {
-                match Pin::new(fut).poll(cx) {
-                    Poll::Ready(v) => *slot = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    }));
-    done.into_iter().flatten().sum()
+fn inplace<F: Future<Output = usize> + Unpin>(futs: Vec<F>) -> usize {
+    block_on(sheepdog_benches::inplace(futs))
 }
 
 /// The 64-slot loop: 64 futures in place, each refilled from the input as it finishes.
 fn slots64(n: usize) -> usize {
-    let mut input = (0..black_box(n)).map(yield_once);
-    let mut slots: Vec<Option<Yields>> = (0..LIMIT).map(|_| input.next()).collect();
-    let mut sum = 0;
-    block_on(poll_fn(|cx| {
-        let mut busy = false;
-        for slot in &mut slots {
-            // Poll the slot's future; a finished one is replaced by the next input, polled at
-            // once (so that it registers the waker).
-            while let Some(fut) = slot {
-                match Pin::new(fut).poll(cx) {
-                    Poll::Ready(v) => {
-                        sum += v;
-                        *slot = input.next();
-                    }
-                    Poll::Pending => {
-                        busy = true;
-                        break;
-                    }
-                }
-            }
-        }
-        if busy {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    }));
-    sum
-}
-
-/// `n` futures that finish one at a time, last first: future `i` waits until future `i + 1`
-/// has finished, which wakes it (and only it).
-fn chain(n: usize) -> Vec<impl Future<Output = usize>> {
-    let state = Rc::new(RefCell::new((n, vec![None::<Waker>; n])));
-    (0..black_box(n))
-        .map(|i| {
-            let state = Rc::clone(&state);
-            poll_fn(move |cx| {
-                let mut state = state.borrow_mut();
-                if state.0 == i + 1 {
-                    state.0 = i;
-                    if let Some(waker) = i.checked_sub(1).and_then(|p| state.1[p].take()) {
-                        waker.wake();
-                    }
-                    Poll::Ready(i)
-                } else {
-                    state.1[i] = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            })
-        })
-        .collect()
+    block_on(slots((0..black_box(n)).map(yield_once), LIMIT))
 }
 
 fn chain_boxed(n: usize) -> Vec<Pin<Box<dyn Future<Output = usize>>>> {
