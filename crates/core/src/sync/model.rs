@@ -33,25 +33,37 @@ fn noop_cx() -> Context<'static> {
     Context::from_waker(Waker::noop())
 }
 
+/// Releases one permit `times` times on another thread, each after a random number of yields.
+fn release_later(permits: &Arc<Permits>, times: usize) -> shuttle::thread::JoinHandle<()> {
+    let releaser = Arc::clone(permits);
+    shuttle::thread::spawn(move || {
+        for _ in 0..times {
+            yield_randomly();
+            releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
+        }
+    })
+}
+
+/// Waits (blocking the shuttle thread) until `waiter` is granted.
+fn granted(waiter: &mut Waiter<'_>) {
+    shuttle::future::block_on(std::future::poll_fn(|cx| waiter.poll_acquire(cx)));
+}
+
 /// A release on one thread against the oldest waiter being dropped on another: the permit
 /// goes to the second waiter either way.
 #[test]
 fn shuttle_semaphore_hand_off_versus_drop() {
     explore(|| {
         let permits = Arc::new(Permits::new(0));
-        let releaser = Arc::clone(&permits);
         let mut first = Waiter::new(&permits, 1);
         let mut second = Waiter::new(&permits, 1);
         assert!(first.poll_acquire(&mut noop_cx()).is_pending());
         assert!(second.poll_acquire(&mut noop_cx()).is_pending());
-        let thread = shuttle::thread::spawn(move || {
-            yield_randomly();
-            releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
-        });
+        let thread = release_later(&permits, 1);
         yield_randomly();
         let gone = first.abandon();
         assert_ne!(gone, Gone::Idle);
-        shuttle::future::block_on(std::future::poll_fn(|cx| second.poll_acquire(cx)));
+        granted(&mut second);
         thread.join().unwrap();
         permits.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
         assert_eq!((permits.available(), permits.waiting()), (1, 0));
@@ -67,13 +79,9 @@ fn shuttle_semaphore_hand_off_versus_drop() {
 fn shuttle_permits_grant_check_without_the_lock_versus_release() {
     explore(|| {
         let permits = Arc::new(Permits::new(0));
-        let releaser = Arc::clone(&permits);
         let mut waiter = Waiter::new(&permits, 1);
         assert!(waiter.poll_acquire(&mut noop_cx()).is_pending());
-        let thread = shuttle::thread::spawn(move || {
-            yield_randomly();
-            releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
-        });
+        let thread = release_later(&permits, 1);
         yield_randomly();
         // `block_on`'s waker is not the one in line: a poll that finds no grant must swap it
         // in, or the grant's wake-up goes to the old one and this hangs.
@@ -102,24 +110,18 @@ fn shuttle_permits_grant_check_without_the_lock_versus_release() {
 fn shuttle_permits_middle_waiter_leaves_versus_hand_offs() {
     explore(|| {
         let permits = Arc::new(Permits::new(0));
-        let releaser = Arc::clone(&permits);
         let mut first = Waiter::new(&permits, 1);
         let mut middle = Waiter::new(&permits, 1);
         let mut last = Waiter::new(&permits, 1);
         for waiter in [&mut first, &mut middle, &mut last] {
             assert!(waiter.poll_acquire(&mut noop_cx()).is_pending());
         }
-        let thread = shuttle::thread::spawn(move || {
-            for _ in 0..2 {
-                yield_randomly();
-                releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
-            }
-        });
+        let thread = release_later(&permits, 2);
         yield_randomly();
         let gone = middle.abandon();
         assert_ne!(gone, Gone::Idle);
-        shuttle::future::block_on(std::future::poll_fn(|cx| first.poll_acquire(cx)));
-        shuttle::future::block_on(std::future::poll_fn(|cx| last.poll_acquire(cx)));
+        granted(&mut first);
+        granted(&mut last);
         thread.join().unwrap();
         assert_eq!((permits.available(), permits.waiting()), (0, 0));
         permits.release(2, MAX_PERMITS, Excess::Refuse).unwrap();
@@ -137,11 +139,7 @@ fn shuttle_permits_middle_waiter_leaves_versus_hand_offs() {
 fn shuttle_permits_fast_release_versus_queueing() {
     explore(|| {
         let permits = Arc::new(Permits::new(0));
-        let releaser = Arc::clone(&permits);
-        let thread = shuttle::thread::spawn(move || {
-            yield_randomly();
-            releaser.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
-        });
+        let thread = release_later(&permits, 1);
         yield_randomly();
         let mut waiter = Waiter::new(&permits, 1);
         let mut polls = 0;
