@@ -466,11 +466,14 @@ impl<F: Future> Future for Scoped<F> {
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
-        if !self.entered && self.node.is_none() {
+        // Fields are read through the projection only: a `&Self` would cover the wrapped
+        // future too, and an `async fn`'s state may hold references into itself (miri's
+        // Stacked Borrows reports the shared reborrow as invalidating them).
+        let this = self.as_mut().project();
+        if !*this.entered && this.node.is_none() {
             // The first poll of a region with no handle: the hot path of `fail_after` and
             // friends, kept small (a future that completes at once costs two writes of a
             // thread-local cell).
-            let this = self.as_mut().project();
             let shield = *this.lazy_shield;
             if let LazyEntry::Ready = node::lazy_entry(shield) {
                 let lazy = Lazy {
@@ -528,13 +531,13 @@ impl<F: Future> Scoped<F> {
         cx: &mut Context<'_>,
         first: Option<First<F::Output>>,
     ) -> Poll<Option<F::Output>> {
-        if self.exited {
+        if *self.as_mut().project().exited {
             panic!("a cancel scope's region was polled after it completed");
         }
         let mut polled = None;
         let first = match first {
             Some(first) => Some(first),
-            None if !self.entered => Some(self.as_mut().first_poll(cx)),
+            None if !*self.as_mut().project().entered => Some(self.as_mut().first_poll(cx)),
             None => None,
         };
         if let Some(first) = first {
@@ -561,7 +564,7 @@ impl<F: Future> Scoped<F> {
                 }
             }
         }
-        if self.node.is_none() {
+        if self.as_mut().project().node.is_none() {
             match self.as_mut().poll_root(cx, polled.take()) {
                 RootPoll::Done(output) => return Poll::Ready(output),
                 RootPoll::Pending => return Poll::Pending,

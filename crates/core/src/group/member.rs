@@ -239,15 +239,17 @@ impl<F> Member<F> {
     /// Whether the group's cancellation reaches this member now: its scope is effectively
     /// cancelled and no shielded region inside it is still running. `group` is the group's
     /// node.
-    fn cancelled(&self, group: &Node) -> bool {
-        match &self.slot {
-            Some(Current::Frame(frame)) => frame
-                .parent
-                .as_ref()
-                .is_some_and(|parent| parent.effectively_cancelled()),
-            Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
-            None => self.in_group && group.effectively_cancelled(),
-        }
+    ///
+    /// Takes the pinned member and reads its fields through the projection: a `&Self` would
+    /// cover the future too, whose state (an `async fn`'s) may hold references into itself.
+    fn cancelled(self: Pin<&mut Self>, group: &Node) -> bool {
+        let this = self.project();
+        slot_cancelled(this.slot, *this.in_group, group)
+    }
+
+    /// Whether the member's future is still there (it has not ended).
+    fn running(self: Pin<&mut Self>) -> bool {
+        self.project().future.is_some()
     }
 
     /// Drops the future and leaves the scope tree.
@@ -258,8 +260,8 @@ impl<F> Member<F> {
     }
 
     /// Cancels the member now if the group's cancellation reaches it. Returns whether it did.
-    pub(crate) fn sweep(self: Pin<&mut Self>, group: &Node) -> bool {
-        if self.future.is_none() || !self.cancelled(group) {
+    pub(crate) fn sweep(mut self: Pin<&mut Self>, group: &Node) -> bool {
+        if !self.as_mut().running() || !self.as_mut().cancelled(group) {
             return false;
         }
         self.finish();
@@ -267,12 +269,24 @@ impl<F> Member<F> {
     }
 
     /// Cancels the member now, whatever its scope says (its `start` caller gave up).
-    pub(crate) fn abandon(self: Pin<&mut Self>) -> bool {
-        if self.future.is_none() {
+    pub(crate) fn abandon(mut self: Pin<&mut Self>) -> bool {
+        if !self.as_mut().running() {
             return false;
         }
         self.finish();
         true
+    }
+}
+
+/// [`Member::cancelled`], from the member's fields.
+fn slot_cancelled(slot: &Option<Current>, in_group: bool, group: &Node) -> bool {
+    match slot {
+        Some(Current::Frame(frame)) => frame
+            .parent
+            .as_ref()
+            .is_some_and(|parent| parent.effectively_cancelled()),
+        Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
+        None => in_group && group.effectively_cancelled(),
     }
 }
 
@@ -290,10 +304,10 @@ where
         wait_in_frame: impl FnOnce(&Waker),
     ) -> Poll<Outcome<T, E>> {
         assert!(
-            self.future.is_some(),
+            self.as_mut().running(),
             "a group member was polled after it ended"
         );
-        if self.cancelled(group) {
+        if self.as_mut().cancelled(group) {
             return Poll::Ready(self.finish_with(Outcome::Cancelled));
         }
         let this = self.as_mut().project();
@@ -321,12 +335,12 @@ where
             Ok(Poll::Ready(output)) => Outcome::Done(output),
             Err(payload) => Outcome::Panicked(payload),
             Ok(Poll::Pending) => {
-                match &self.slot {
+                match &*this.slot {
                     Some(Current::Node(node)) => node.register_waker(cx.waker()),
                     _ => wait_in_frame(cx.waker()),
                 }
                 // A cancellation made during that poll is handled now rather than missed.
-                if !self.cancelled(group) {
+                if !slot_cancelled(this.slot, *this.in_group, group) {
                     return Poll::Pending;
                 }
                 Outcome::Cancelled
