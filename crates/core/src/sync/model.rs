@@ -44,6 +44,16 @@ fn release_later(permits: &Arc<Permits>, times: usize) -> shuttle::thread::JoinH
     })
 }
 
+/// The end of a model: `thread` is done, nothing is left free or waiting, and `n` permits given
+/// back are available on the lock-free fast path again.
+fn all_handed_over(permits: &Permits, thread: shuttle::thread::JoinHandle<()>, n: usize) {
+    thread.join().unwrap();
+    assert_eq!((permits.available(), permits.waiting()), (0, 0));
+    permits.release(n, MAX_PERMITS, Excess::Refuse).unwrap();
+    assert_eq!(permits.available(), n);
+    assert!(permits.try_acquire(n), "the fast path is open again");
+}
+
 /// Waits (blocking the shuttle thread) until `waiter` is granted.
 fn granted(waiter: &mut Waiter<'_>) {
     shuttle::future::block_on(std::future::poll_fn(|cx| waiter.poll_acquire(cx)));
@@ -64,10 +74,7 @@ fn shuttle_semaphore_hand_off_versus_drop() {
         let gone = first.abandon();
         assert_ne!(gone, Gone::Idle);
         granted(&mut second);
-        thread.join().unwrap();
-        permits.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
-        assert_eq!((permits.available(), permits.waiting()), (1, 0));
-        assert!(permits.try_acquire(1), "the fast path is open again");
+        all_handed_over(&permits, thread, 1);
         gone == Gone::Granted
     });
 }
@@ -90,15 +97,12 @@ fn shuttle_permits_grant_check_without_the_lock_versus_release() {
             polls += 1;
             waiter.poll_acquire(cx)
         }));
-        thread.join().unwrap();
-        assert_eq!((permits.available(), permits.waiting()), (0, 0));
         assert_eq!(
             waiter.abandon(),
             Gone::Idle,
             "a completed waiter holds nothing"
         );
-        permits.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
-        assert!(permits.try_acquire(1), "the fast path is open again");
+        all_handed_over(&permits, thread, 1);
         polls == 1
     });
 }
@@ -122,11 +126,7 @@ fn shuttle_permits_middle_waiter_leaves_versus_hand_offs() {
         assert_ne!(gone, Gone::Idle);
         granted(&mut first);
         granted(&mut last);
-        thread.join().unwrap();
-        assert_eq!((permits.available(), permits.waiting()), (0, 0));
-        permits.release(2, MAX_PERMITS, Excess::Refuse).unwrap();
-        assert_eq!(permits.available(), 2);
-        assert!(permits.try_acquire(2), "the fast path is open again");
+        all_handed_over(&permits, thread, 2);
         gone == Gone::Granted
     });
 }
@@ -147,10 +147,7 @@ fn shuttle_permits_fast_release_versus_queueing() {
             polls += 1;
             waiter.poll_acquire(cx)
         }));
-        thread.join().unwrap();
-        assert_eq!((permits.available(), permits.waiting()), (0, 0));
-        permits.release(1, MAX_PERMITS, Excess::Refuse).unwrap();
-        assert!(permits.try_acquire(1), "the fast path is open again");
+        all_handed_over(&permits, thread, 1);
         polls == 1
     });
 }
