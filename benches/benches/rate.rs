@@ -351,8 +351,8 @@ mod jobs_100k {
         });
     }
 
-    #[divan::bench]
-    fn yield_once_sheepdog_submit(bencher: Bencher<'_, '_>) {
+    /// `JOBS` yield-once jobs submitted to an unlimited limiter, `in_flight` polled at once.
+    fn yield_once_submits(bencher: Bencher<'_, '_>, in_flight: usize) {
         let limiter = unlimited();
         bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
             run(
@@ -362,24 +362,18 @@ mod jobs_100k {
                         black_box(i)
                     })
                 }),
-                LIMIT,
+                in_flight,
             );
         });
     }
 
     #[divan::bench]
+    fn yield_once_sheepdog_submit(bencher: Bencher<'_, '_>) {
+        yield_once_submits(bencher, LIMIT);
+    }
+
+    #[divan::bench]
     fn yield_once_sheepdog_all_queued(bencher: Bencher<'_, '_>) {
-        let limiter = unlimited();
-        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
-            run(
-                (0..JOBS).map(|i| {
-                    limiter.submit(0, async move {
-                        yield_now().await;
-                        black_box(i)
-                    })
-                }),
-                JOBS,
-            );
-        });
+        yield_once_submits(bencher, JOBS);
     }
 }
