@@ -151,6 +151,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// only if [`timer`](Runtime::timer) is async-io's and [`now`](Runtime::now) is the system
     /// clock. The default is `false`: every deadline gets a timer from
     /// [`timer`](Runtime::timer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")] {
+    /// use sheepdog_core::runtime::Runtime;
+    /// use sheepdog_core::testing::VirtualRuntime;
+    ///
+    /// // Virtual time has timers of its own: each scope deadline gets one.
+    /// assert!(!VirtualRuntime::new().async_io_timers());
+    /// # }
+    /// ```
     fn async_io_timers(&self) -> bool {
         false
     }
