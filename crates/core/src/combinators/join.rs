@@ -6,44 +6,48 @@
 //!   [`MaybeDone`] cells; a finished future is dropped in place and its output stored in its
 //!   cell, so gathering needs one more allocation, the output vector.
 //! - **Parent waker first.** Every future is first polled with the combinator's own waker
-//!   (the next.js trick). A future that is ready at once never needs a waker of its own, and
-//!   one that returns `Pending` is simply polled again on the combinator's next poll, still
-//!   with the parent's waker, so a future that yields once costs two polls and nothing else.
-//! - **Own waker after that.** A future still pending after its second poll gets its own slot
-//!   waker (allocated then, once) at its third poll, on the next call; from then on it is
-//!   polled only when that waker fires, so one wake costs `O(1)` however many futures wait.
-//!   Every future is polled at most three times without its waker having fired, so waking
-//!   futures one at a time stays linear in their number.
+//!   (the next.js trick). A future that is ready at once never needs a waker of its own.
+//! - **Own waker after that.** A future that returned `Pending` is polled on the combinator's
+//!   next call with its own slot waker: one [`SlotWakers`] block holds every slot's waker
+//!   (allocated once, the first time a future needs one), so a slot waker costs no allocation
+//!   of its own, and a future that yields once finishes at that second poll without ever
+//!   waking its slot. From then on a future is polled only when its waker fires, so one wake
+//!   costs `O(1)` however many futures wait, and every future is polled at most twice without
+//!   its waker having fired: waking futures one at a time stays linear in their number.
+//! - **Few futures: no bookkeeping.** Up to [`SMALL`] futures are all polled with the
+//!   parent's waker on every call, without lists or slot wakers.
 //! - **Fair.** One call polls each future at most once, so a future that needs `k` wakes
 //!   finishes on the `k + 1`-th call, whichever its position: `race` is won by the future that
 //!   needs the fewest.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures::future::MaybeDone;
 
 use super::pinned::PinnedSlots;
-use crate::ready::{ReadyList, SlotWaker};
+use super::wakers::SlotWakers;
+
+/// Up to this many futures, every call polls each unfinished future with the parent's waker
+/// (as `futures::join_all` does below 30): cheaper than any bookkeeping at that size, and
+/// still `O(1)` per future per call.
+const SMALL: usize = 32;
 
 /// The slot wakers, made once a future needs one.
 struct Own {
-    ready: Arc<ReadyList>,
-    /// One per slot, `None` until its future needs it.
-    wakers: Vec<Option<(Arc<SlotWaker>, Waker)>>,
+    wakers: SlotWakers,
     /// The woken slots of this poll.
     woken: Vec<usize>,
+    /// Scratch space for [`SlotWakers::drain`].
+    buffer: Vec<usize>,
 }
 
 /// Futures polled together until they finish or the caller stops.
 pub(crate) struct Join<F: Future> {
     cells: PinnedSlots<MaybeDone<F>>,
-    /// Slots polled once with the parent's waker and pending: polled with it again next call.
+    /// Slots polled once with the parent's waker and pending: polled with their own waker on
+    /// the next call.
     parent: Vec<usize>,
-    /// Slots polled twice with the parent's waker and pending: polled with their own waker
-    /// next call.
-    promote: Vec<usize>,
     own: Option<Own>,
     /// How many futures have not finished.
     remaining: usize,
@@ -58,7 +62,6 @@ impl<F: Future> Join<F> {
             remaining: cells.len(),
             cells,
             parent: Vec::new(),
-            promote: Vec::new(),
             own: None,
             started: false,
         }
@@ -71,8 +74,8 @@ impl<F: Future> Join<F> {
 
     /// Polls the futures that may progress. `Ready(None)` once every future has finished;
     /// `Ready(Some(index))` as soon as future `index` finishes with an output for which
-    /// `stop` returns true (the others are then left as they are). The outputs stay in their
-    /// cells until taken with [`take`](Self::take).
+    /// `stop` returns true (the others are then left as they are, and the join must not be
+    /// polled again). The outputs stay in their cells until taken with [`take`](Self::take).
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -83,6 +86,9 @@ impl<F: Future> Join<F> {
             for index in 0..self.cells.len() {
                 let mut cell = self.cells.get_mut(index);
                 if cell.as_mut().poll(cx).is_pending() {
+                    if self.cells.len() <= SMALL {
+                        continue;
+                    }
                     if self.parent.capacity() == 0 {
                         // Room for every future left, so the list never grows.
                         self.parent.reserve_exact(self.cells.len() - index);
@@ -95,36 +101,11 @@ impl<F: Future> Join<F> {
                     return Poll::Ready(Some(index));
                 }
             }
-        } else {
-            if let Some(own) = &mut self.own {
-                own.ready.register(cx.waker());
-                own.ready.drain_into(&mut own.woken);
-                let mut woken = std::mem::take(&mut own.woken);
-                for index in woken.drain(..) {
-                    if self.poll_own(index, cx) && self.finished(index, &mut stop) {
-                        return Poll::Ready(Some(index));
-                    }
-                }
-                if let Some(own) = &mut self.own {
-                    own.woken = woken;
-                }
-            }
-            // Third poll: with the slot's own waker, made now, from which on the future is
-            // polled only when it fires.
-            let mut promote = std::mem::take(&mut self.promote);
-            for index in promote.drain(..) {
-                if self.poll_own(index, cx) && self.finished(index, &mut stop) {
-                    return Poll::Ready(Some(index));
-                }
-            }
-            self.promote = promote;
-            // Second poll: with the parent's waker again; if still pending, the future is
-            // polled with its own waker on the next call.
-            let mut again = std::mem::take(&mut self.parent);
-            for index in again.drain(..) {
+        } else if self.cells.len() <= SMALL {
+            // Few futures: poll every unfinished one with the parent's waker, no lists.
+            for index in 0..self.cells.len() {
                 let mut cell = self.cells.get_mut(index);
-                if cell.as_mut().poll(cx).is_pending() {
-                    self.promote.push(index);
+                if !matches!(&*cell, MaybeDone::Future(_)) || cell.as_mut().poll(cx).is_pending() {
                     continue;
                 }
                 self.remaining -= 1;
@@ -132,7 +113,44 @@ impl<F: Future> Join<F> {
                     return Poll::Ready(Some(index));
                 }
             }
-            self.parent = again;
+        } else {
+            if let Some(own) = &mut self.own {
+                own.wakers.register(cx.waker());
+                own.woken.clear();
+                let Own {
+                    wakers,
+                    woken,
+                    buffer,
+                } = own;
+                wakers.drain(buffer, |index| woken.push(index));
+                for &index in &own.woken {
+                    if Self::poll_own(&mut self.cells, &own.wakers, index) {
+                        self.remaining -= 1;
+                        if Self::stops(&mut self.cells, index, &mut stop) {
+                            return Poll::Ready(Some(index));
+                        }
+                    }
+                }
+            }
+            if !self.parent.is_empty() {
+                // Second poll: with the slot's own waker, from which on the future is polled
+                // only when it fires.
+                let len = self.cells.len();
+                let own = self.own.get_or_insert_with(|| Own {
+                    wakers: SlotWakers::new(len, cx.waker()),
+                    woken: Vec::new(),
+                    buffer: Vec::new(),
+                });
+                for &index in &self.parent {
+                    if Self::poll_own(&mut self.cells, &own.wakers, index) {
+                        self.remaining -= 1;
+                        if Self::stops(&mut self.cells, index, &mut stop) {
+                            return Poll::Ready(Some(index));
+                        }
+                    }
+                }
+                self.parent.clear();
+            }
         }
         if self.remaining == 0 {
             Poll::Ready(None)
@@ -141,41 +159,28 @@ impl<F: Future> Join<F> {
         }
     }
 
-    /// Counts a finished future; whether the caller wants to stop at its output.
-    fn finished(&mut self, index: usize, stop: &mut impl FnMut(&F::Output) -> bool) -> bool {
-        self.remaining -= 1;
-        match self.cells.get_mut(index).output_mut() {
+    /// Whether the caller wants to stop at the output of the finished future `index`.
+    fn stops(
+        cells: &mut PinnedSlots<MaybeDone<F>>,
+        index: usize,
+        stop: &mut impl FnMut(&F::Output) -> bool,
+    ) -> bool {
+        match cells.get_mut(index).output_mut() {
             Some(output) => stop(output),
             None => false,
         }
     }
 
-    /// A poll with the slot's own waker (made on first use); whether the future finished
-    /// now. A stale wake of a finished future polls nothing.
-    fn poll_own(&mut self, index: usize, cx: &Context<'_>) -> bool {
-        if !matches!(self.cells.get(index), MaybeDone::Future(_)) {
+    /// A poll with the slot's own waker; whether the future finished now. A stale wake of a
+    /// finished future polls nothing.
+    fn poll_own(cells: &mut PinnedSlots<MaybeDone<F>>, wakers: &SlotWakers, index: usize) -> bool {
+        let mut cell = cells.get_mut(index);
+        let MaybeDone::Future(_) = &*cell else {
             return false;
-        }
-        let len = self.cells.len();
-        let own = self.own.get_or_insert_with(|| {
-            // Registered before any slot waker exists, so that no wake is lost.
-            let ready = Arc::<ReadyList>::default();
-            ready.register(cx.waker());
-            Own {
-                ready,
-                wakers: Vec::new(),
-                woken: Vec::new(),
-            }
-        });
-        if own.wakers.is_empty() {
-            own.wakers.resize_with(len, || None);
-        }
-        let (state, waker) =
-            own.wakers[index].get_or_insert_with(|| SlotWaker::new(index, &own.ready));
-        state.polling();
-        self.cells
-            .get_mut(index)
-            .poll(&mut Context::from_waker(waker))
+        };
+        wakers.polling(index);
+        cell.as_mut()
+            .poll(&mut Context::from_waker(&wakers.waker(index)))
             .is_ready()
     }
 
@@ -194,6 +199,7 @@ impl<F: Future> Join<F> {
 mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
+    use std::task::Waker;
 
     use futures::future::poll_fn;
 
@@ -244,8 +250,8 @@ mod tests {
             join.take_all().collect::<Vec<_>>(),
             (0..100).collect::<Vec<_>>()
         );
-        // First pass 100, second parent pass 99 (+ 98 own polls), then one poll per wake.
-        assert!(*polls.borrow() <= 4 * 100, "{} polls", polls.borrow());
+        // First pass 100, second pass (own wakers) 99, then one poll per wake.
+        assert!(*polls.borrow() <= 3 * 100, "{} polls", polls.borrow());
         assert!(driver_polls <= 101, "{driver_polls} driver polls");
     }
 }
