@@ -38,8 +38,6 @@ struct Own {
     wakers: SlotWakers,
     /// The woken slots of this poll.
     woken: Vec<usize>,
-    /// Scratch space for [`SlotWakers::drain`].
-    buffer: Vec<usize>,
 }
 
 /// Futures polled together until they finish or the caller stops.
@@ -116,13 +114,7 @@ impl<F: Future> Join<F> {
         } else {
             if let Some(own) = &mut self.own {
                 own.wakers.register(cx.waker());
-                own.woken.clear();
-                let Own {
-                    wakers,
-                    woken,
-                    buffer,
-                } = own;
-                wakers.drain(buffer, |index| woken.push(index));
+                own.wakers.take_woken(&mut own.woken);
                 for &index in &own.woken {
                     if Self::poll_own(&mut self.cells, &own.wakers, index) {
                         self.remaining -= 1;
@@ -139,7 +131,6 @@ impl<F: Future> Join<F> {
                 let own = self.own.get_or_insert_with(|| Own {
                     wakers: SlotWakers::new(len, cx.waker()),
                     woken: Vec::new(),
-                    buffer: Vec::new(),
                 });
                 for &index in &self.parent {
                     if Self::poll_own(&mut self.cells, &own.wakers, index) {
@@ -178,9 +169,8 @@ impl<F: Future> Join<F> {
         let MaybeDone::Future(_) = &*cell else {
             return false;
         };
-        wakers.polling(index);
         cell.as_mut()
-            .poll(&mut Context::from_waker(&wakers.waker(index)))
+            .poll(&mut Context::from_waker(&wakers.polling(index)))
             .is_ready()
     }
 

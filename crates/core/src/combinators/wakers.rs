@@ -190,26 +190,12 @@ impl SlotWakers {
         self.shared.parent.register(parent);
     }
 
-    /// Slot `index` is about to be polled with its waker: a wake from now on queues it.
-    pub(crate) fn polling(&self, index: usize) {
-        self.shared.slots[index]
-            .queued
-            .store(false, Ordering::Release);
-    }
-
-    /// Slot `index` will be polled without a wake (a new future in it): a late wake meant for
-    /// its previous future must not queue it.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn scheduled(&self, index: usize) {
-        self.shared.slots[index]
-            .queued
-            .store(true, Ordering::Release);
-    }
-
-    /// The waker of slot `index`, borrowed: for a `Context` only (a clone of it is an owned
-    /// waker like any other).
-    pub(crate) fn waker(&self, index: usize) -> WakerRef<'_> {
+    /// Slot `index` is about to be polled with its waker, which this returns borrowed (for a
+    /// `Context` only; a clone of it is an owned waker like any other): a wake from now on
+    /// queues the slot.
+    pub(crate) fn polling(&self, index: usize) -> WakerRef<'_> {
         let slot = &self.shared.slots[index];
+        slot.queued.store(false, Ordering::Release);
         WakerRef {
             // SAFETY: the vtable's functions are thread-safe (atomics only) and follow the
             // `RawWaker` contract: a clone takes a reference to the block and wakes the same
@@ -221,30 +207,27 @@ impl SlotWakers {
         }
     }
 
-    /// Calls `each` with the slots woken since the last call, in the order they were woken.
-    /// Each is reported once, and stays queued (a new wake is ignored) until
+    /// Slot `index` will be polled without a wake (a new future in it): a late wake meant for
+    /// its previous future must not queue it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn scheduled(&self, index: usize) {
+        self.shared.slots[index]
+            .queued
+            .store(true, Ordering::Release);
+    }
+
+    /// Replaces the contents of `woken` with the slots woken since the last call, in the order
+    /// they were woken. Each is reported once, and stays queued (a new wake is ignored) until
     /// [`polling`](Self::polling) is called for it.
-    pub(crate) fn drain(&self, buffer: &mut Vec<usize>, mut each: impl FnMut(usize)) {
+    pub(crate) fn take_woken(&self, woken: &mut Vec<usize>) {
+        woken.clear();
         let mut head = self.shared.head.swap(0, Ordering::Acquire);
-        if head == 0 {
-            return;
-        }
-        let slots = &self.shared.slots;
-        let next = |head: usize| slots[head - 1].next.load(Ordering::Relaxed);
-        let second = next(head);
-        if second == 0 {
-            each(head - 1);
-            return;
-        }
-        // More than one: the list is newest first; report them oldest first.
-        buffer.clear();
         while head != 0 {
-            buffer.push(head - 1);
-            head = next(head);
+            woken.push(head - 1);
+            head = self.shared.slots[head - 1].next.load(Ordering::Relaxed);
         }
-        for &index in buffer.iter().rev() {
-            each(index);
-        }
+        // The list is newest first.
+        woken.reverse();
     }
 }
 
@@ -297,8 +280,18 @@ mod tests {
 
     fn drained(wakers: &SlotWakers) -> Vec<usize> {
         let mut out = Vec::new();
-        wakers.drain(&mut Vec::new(), |i| out.push(i));
+        wakers.take_woken(&mut out);
         out
+    }
+
+    /// The borrowed waker of slot `index`, without marking it polled.
+    fn slot_waker(wakers: &SlotWakers, index: usize) -> Waker {
+        let queued = wakers.shared.slots[index].queued.load(Ordering::SeqCst);
+        let waker = wakers.polling(index).clone();
+        wakers.shared.slots[index]
+            .queued
+            .store(queued, Ordering::SeqCst);
+        waker
     }
 
     #[test]
@@ -307,28 +300,28 @@ mod tests {
         let wakers = SlotWakers::new(4, &waker);
         assert_eq!(wakers.len(), 4);
         // Slots start queued: a wake before the first poll is redundant.
-        wakers.waker(1).wake_by_ref();
+        slot_waker(&wakers, 1).wake_by_ref();
         assert!(drained(&wakers).is_empty());
         for i in 0..4 {
             wakers.polling(i);
         }
-        wakers.waker(2).wake_by_ref();
-        wakers.waker(0).wake_by_ref();
-        wakers.waker(2).wake_by_ref();
-        let owned = wakers.waker(3).clone();
+        slot_waker(&wakers, 2).wake_by_ref();
+        slot_waker(&wakers, 0).wake_by_ref();
+        slot_waker(&wakers, 2).wake_by_ref();
+        let owned = slot_waker(&wakers, 3).clone();
         owned.wake();
         assert_eq!(drained(&wakers), vec![2, 0, 3]);
         assert!(drained(&wakers).is_empty());
         // Still queued until polled again.
-        wakers.waker(0).wake_by_ref();
+        slot_waker(&wakers, 0).wake_by_ref();
         assert!(drained(&wakers).is_empty());
         wakers.polling(0);
-        wakers.waker(0).wake_by_ref();
+        slot_waker(&wakers, 0).wake_by_ref();
         assert_eq!(drained(&wakers), vec![0]);
         // A slot marked scheduled ignores a late wake.
         wakers.polling(1);
         wakers.scheduled(1);
-        wakers.waker(1).wake_by_ref();
+        slot_waker(&wakers, 1).wake_by_ref();
         assert!(drained(&wakers).is_empty());
         assert!(count.0.load(Ordering::SeqCst) >= 1);
     }
@@ -338,10 +331,10 @@ mod tests {
         let (count, waker) = parent();
         let wakers = SlotWakers::new(3, &waker);
         wakers.polling(1);
-        let kept = wakers.waker(1).clone();
+        let kept = slot_waker(&wakers, 1).clone();
         let also = kept.clone();
-        assert!(kept.will_wake(&wakers.waker(1)));
-        assert!(!kept.will_wake(&wakers.waker(2)));
+        assert!(kept.will_wake(&slot_waker(&wakers, 1)));
+        assert!(!kept.will_wake(&slot_waker(&wakers, 2)));
         drop(wakers);
         // The block is still alive: waking it is harmless and wakes the (old) parent.
         kept.wake_by_ref();
@@ -357,7 +350,7 @@ mod tests {
         for i in 0..8 {
             wakers.polling(i);
         }
-        let owned: Vec<Waker> = (0..8).map(|i| wakers.waker(i).clone()).collect();
+        let owned: Vec<Waker> = (0..8).map(|i| slot_waker(&wakers, i).clone()).collect();
         let threads: Vec<_> = owned
             .into_iter()
             .map(|w| {
@@ -373,7 +366,8 @@ mod tests {
         let mut seen = Vec::new();
         let mut buffer = Vec::new();
         let kept: Vec<Waker> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        wakers.drain(&mut buffer, |i| seen.push(i));
+        wakers.take_woken(&mut buffer);
+        seen.extend_from_slice(&buffer);
         seen.sort_unstable();
         assert_eq!(seen, (0..8).collect::<Vec<_>>());
         assert!(count.0.load(Ordering::SeqCst) >= 1);
@@ -389,7 +383,7 @@ mod tests {
         for i in 0..4 {
             wakers.polling(i);
         }
-        let owned: Vec<Waker> = (0..4).map(|i| wakers.waker(i).clone()).collect();
+        let owned: Vec<Waker> = (0..4).map(|i| slot_waker(&wakers, i).clone()).collect();
         let handle = std::thread::spawn(move || {
             for _ in 0..3 {
                 for w in &owned {
@@ -400,13 +394,24 @@ mod tests {
         let mut buffer = Vec::new();
         let mut total = 0;
         for _ in 0..20 {
-            wakers.drain(&mut buffer, |i| {
+            wakers.take_woken(&mut buffer);
+            for &i in &buffer {
                 total += 1;
-                wakers.polling(i);
-            });
+                // Polled with its borrowed waker, which the future wakes at once.
+                wakers.polling(i).wake_by_ref();
+            }
         }
         handle.join().unwrap();
-        wakers.drain(&mut buffer, |_| total += 1);
-        assert!((4..=12).contains(&total), "{total} wakes seen");
+        loop {
+            wakers.take_woken(&mut buffer);
+            if buffer.is_empty() {
+                break;
+            }
+            total += buffer.len();
+            for &i in &buffer {
+                wakers.polling(i);
+            }
+        }
+        assert!(total >= 4, "{total} wakes seen");
     }
 }
