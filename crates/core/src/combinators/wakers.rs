@@ -209,7 +209,6 @@ impl SlotWakers {
 
     /// Slot `index` will be polled without a wake (a new future in it): a late wake meant for
     /// its previous future must not queue it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn scheduled(&self, index: usize) {
         self.shared.slots[index]
             .queued
@@ -221,6 +220,9 @@ impl SlotWakers {
     /// [`polling`](Self::polling) is called for it.
     pub(crate) fn take_woken(&self, woken: &mut Vec<usize>) {
         woken.clear();
+        if self.shared.head.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut head = self.shared.head.swap(0, Ordering::Acquire);
         while head != 0 {
             woken.push(head - 1);
