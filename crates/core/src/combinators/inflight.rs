@@ -21,6 +21,7 @@
 //!   a call returns an output are polled, before any new admission, on the next call.
 //! - Dropping the driver drops every future still in it, at once.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::ops::ControlFlow;
@@ -37,8 +38,6 @@ use super::wakers::SlotWakers;
 enum Mode {
     /// Nothing.
     Empty,
-    /// A future not polled yet: polled with the parent's waker next.
-    Fresh,
     /// A future polled once, with the parent's waker: polled with its own waker next.
     Parent,
     /// A future polled with its own slot waker: polled again when that waker fires.
@@ -68,6 +67,7 @@ impl Bits {
     }
 
     /// Adds `slot` (within the reserved room).
+    #[inline]
     fn insert(&mut self, slot: usize) {
         let word = slot / 64;
         self.words[word] |= 1 << (slot % 64);
@@ -75,6 +75,7 @@ impl Bits {
     }
 
     /// Removes and returns the lowest slot in the set.
+    #[inline]
     fn pop(&mut self) -> Option<usize> {
         while let Some(word) = self.words.get_mut(self.low) {
             if *word != 0 {
@@ -88,6 +89,7 @@ impl Bits {
     }
 
     /// Whether the set is empty.
+    #[inline]
     fn is_empty(&mut self) -> bool {
         while let Some(&word) = self.words.get(self.low) {
             if word != 0 {
@@ -123,12 +125,8 @@ impl<F> Blocks<F> {
             .push((PinnedSlots::new((0..len).map(|_| None).collect()), None));
     }
 
-    fn get_mut(&mut self, slot: usize) -> Pin<&mut Option<F>> {
-        let (k, at) = self.locate(slot);
-        self.blocks[k].0.get_mut(at)
-    }
-
     /// The block of `slot` and its place in it.
+    #[inline]
     fn locate(&self, slot: usize) -> (usize, usize) {
         if slot < self.first {
             return (0, slot);
@@ -197,6 +195,7 @@ impl<F> InFlight<F> {
     }
 
     /// A free slot, made if there is none.
+    #[inline]
     fn free_slot(&mut self) -> usize {
         match self.free.pop() {
             Some(slot) => slot,
@@ -218,6 +217,7 @@ impl<F> InFlight<F> {
 
     /// Starts a new round, of the slots added, pending or woken since the last one, unless
     /// slots of the current round are still to poll; whether they are.
+    #[inline]
     pub(crate) fn start_round(&mut self) -> bool {
         if !self.round.is_empty() {
             return true;
@@ -265,24 +265,6 @@ impl<F> InFlight<F> {
 }
 
 impl<F: Future> InFlight<F> {
-    /// Adds `future` under `key`, to be polled (with the parent's waker) in the next round.
-    pub(crate) fn push(&mut self, key: usize, future: F) {
-        let slot = self.free_slot();
-        let (k, at) = self.futures.locate(slot);
-        let (futures, wakers) = &mut self.futures.blocks[k];
-        futures.get_mut(at).set(Some(future));
-        if let Some(wakers) = wakers {
-            // A late wake meant for the slot's previous future must not queue it.
-            wakers.scheduled(at);
-        }
-        self.meta[slot] = Meta {
-            key,
-            mode: Mode::Fresh,
-        };
-        self.next.insert(slot);
-        self.len += 1;
-    }
-
     /// Adds `future` under `key` and polls it once, with the parent's waker: its output if it
     /// is ready at once (it then takes no slot for longer), else it is polled on the next call.
     #[inline(always)]
@@ -344,26 +326,10 @@ impl<F: Future> InFlight<F> {
     /// Polls one slot with its own waker (made with its block's, on first use); on completion
     /// drops the future in place and frees the slot.
     #[inline(always)]
-    fn poll_slot(&mut self, slot: usize, cx: &mut Context<'_>) -> Poll<(usize, F::Output)> {
+    fn poll_slot(&mut self, slot: usize, cx: &Context<'_>) -> Poll<(usize, F::Output)> {
         let meta = &mut self.meta[slot];
         match meta.mode {
             Mode::Empty => return Poll::Pending,
-            Mode::Fresh => {
-                let mut cell = self.futures.get_mut(slot);
-                let Some(running) = cell.as_mut().as_pin_mut() else {
-                    return Poll::Pending;
-                };
-                let Poll::Ready(output) = running.poll(cx) else {
-                    meta.mode = Mode::Parent;
-                    self.next.insert(slot);
-                    return Poll::Pending;
-                };
-                cell.set(None);
-                meta.mode = Mode::Empty;
-                self.free.push(slot);
-                self.len -= 1;
-                return Poll::Ready((meta.key, output));
-            }
             Mode::Parent | Mode::Own => meta.mode = Mode::Own,
         }
         let (k, at) = self.futures.locate(slot);
@@ -445,6 +411,9 @@ pub(crate) struct Feed<S: Source> {
     exhausted: bool,
     next_key: usize,
     pub(crate) flight: InFlight<S::Fut>,
+    /// Outputs of futures that were ready at their first poll, when admitted, not yet
+    /// returned by [`poll_next`](Self::poll_next) (they count against its cap until they are).
+    ready: VecDeque<(usize, <S::Fut as Future>::Output)>,
 }
 
 impl<S: Source> fmt::Debug for Feed<S> {
@@ -465,7 +434,14 @@ impl<S: Source> Feed<S> {
             exhausted: false,
             next_key: 0,
             flight: InFlight::with_first_block(0),
+            ready: VecDeque::new(),
         }
+    }
+
+    /// How many futures are in flight, or finished and not yet returned by
+    /// [`poll_next`](Self::poll_next).
+    pub(crate) fn unfinished(&self) -> usize {
+        self.flight.len() + self.ready.len()
     }
 
     /// How many futures have been admitted so far (the next one's input index).
@@ -486,6 +462,7 @@ impl<S: Source> Feed<S> {
     pub(crate) fn close(&mut self) {
         self.exhausted = true;
         self.flight = InFlight::with_first_block(0);
+        self.ready.clear();
     }
 
     /// [`poll_next`](Self::poll_next) without stopping at the first output: hands every output
@@ -538,30 +515,42 @@ impl<S: Source> Feed<S> {
         }
     }
 
-    /// Admits futures in input order until `cap` are in flight or the source ends (or, for a
-    /// stream, has none ready), then polls those that may progress: the next
-    /// `(input index, output)` in completion order, `Ready(None)` once the source has ended and
-    /// everything finished, or `Pending`.
+    /// Admits futures in input order, each polled at once, until `cap` are in flight (or
+    /// finished at admission and not returned yet) or the source ends (or, for a stream, has
+    /// none ready); then, unless one was ready at once, polls those in flight that may
+    /// progress until one finishes: the next `(input index, output)` in completion order,
+    /// `Ready(None)` once the source has ended and everything finished, or `Pending`.
+    ///
+    /// Futures already in flight finish one per call: a call returns at the first.
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
         cap: usize,
     ) -> Poll<Option<(usize, <S::Fut as Future>::Output)>> {
+        if let Some(done) = self.ready.pop_front() {
+            return Poll::Ready(Some(done));
+        }
         if self.next_key == 0 {
             // The first block of slots holds the whole input, or `cap` futures if fewer.
             let (low, high) = self.source.size_hint();
             self.flight
                 .size_first_block(high.unwrap_or(low).clamp(4, cap.max(4)).min(cap));
         }
-        while !self.exhausted && self.flight.len() < cap {
+        while !self.exhausted && self.flight.len() + self.ready.len() < cap {
             match self.source.poll_take(cx) {
                 Poll::Ready(Some(future)) => {
-                    self.flight.push(self.next_key, future);
+                    let key = self.next_key;
                     self.next_key += 1;
+                    if let Poll::Ready(output) = self.flight.admit(key, future, cx) {
+                        self.ready.push_back((key, output));
+                    }
                 }
                 Poll::Ready(None) => self.exhausted = true,
                 Poll::Pending => break,
             }
+        }
+        if let Some(done) = self.ready.pop_front() {
+            return Poll::Ready(Some(done));
         }
         if let Poll::Ready(done) = self.flight.poll_round(cx) {
             return Poll::Ready(Some(done));

@@ -193,6 +193,7 @@ impl SlotWakers {
     /// Slot `index` is about to be polled with its waker, which this returns borrowed (for a
     /// `Context` only; a clone of it is an owned waker like any other): a wake from now on
     /// queues the slot.
+    #[inline]
     pub(crate) fn polling(&self, index: usize) -> WakerRef<'_> {
         let slot = &self.shared.slots[index];
         slot.queued.store(false, Ordering::Release);
@@ -209,6 +210,7 @@ impl SlotWakers {
 
     /// Slot `index` will be polled without a wake (a new future in it): a late wake meant for
     /// its previous future must not queue it.
+    #[inline]
     pub(crate) fn scheduled(&self, index: usize) {
         self.shared.slots[index]
             .queued
