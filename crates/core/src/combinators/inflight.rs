@@ -38,8 +38,10 @@ use super::wakers::SlotWakers;
 enum Mode {
     /// Nothing.
     Empty,
-    /// A future polled once, with the parent's waker: polled with its own waker next.
+    /// A future polled once, with the parent's waker: polled with it again next.
     Parent,
+    /// A future polled twice with the parent's waker: polled with its own waker next.
+    Promote,
     /// A future polled with its own slot waker: polled again when that waker fires.
     Own,
 }
@@ -199,20 +201,25 @@ impl<F> InFlight<F> {
     fn free_slot(&mut self) -> usize {
         match self.free.pop() {
             Some(slot) => slot,
-            None => {
-                if self.meta.len() == self.futures.capacity() {
-                    self.futures.grow();
-                    let slots = self.futures.capacity();
-                    self.round.reserve(slots);
-                    self.next.reserve(slots);
-                }
-                self.meta.push(Meta {
-                    key: 0,
-                    mode: Mode::Empty,
-                });
-                self.meta.len() - 1
-            }
+            None => self.new_slot(),
         }
+    }
+
+    /// A new slot, in a new block if the last is full.
+    #[cold]
+    #[inline(never)]
+    fn new_slot(&mut self) -> usize {
+        if self.meta.len() == self.futures.capacity() {
+            self.futures.grow();
+            let slots = self.futures.capacity();
+            self.round.reserve(slots);
+            self.next.reserve(slots);
+        }
+        self.meta.push(Meta {
+            key: 0,
+            mode: Mode::Empty,
+        });
+        self.meta.len() - 1
     }
 
     /// Starts a new round, of the slots added, pending or woken since the last one, unless
@@ -326,21 +333,34 @@ impl<F: Future> InFlight<F> {
     /// Polls one slot with its own waker (made with its block's, on first use); on completion
     /// drops the future in place and frees the slot.
     #[inline(always)]
-    fn poll_slot(&mut self, slot: usize, cx: &Context<'_>) -> Poll<(usize, F::Output)> {
+    fn poll_slot(&mut self, slot: usize, cx: &mut Context<'_>) -> Poll<(usize, F::Output)> {
         let meta = &mut self.meta[slot];
-        match meta.mode {
-            Mode::Empty => return Poll::Pending,
-            Mode::Parent | Mode::Own => meta.mode = Mode::Own,
-        }
         let (k, at) = self.futures.locate(slot);
         let (futures, wakers) = &mut self.futures.blocks[k];
-        let wakers = wakers.get_or_insert_with(|| SlotWakers::new(futures.len(), cx.waker()));
+        let block_len = futures.len();
         let mut cell = futures.get_mut(at);
         let Some(running) = cell.as_mut().as_pin_mut() else {
             return Poll::Pending;
         };
-        let Poll::Ready(output) = running.poll(&mut Context::from_waker(&wakers.polling(at)))
-        else {
+        let polled = match meta.mode {
+            Mode::Empty => return Poll::Pending,
+            Mode::Parent => {
+                // Second poll, still with the parent's waker: a future that yields once
+                // finishes here without a slot waker.
+                let polled = running.poll(cx);
+                if polled.is_pending() {
+                    meta.mode = Mode::Promote;
+                    self.next.insert(slot);
+                }
+                polled
+            }
+            Mode::Promote | Mode::Own => {
+                meta.mode = Mode::Own;
+                let wakers = wakers.get_or_insert_with(|| SlotWakers::new(block_len, cx.waker()));
+                running.poll(&mut Context::from_waker(&wakers.polling(at)))
+            }
+        };
+        let Poll::Ready(output) = polled else {
             return Poll::Pending;
         };
         cell.set(None);
