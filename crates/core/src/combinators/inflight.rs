@@ -278,8 +278,7 @@ impl<F: Future> InFlight<F> {
     pub(crate) fn admit(&mut self, key: usize, future: F, cx: &mut Context<'_>) -> Poll<F::Output> {
         let slot = self.free_slot();
         let (k, at) = self.futures.locate(slot);
-        let (futures, wakers) = &mut self.futures.blocks[k];
-        let mut cell = futures.get_mut(at);
+        let mut cell = self.futures.blocks[k].0.get_mut(at);
         cell.set(Some(future));
         let polled = match cell.as_mut().as_pin_mut() {
             Some(running) => running.poll(cx),
@@ -289,10 +288,6 @@ impl<F: Future> InFlight<F> {
             cell.set(None);
             self.free.push(slot);
             return polled;
-        }
-        if let Some(wakers) = wakers {
-            // A late wake meant for the slot's previous future must not queue it.
-            wakers.scheduled(at);
         }
         self.meta[slot] = Meta {
             key,
@@ -653,6 +648,43 @@ mod tests {
         assert_eq!(flight.futures.capacity(), 3 + 6 + 12 + 24);
         done.sort_unstable();
         assert_eq!(done, (0..40).map(|k| (k, k)).collect::<Vec<_>>());
+    }
+
+    /// Futures that finish one at a time, last first: each finishes when the one after it
+    /// has, and wakes the one before it (through the waker it was last polled with).
+    fn chain(n: usize) -> Vec<Pin<Box<dyn Future<Output = usize>>>> {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        let turn = Rc::new(RefCell::new((n, vec![None::<std::task::Waker>; n])));
+        (0..n)
+            .map(|i| {
+                let turn = Rc::clone(&turn);
+                Box::pin(poll_fn(move |cx| {
+                    let mut turn = turn.borrow_mut();
+                    if turn.0 == i + 1 {
+                        turn.0 = i;
+                        if let Some(waker) = i.checked_sub(1).and_then(|p| turn.1[p].take()) {
+                            waker.wake();
+                        }
+                        Poll::Ready(i)
+                    } else {
+                        turn.1[i] = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                })) as Pin<Box<dyn Future<Output = usize>>>
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_at_a_time_wakes_go_through_the_slot_wakers() {
+        let mut flight = InFlight::with_first_block(8);
+        let done = run(&mut flight, chain(50));
+        assert_eq!(done, (0..50).rev().map(|i| (i, i)).collect::<Vec<_>>());
+        assert!(flight.is_empty());
+        // The same slots again, with wakers left over from the first run.
+        let again = run(&mut flight, chain(20));
+        assert_eq!(again, (0..20).rev().map(|i| (i, i)).collect::<Vec<_>>());
     }
 
     #[test]

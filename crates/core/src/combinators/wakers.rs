@@ -1,7 +1,7 @@
 //! One shared block of slot wakers for a combinator's futures: what a future that stays
 //! pending is polled with, so that a wake re-polls only that future.
 //!
-//! The block is a single allocation holding, for every slot, a `queued` flag and a link, plus
+//! The block is a single allocation holding, for every slot, a state word and a link, plus
 //! one header: the combinator's task waker and the head of the ready list. A slot's [`Waker`]
 //! is a [`RawWaker`] whose data pointer is the address of its slot in the block; cloning it
 //! adds one to the block's reference count (one count for the whole block, so wakers that
@@ -24,7 +24,7 @@
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{RawWaker, RawWakerVTable, Waker};
 
@@ -36,8 +36,8 @@ struct Slot {
     block: *const Shared,
     /// The slot's number.
     index: usize,
-    /// Whether the slot is on the ready list, or about to be polled anyway.
-    queued: AtomicBool,
+    /// [`IDLE`], [`LISTED`] or [`HELD`].
+    state: AtomicU8,
     /// The ready list's next entry below this one (index + 1, 0 for none); written by the
     /// waker that pushes the slot, before the push is published.
     next: AtomicUsize,
@@ -51,6 +51,15 @@ unsafe impl Send for Slot {}
 // SAFETY: as above.
 unsafe impl Sync for Slot {}
 
+/// A slot's state: polled with its waker, not woken since (a wake lists it).
+const IDLE: u8 = 0;
+/// A slot's state: on the ready list (a wake changes nothing). Only a wake moves a slot here,
+/// from `IDLE`, so a slot is on the list at most once.
+const LISTED: u8 = 1;
+/// A slot's state: held by the combinator, which will poll it anyway — not polled with its
+/// waker yet, or taken off the list and not polled since (a wake changes nothing).
+const HELD: u8 = 2;
+
 /// What the slot wakers share with their combinator.
 struct Shared {
     /// The combinator's task.
@@ -63,12 +72,16 @@ struct Shared {
 impl Shared {
     /// Queues `slot` (unless it is queued already) and wakes the combinator's task.
     fn wake_slot(&self, slot: &Slot) {
-        if slot.queued.swap(true, Ordering::AcqRel) {
+        if slot
+            .state
+            .compare_exchange(IDLE, LISTED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return;
         }
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
-            // Only the waker that flipped `queued` writes `next`, and the combinator reads it
+            // Only the waker that listed the slot writes `next`, and the combinator reads it
             // only after taking the list, so this store races with nothing.
             slot.next.store(head, Ordering::Relaxed);
             match self.head.compare_exchange_weak(
@@ -160,7 +173,7 @@ pub(crate) struct SlotWakers {
 }
 
 impl SlotWakers {
-    /// A block of `len` slot wakers, which wake `parent`'s task; every slot starts queued
+    /// A block of `len` slot wakers, which wake `parent`'s task; every slot starts held
     /// (not yet polled with its waker).
     pub(crate) fn new(len: usize, parent: &Waker) -> Self {
         let shared = Arc::new_cyclic(|block| Shared {
@@ -170,7 +183,7 @@ impl SlotWakers {
                 .map(|index| Slot {
                     block: block.as_ptr(),
                     index,
-                    queued: AtomicBool::new(true),
+                    state: AtomicU8::new(HELD),
                     next: AtomicUsize::new(0),
                 })
                 .collect(),
@@ -192,11 +205,16 @@ impl SlotWakers {
 
     /// Slot `index` is about to be polled with its waker, which this returns borrowed (for a
     /// `Context` only; a clone of it is an owned waker like any other): a wake from now on
-    /// queues the slot.
+    /// lists the slot. A slot still on the list (from a wake of an earlier poll, or of an
+    /// earlier future in the slot) stays there once: it will be reported and polled again.
     #[inline]
     pub(crate) fn polling(&self, index: usize) -> WakerRef<'_> {
         let slot = &self.shared.slots[index];
-        slot.queued.store(false, Ordering::Release);
+        // Only the combinator moves a slot out of `HELD`, and no waker moves it in or out of
+        // `HELD`, so this load and store race with nothing that matters.
+        if slot.state.load(Ordering::Relaxed) == HELD {
+            slot.state.store(IDLE, Ordering::Release);
+        }
         WakerRef {
             // SAFETY: the vtable's functions are thread-safe (atomics only) and follow the
             // `RawWaker` contract: a clone takes a reference to the block and wakes the same
@@ -208,17 +226,8 @@ impl SlotWakers {
         }
     }
 
-    /// Slot `index` will be polled without a wake (a new future in it): a late wake meant for
-    /// its previous future must not queue it.
-    #[inline]
-    pub(crate) fn scheduled(&self, index: usize) {
-        self.shared.slots[index]
-            .queued
-            .store(true, Ordering::Release);
-    }
-
     /// Replaces the contents of `woken` with the slots woken since the last call, in the order
-    /// they were woken. Each is reported once, and stays queued (a new wake is ignored) until
+    /// they were woken. Each is reported once, and held (a new wake is ignored) until
     /// [`polling`](Self::polling) is called for it.
     pub(crate) fn take_woken(&self, woken: &mut Vec<usize>) {
         woken.clear();
@@ -227,8 +236,11 @@ impl SlotWakers {
         }
         let mut head = self.shared.head.swap(0, Ordering::Acquire);
         while head != 0 {
+            let slot = &self.shared.slots[head - 1];
             woken.push(head - 1);
-            head = self.shared.slots[head - 1].next.load(Ordering::Relaxed);
+            head = slot.next.load(Ordering::Relaxed);
+            // Off the list: no waker writes `next` again before `polling` makes it idle.
+            slot.state.store(HELD, Ordering::Relaxed);
         }
         // The list is newest first.
         woken.reverse();
@@ -288,13 +300,12 @@ mod tests {
         out
     }
 
-    /// The borrowed waker of slot `index`, without marking it polled.
+    /// The waker of slot `index`, without marking it polled.
     fn slot_waker(wakers: &SlotWakers, index: usize) -> Waker {
-        let queued = wakers.shared.slots[index].queued.load(Ordering::SeqCst);
+        let state = &wakers.shared.slots[index].state;
+        let before = state.load(Ordering::SeqCst);
         let waker = wakers.polling(index).clone();
-        wakers.shared.slots[index]
-            .queued
-            .store(queued, Ordering::SeqCst);
+        state.store(before, Ordering::SeqCst);
         waker
     }
 
@@ -303,7 +314,7 @@ mod tests {
         let (count, waker) = parent();
         let wakers = SlotWakers::new(4, &waker);
         assert_eq!(wakers.len(), 4);
-        // Slots start queued: a wake before the first poll is redundant.
+        // Slots start held: a wake before the first poll is redundant.
         slot_waker(&wakers, 1).wake_by_ref();
         assert!(drained(&wakers).is_empty());
         for i in 0..4 {
@@ -316,18 +327,33 @@ mod tests {
         owned.wake();
         assert_eq!(drained(&wakers), vec![2, 0, 3]);
         assert!(drained(&wakers).is_empty());
-        // Still queued until polled again.
+        // Held until polled again.
         slot_waker(&wakers, 0).wake_by_ref();
         assert!(drained(&wakers).is_empty());
         wakers.polling(0);
         slot_waker(&wakers, 0).wake_by_ref();
         assert_eq!(drained(&wakers), vec![0]);
-        // A slot marked scheduled ignores a late wake.
-        wakers.polling(1);
-        wakers.scheduled(1);
-        slot_waker(&wakers, 1).wake_by_ref();
-        assert!(drained(&wakers).is_empty());
         assert!(count.0.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn a_slot_polled_again_while_listed_is_listed_once() {
+        let (_count, waker) = parent();
+        let wakers = SlotWakers::new(3, &waker);
+        for i in 0..3 {
+            wakers.polling(i);
+        }
+        // Slot 1 is woken (a late wake, say, of the slot's previous future), then polled
+        // again before the list is taken, and woken again: it must not be listed twice
+        // (which would make the list a cycle).
+        slot_waker(&wakers, 1).wake_by_ref();
+        wakers.polling(1).wake_by_ref();
+        slot_waker(&wakers, 2).wake_by_ref();
+        wakers.polling(1).wake_by_ref();
+        assert_eq!(drained(&wakers), vec![1, 2]);
+        assert!(drained(&wakers).is_empty());
+        wakers.polling(1).wake_by_ref();
+        assert_eq!(drained(&wakers), vec![1]);
     }
 
     #[test]
