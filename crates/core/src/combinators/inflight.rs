@@ -6,19 +6,24 @@
 //!   slot is reused (`Pin::set`), so a bounded combinator allocates one block of `limit` slots
 //!   however long its input is; an unbounded one adds blocks of doubling size.
 //! - A new future is polled at once when it is admitted, with the parent's waker (the
-//!   combinator's task); a future ready at once never costs a slot. A future that returned
-//!   `Pending` is polled on the combinator's next call with its slot's own waker: one
-//!   [`SlotWakers`] block per block of slots, made the first time a slot in it needs one, so a
-//!   slot waker costs no allocation of its own, and a future that yields once finishes at that
-//!   second poll without ever waking its slot.
-//! - A slot waker queues its slot on the block's lock-free ready list (at most once until the
-//!   slot is polled again) and wakes the combinator's task; the driver polls exactly the queued
+//!   combinator's task), and its slot is freed again at once if it is ready. A future that
+//!   returned `Pending` is polled with the parent's waker once more on the combinator's next
+//!   call (a future that yields once finishes there, never touching a waker block), and if
+//!   still pending, with its slot's own waker on the call after: one [`SlotWakers`] block per
+//!   block of slots, made the first time a slot in it needs one, so a slot waker costs no
+//!   allocation of its own.
+//! - A slot waker lists its slot on the block's lock-free ready list (at most once until the
+//!   slot is polled again) and wakes the combinator's task; the driver polls exactly the listed
 //!   slots, so one wake costs `O(1)` and not a scan of every slot.
 //! - The slots to poll are kept in bitmaps (one bit per slot), polled lowest first: no lists
-//!   to push to, no per-slot flags to keep them unique.
-//! - One call to [`Feed::poll_next`] polls each slot at most once, so a future that wakes
-//!   itself on every poll cannot starve the caller or its siblings; slots still to poll when
-//!   a call returns an output are polled, before any new admission, on the next call.
+//!   to push to, no per-slot flags to keep them unique. A round is the set of slots to poll;
+//!   slots admitted, still pending or woken meanwhile wait for the next round.
+//! - One call polls each slot at most once, so a future that wakes itself on every poll
+//!   cannot starve the caller or its siblings. [`Feed::poll_next`] (the streams) returns at
+//!   the first output, leaving the rest of the round for the next call, and keeps outputs of
+//!   futures ready at admission in a small queue counted against its cap;
+//!   [`Feed::poll_each`] (`bounded_map` and its forms, which collect everything) hands every
+//!   output of a call to its caller and refills a freed slot at once.
 //! - Dropping the driver drops every future still in it, at once.
 
 use std::collections::VecDeque;

@@ -1,14 +1,17 @@
 //! One shared block of slot wakers for a combinator's futures: what a future that stays
 //! pending is polled with, so that a wake re-polls only that future.
 //!
-//! The block is a single allocation holding, for every slot, a state word and a link, plus
-//! one header: the combinator's task waker and the head of the ready list. A slot's [`Waker`]
+//! The block is made once per combinator (two allocations, whatever the number of slots: a
+//! reference-counted header with the combinator's task waker and the head of the ready list,
+//! and the slots, each a state word, a link and a pointer back to the header). A slot's [`Waker`]
 //! is a [`RawWaker`] whose data pointer is the address of its slot in the block; cloning it
 //! adds one to the block's reference count (one count for the whole block, so wakers that
-//! outlive the combinator keep the block alive and stay harmless). Waking a slot that is not
-//! queued yet pushes its number onto an intrusive, lock-free stack (one compare-and-swap, no
-//! mutex, no allocation) and wakes the combinator's task; the combinator takes the whole stack
-//! with one swap.
+//! outlive the combinator keep the block alive and stay harmless). Waking a slot that is idle
+//! (polled, not woken since) pushes its number onto an intrusive, lock-free stack (one
+//! compare-and-swap, no mutex, no allocation) and wakes the combinator's task; the combinator
+//! takes the whole stack with one swap. A slot is on the stack at most once: only a wake of an
+//! idle slot lists it, and the combinator makes a slot idle again only once it has taken it
+//! off the stack.
 //!
 //! This replaced one waker `Arc` per pending future and a mutex-guarded ready list: see
 //! docs/performance.md, "Combinators (T1–T5)". The `unsafe` here is the waker vtable and the
@@ -255,7 +258,7 @@ impl std::fmt::Debug for SlotWakers {
     }
 }
 
-/// A borrowed slot waker (see [`SlotWakers::waker`]).
+/// A borrowed slot waker (see [`SlotWakers::polling`]).
 pub(crate) struct WakerRef<'a> {
     waker: ManuallyDrop<Waker>,
     _block: PhantomData<&'a SlotWakers>,
