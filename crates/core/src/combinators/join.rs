@@ -7,6 +7,10 @@
 //!   cell, so gathering needs one more allocation, the output vector.
 //! - **Parent waker first.** Every future is first polled with the combinator's own waker
 //!   (the next.js trick). A future that is ready at once never needs a waker of its own.
+//!   One exception: with 33 to [`OWN_AT_SECOND_POLL`] futures, if the first one is pending,
+//!   the block of slot wakers is made at once and the others are polled with their own
+//!   wakers from their first poll (a first future that waits predicts others that do; a
+//!   gather of futures that finish one at a time then polls each twice, not three times).
 //! - **Own waker after that.** A future that returned `Pending` is polled on the combinator's
 //!   next call with its own slot waker: one [`SlotWakers`] block holds every slot's waker
 //!   (allocated once, the first time a future needs one), so a slot waker costs no allocation
@@ -97,10 +101,38 @@ impl<F: Future> Join<F> {
     ) -> Poll<Option<usize>> {
         if !self.started {
             self.started = true;
-            for index in 0..self.cells.len() {
+            let len = self.cells.len();
+            let mut first = 0;
+            if len > SMALL && len <= OWN_AT_SECOND_POLL {
+                let mut cell = self.cells.get_mut(0);
+                if cell.as_mut().poll(cx).is_pending() {
+                    // A first future that waits predicts others that do: the slot wakers are
+                    // made now, and the rest polled with theirs from the start.
+                    let own = self.own.insert(Own {
+                        wakers: SlotWakers::new(len, cx.waker()),
+                        woken: Vec::new(),
+                    });
+                    self.promote.push(0);
+                    for index in 1..len {
+                        if Self::poll_own(&mut self.cells, &own.wakers, index) {
+                            self.remaining -= 1;
+                            if Self::stops(&mut self.cells, index, &mut stop) {
+                                return Poll::Ready(Some(index));
+                            }
+                        }
+                    }
+                    first = len;
+                } else {
+                    self.remaining -= 1;
+                    if cell.output_mut().is_some_and(|output| stop(output)) {
+                        return Poll::Ready(Some(0));
+                    }
+                    first = 1;
+                }
+            }
+            for index in first..len {
                 let mut cell = self.cells.get_mut(index);
                 if cell.as_mut().poll(cx).is_pending() {
-                    let len = self.cells.len();
                     if len <= SMALL {
                         continue;
                     }
@@ -231,6 +263,7 @@ impl<F: Future> Join<F> {
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
+    use std::pin::Pin;
     use std::rc::Rc;
     use std::task::Waker;
 
@@ -260,6 +293,26 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    #[test]
+    fn a_ready_first_future_keeps_the_parent_waker_first() {
+        // The first future is ready at once; the others wait one at a time, and get their
+        // slot wakers at their second poll.
+        let futures = std::iter::once(
+            Box::pin(futures::future::ready(100_usize)) as Pin<Box<dyn Future<Output = usize>>>
+        )
+        .chain(
+            chain(99)
+                .into_iter()
+                .map(|f| Box::pin(f) as Pin<Box<dyn Future<Output = usize>>>),
+        );
+        let mut join = Join::new(futures);
+        futures::executor::block_on(poll_fn(|cx| join.poll(cx, |_| false).map(|_| ())));
+        let mut expected = vec![100];
+        expected.extend(0..99);
+        assert_eq!(join.take_all().collect::<Vec<_>>(), expected);
+        assert!(join.own.is_some());
     }
 
     #[test]
