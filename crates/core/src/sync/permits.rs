@@ -15,7 +15,9 @@
 //! Each waiter gets a *ticket* when it queues, in arrival order, and waiters are granted in
 //! ticket order: the lock's holder publishes `served`, one past the last ticket it granted. A
 //! woken waiter checks `served` against its ticket with one load, without the lock; the
-//! granting side has already taken its entry (and its waker) out of the line.
+//! granting side has already taken its entry (and its waker) out of the line. A release that
+//! frees exactly what the oldest waiter wants (the common contended release) hands it over on a
+//! short path of its own (`Permits::hand_off`); every other release takes the general one.
 //!
 //! *Debt* is what a [`CapacityLimiter`](super::CapacityLimiter) owes after its total was lowered
 //! below what is borrowed: released tokens pay it off before anyone else gets them.
@@ -315,7 +317,6 @@ impl Permits {
         Some(waker)
     }
 
-    #[inline]
     fn release_locked(
         &self,
         inner: &mut Inner,
@@ -357,7 +358,6 @@ impl Permits {
     /// With `SLOW` set (the word was `seen`) and the lock held: hands `pool` permits to the
     /// oldest waiters while the oldest can be served, then stores what is left as the count and
     /// clears `SLOW` if the line is empty and nothing is owed.
-    #[inline]
     fn serve(&self, inner: &mut Inner, seen: usize, mut pool: usize, wakers: &mut Wakers) {
         debug_assert!(seen & SLOW != 0);
         let mut served = None;
