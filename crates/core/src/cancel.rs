@@ -376,6 +376,9 @@ impl<F: Future> Future for Scoped<F> {
                 return self.after_first_lazy(cx, polled);
             }
         }
+        if *self.as_mut().project().phase == Phase::Root {
+            return self.poll_root(cx);
+        }
         self.poll_slow(cx)
     }
 }
@@ -471,6 +474,7 @@ impl<F: Future> Scoped<F> {
 
     /// Polls a region that runs in a frame with no parent: only its deadline can end it early,
     /// so it needs no node, no lock and no waker of its own — just the runtime's timer.
+    #[inline(never)]
     fn poll_root(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
         let mut this = self.as_mut().project();
         let Some(future) = this.future.as_mut().as_pin_mut() else {
@@ -510,13 +514,19 @@ impl<F: Future> Scoped<F> {
 
     /// A root region waits: arms its deadline's timer (fixing a relative deadline at the first
     /// wait, as a node would), and catches if the deadline passed.
+    #[inline]
     fn root_wait(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
         let mut this = self.project();
         let deadline = match *this.deadline {
             Deadline::None => return Poll::Pending,
             Deadline::At(at) => at,
             Deadline::After(after) => {
-                let at = node::after_now(time::now(), after);
+                let now = time::now();
+                // `after_now` without its cap when the sum is in range (the usual case).
+                let at = match now.checked_add(after) {
+                    Some(at) if after <= time::FAR => at,
+                    _ => node::after_now(now, after),
+                };
                 *this.deadline = Deadline::At(at);
                 at
             }
@@ -740,6 +750,7 @@ impl<F> fmt::Debug for FailAfter<F> {
 impl<F: Future> Future for FailAfter<F> {
     type Output = Result<F::Output, Elapsed>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut scoped = self.project().scoped;
         match scoped.as_mut().poll(cx) {

@@ -324,7 +324,7 @@ impl Runtime for TokioHandle {
 
     fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
         let _entered = self.handle.enter();
-        slot.set(TokioTimer::at(deadline));
+        slot.set_with(|| TokioTimer::at(deadline));
     }
 
     fn handle(&self) -> RuntimeHandle {
@@ -388,7 +388,7 @@ impl Runtime for InContext {
 
     /// tokio's `Sleep`, stored inline in the slot (a cancel scope's), without an allocation.
     fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
-        slot.set(TokioTimer::at(deadline));
+        slot.set_with(|| TokioTimer::at(deadline));
     }
 
     fn handle(&self) -> RuntimeHandle {

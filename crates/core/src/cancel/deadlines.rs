@@ -10,7 +10,7 @@
 //! most a stale timer behind, which fires once, finds nothing due and re-arms for the earliest
 //! deadline left.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -69,6 +69,7 @@ impl ScopeTimer {
     /// `Ready` once `deadline` has passed (never earlier, by the runtime's clock); registers
     /// `cx`'s waker otherwise. The first call makes the timer, on the ambient runtime (or in
     /// this thread's shared async-io queue); a call with another deadline re-arms it.
+    #[inline(never)]
     pub(crate) fn poll_at(
         self: Pin<&mut Self>,
         deadline: Instant,
@@ -77,7 +78,11 @@ impl ScopeTimer {
         let mut this = self.project();
         match this.state {
             TimerState::Unset => {
-                *this.state = arm(this.slot.as_mut(), deadline);
+                // Nothing to drop in `Unset`: skip the drop glue.
+                std::mem::forget(std::mem::replace(
+                    this.state,
+                    arm(this.slot.as_mut(), deadline),
+                ));
             }
             TimerState::Own { deadline: at, .. } if *at != deadline => {
                 *at = deadline;
@@ -117,9 +122,12 @@ std::thread_local! {
     /// waiting region takes one instead of allocating (the runtime's timer is written inline
     /// into it, see [`TimerSlot`]).
     static SPARE: RefCell<Vec<Pin<Box<ScopeTimer>>>> = const { RefCell::new(Vec::new()) };
+    /// The most recent spare, apart: one region after another (the common case) takes and
+    /// gives back this one with a move in and out of a cell.
+    static LAST_SPARE: Cell<Option<Pin<Box<ScopeTimer>>>> = const { Cell::new(None) };
 }
 
-/// How many spare timers a thread keeps.
+/// How many spare timers a thread keeps (besides the last one).
 const SPARE_MAX: usize = 32;
 
 /// A region's deadline timer: none until the region waits with a deadline, then a boxed
@@ -135,6 +143,7 @@ impl RegionTimer {
     }
 
     /// See [`ScopeTimer::poll_at`]; takes a spare timer at the first call.
+    #[inline]
     pub(crate) fn poll_at(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
         self.0
             .get_or_insert_with(take_spare)
@@ -159,11 +168,18 @@ impl Drop for RegionTimer {
 }
 
 /// A spare timer of this thread, or a new one.
+#[inline]
 fn take_spare() -> Pin<Box<ScopeTimer>> {
-    SPARE
-        .try_with(|spare| spare.borrow_mut().pop())
+    LAST_SPARE
+        .try_with(Cell::take)
         .ok()
         .flatten()
+        .or_else(|| {
+            SPARE
+                .try_with(|spare| spare.borrow_mut().pop())
+                .ok()
+                .flatten()
+        })
         .unwrap_or_else(|| Box::pin(ScopeTimer::new()))
 }
 
@@ -171,17 +187,20 @@ fn take_spare() -> Pin<Box<ScopeTimer>> {
 fn keep_spare(mut timer: Pin<Box<ScopeTimer>>) {
     timer.as_mut().clear();
     // During the thread's teardown the box is simply freed.
+    let Ok(Some(older)) = LAST_SPARE.try_with(|last| last.replace(Some(timer))) else {
+        return;
+    };
     let _ = SPARE.try_with(|spare| {
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_MAX {
-            spare.push(timer);
+            spare.push(older);
         }
     });
 }
 
 /// Makes a timer for `deadline` on the ambient runtime (its own, into `slot`), or an entry in
 /// this thread's shared async-io queue (registered at its first poll).
-#[inline(never)]
+#[inline]
 fn arm(slot: Pin<&mut TimerSlot>, deadline: Instant) -> TimerState {
     match crate::runtime::context::current_raw() {
         Some(clock) if !clock.async_io_timers() => {

@@ -152,6 +152,26 @@ impl TimerSlot {
         }
     }
 
+    /// Stores the timer `make` returns, dropping the timer the slot held first; inline if it
+    /// fits, boxed otherwise. Where `make` can be inlined, the timer is built in place rather
+    /// than moved in (a copy of a large timer just after it was built stalls the processor).
+    #[inline]
+    pub fn set_with<T: Timer + 'static>(mut self: Pin<&mut Self>, make: impl FnOnce() -> T) {
+        if Self::fits_inline::<T>() {
+            self.as_mut().clear();
+            // SAFETY: nothing here moves the slot or its contents: the fields are written in
+            // place.
+            let this = unsafe { self.get_unchecked_mut() };
+            // SAFETY: as in `write`: the storage is large and aligned enough (checked above),
+            // holds nothing (cleared above) and is pinned with the slot.
+            unsafe { this.storage.as_mut_ptr().cast::<T>().write(make()) };
+            this.vtable = Some(&VTableOf::<T>::VTABLE);
+        } else {
+            self.as_mut().clear();
+            self.set_boxed(Box::pin(make()));
+        }
+    }
+
     /// Stores an already boxed timer (what [`Runtime::timer`](crate::runtime::Runtime::timer)
     /// returns), dropping the timer the slot held.
     pub fn set_boxed(self: Pin<&mut Self>, timer: BoxTimer) {
@@ -368,6 +388,24 @@ mod tests {
     fn a_timer_too_big_is_boxed() {
         assert!(!TimerSlot::fits_inline::<Fake<{ WORDS - 3 }>>());
         exercise::<{ WORDS - 3 }>();
+    }
+
+    #[test]
+    fn a_timer_can_be_built_in_place() {
+        let log = Arc::new(Log::default());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut slot = Box::pin(TimerSlot::new());
+        slot.as_mut().set_with(|| fake::<3>(&log));
+        assert!(slot.as_mut().poll(&mut cx).is_pending());
+        // Replacing drops the old timer before the new one is built.
+        slot.as_mut().set_with(|| {
+            assert_eq!(log.drops.load(Ordering::SeqCst), 1);
+            fake::<{ WORDS }>(&log)
+        });
+        assert!(slot.as_mut().poll(&mut cx).is_pending());
+        assert!(slot.as_mut().poll(&mut cx).is_ready());
+        drop(slot);
+        assert_eq!(log.drops.load(Ordering::SeqCst), 2);
     }
 
     #[test]
