@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use crate::runtime::RuntimeHandle;
 use crate::time::TimerSlot;
 
 pin_project_lite::pin_project! {
@@ -35,11 +34,8 @@ pin_project_lite::pin_project! {
 enum TimerState {
     /// No timer yet (or any more).
     Unset,
-    /// The runtime's own timer, in `slot`, and the runtime whose clock it follows.
-    Own {
-        clock: RuntimeHandle,
-        deadline: Instant,
-    },
+    /// The runtime's own timer, in `slot`.
+    Own { deadline: Instant },
     /// An entry in this thread's shared async-io deadline queue.
     Shared(Entry),
 }
@@ -92,11 +88,13 @@ impl ScopeTimer {
             _ => {}
         }
         match this.state {
-            TimerState::Own { clock, deadline } => loop {
+            TimerState::Own { deadline } => loop {
                 if this.slot.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                if clock.now() >= *deadline {
+                // The clock the deadline was computed on (`time::now`: the installed
+                // runtime's, or the system's, which runtimes found by a detector use).
+                if crate::time::now() >= *deadline {
                     return Poll::Ready(());
                 }
                 // Fired before the clock agrees: re-arm and wait again.
@@ -205,7 +203,7 @@ fn arm(slot: Pin<&mut TimerSlot>, deadline: Instant) -> TimerState {
     match crate::runtime::context::current_raw() {
         Some(clock) if !clock.async_io_timers() => {
             clock.timer_in(deadline, slot);
-            TimerState::Own { clock, deadline }
+            TimerState::Own { deadline }
         }
         _ => TimerState::Shared(Entry {
             queue: None,
