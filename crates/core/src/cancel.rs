@@ -356,8 +356,8 @@ impl<F: Future> Future for Scoped<F> {
         let this = self.as_mut().project();
         if *this.phase == Phase::Fresh && this.node.is_none() {
             // The first poll of a region with no handle: the hot path of `fail_after` and
-            // friends, kept small (a future that completes at once costs a thread-local
-            // deadline write and two one-byte writes).
+            // friends, kept small (a future that completes at once costs two one-byte writes
+            // of a thread-local and the loan of its deadline, a pointer written and restored).
             let shield = *this.shield;
             if let LazyEntry::Ready = node::lazy_entry(shield) {
                 let Some(future) = this.future.as_pin_mut() else {
@@ -1200,5 +1200,22 @@ where
             // is left below it.
             None => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A region around a small future stays small: the caller moves it into place, and the
+    /// timer of a region that waits lives in a box (see docs/performance.md, T9).
+    #[test]
+    fn a_region_around_a_small_future_is_small() {
+        let size = std::mem::size_of::<FailAfter<std::future::Ready<usize>>>();
+        assert!(size <= 64, "fail_after(ready) is {size} bytes");
+        assert_eq!(
+            std::mem::size_of::<Scoped<std::future::Ready<usize>>>(),
+            size
+        );
     }
 }
