@@ -62,6 +62,8 @@ pub struct TimerSlot {
     vtable: Option<&'static VTable>,
     /// The stored timer may be `!Unpin`: it must stay where it was written.
     _pinned: PhantomPinned,
+    /// No automatic `Send` or `Sync`: the impls below say why they hold.
+    _erased: std::marker::PhantomData<*mut ()>,
 }
 
 struct VTable {
@@ -130,6 +132,7 @@ impl TimerSlot {
             storage: [MaybeUninit::uninit(); WORDS],
             vtable: None,
             _pinned: PhantomPinned,
+            _erased: std::marker::PhantomData,
         }
     }
 
@@ -259,9 +262,11 @@ impl fmt::Debug for TimerSlot {
 
 // SAFETY: a slot only ever holds a `T: Timer` (or a `BoxTimer`), and `Timer: Send`, so moving
 // the slot to another thread moves that timer. The vtable is an immutable `'static` table of
-// function pointers. (No `Sync`: `Timer` does not require it, and `&TimerSlot` gives no access
-// to the timer anyway.)
+// function pointers.
 unsafe impl Send for TimerSlot {}
+// SAFETY: a shared `&TimerSlot` gives no access to the stored timer (only `is_empty`, which reads
+// the vtable pointer); every access to the timer takes `Pin<&mut TimerSlot>`.
+unsafe impl Sync for TimerSlot {}
 
 #[cfg(test)]
 mod tests {
