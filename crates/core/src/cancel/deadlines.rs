@@ -200,9 +200,12 @@ fn keep_spare(mut timer: Pin<Box<ScopeTimer>>) {
 /// this thread's shared async-io queue (registered at its first poll).
 #[inline]
 fn arm(slot: Pin<&mut TimerSlot>, deadline: Instant) -> TimerState {
-    match crate::runtime::context::current_raw() {
-        Some(clock) if !clock.async_io_timers() => {
-            clock.timer_in(deadline, slot);
+    // Used in place, by reference: moving the handle out of the `Option` just returned copied
+    // it with loads wider than the stores that wrote it, which stalled (measured).
+    let runtime = crate::runtime::context::current_raw();
+    match runtime.as_deref() {
+        Some(runtime) if !runtime.async_io_timers() => {
+            runtime.timer_in(deadline, slot);
             TimerState::Own { deadline }
         }
         _ => TimerState::Shared(Entry {
