@@ -46,6 +46,37 @@ fn no_waker_is_kept_after_a_region_ends() {
     }
 }
 
+/// A scope runs one region only: a second region panics at its first poll, and dropping it
+/// leaves the first one as it was (still woken by its scope's cancellation).
+#[test]
+fn a_second_region_leaves_the_first_alone() {
+    let (counter, waker) = CountingWaker::new();
+    let scope = CancelScope::new();
+    let mut first = pin!(scope.run(futures::future::pending::<()>()));
+    assert!(first
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut second = pin!(scope.run(async {}));
+        let _ = second
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()));
+    }));
+    assert!(second.is_err(), "a scope runs one region only");
+    scope.cancel();
+    assert_eq!(
+        counter.wakes(),
+        1,
+        "the first region is still woken by its scope"
+    );
+    assert!(matches!(
+        first.as_mut().poll(&mut Context::from_waker(&waker)),
+        Poll::Ready(None)
+    ));
+    assert!(scope.cancelled_caught());
+}
+
 /// Dropping a region mid-way releases its waker and unlinks it from its parent.
 #[test]
 fn dropping_a_region_releases_everything() {

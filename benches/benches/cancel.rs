@@ -3,6 +3,14 @@
 //!
 //! Each iteration runs 10,000 operations one after another. Run with
 //! `cargo bench -p sheepdog-benches --bench cancel`.
+//!
+//! Instruction counts: with `CANCEL_COUNT=<scenario>:<n>` in the environment the binary skips
+//! divan and runs one scenario `n` times: `ready_bare`, `ready_fail_after`,
+//! `ready_move_on_after`, `ready_tokio_timeout` (one op each), and `tokio_bare`,
+//! `tokio_timeout`, `tokio_fail_after`, `task_timeout`, `task_fail_after`, `smol_bare`,
+//! `smol_fail_after` (`n` ops inside one `block_on`). Run it under `valgrind --tool=callgrind`
+//! at two `n`: the difference over the difference in ops is the count per op (see
+//! `docs/performance.md`, "Cancel scopes (T9)").
 
 use std::pin::pin;
 use std::sync::OnceLock;
@@ -11,7 +19,7 @@ use std::time::Duration;
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use sheepdog_benches::poll_ready;
-use sheepdog_core::cancel::fail_after;
+use sheepdog_core::cancel::{fail_after, move_on_after};
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_smol::SmolRuntime;
 use sheepdog_tokio::TokioRuntime;
@@ -26,7 +34,106 @@ const OPS: usize = 10_000;
 const FAR: Duration = Duration::from_secs(3600);
 
 fn main() {
+    if let Ok(spec) = std::env::var("CANCEL_COUNT") {
+        count(&spec);
+        return;
+    }
     divan::main();
+}
+
+/// Runs one scenario `n` times, for instruction counts (no divan, no timing).
+fn count(spec: &str) {
+    let (scenario, n) = spec.split_once(':').expect("CANCEL_COUNT=<scenario>:<n>");
+    let n: usize = n.parse().expect("a count");
+    let tokio = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("tokio runtime")
+    };
+    match scenario {
+        "ready_bare" => {
+            for i in 0..n {
+                black_box(poll_ready(std::future::ready(black_box(i))));
+            }
+        }
+        "ready_fail_after" => {
+            for i in 0..n {
+                let out = poll_ready(fail_after(FAR, std::future::ready(black_box(i))));
+                black_box(out.expect("no timeout"));
+            }
+        }
+        "ready_move_on_after" => {
+            for i in 0..n {
+                let out = poll_ready(move_on_after(FAR, std::future::ready(black_box(i))));
+                black_box(out.expect("no timeout"));
+            }
+        }
+        "ready_tokio_timeout" => {
+            let rt = tokio();
+            let _entered = rt.enter();
+            for i in 0..n {
+                let out = poll_ready(tokio::time::timeout(FAR, std::future::ready(black_box(i))));
+                black_box(out.expect("no timeout"));
+            }
+        }
+        "tokio_bare" => tokio().block_on(async {
+            for _ in 0..n {
+                yield_now().await;
+            }
+        }),
+        "tokio_timeout" => tokio().block_on(async {
+            for _ in 0..n {
+                tokio::time::timeout(FAR, yield_now())
+                    .await
+                    .expect("no timeout");
+            }
+        }),
+        "tokio_fail_after" => {
+            let rt = tokio();
+            let _registers_the_detector = TokioRuntime::from_handle(rt.handle().clone());
+            rt.block_on(async {
+                for _ in 0..n {
+                    fail_after(FAR, yield_now()).await.expect("no timeout");
+                }
+            });
+        }
+        "task_timeout" => tokio().block_on(async {
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    tokio::time::timeout(FAR, yield_now())
+                        .await
+                        .expect("no timeout");
+                }
+            })
+            .await
+            .expect("the task ran");
+        }),
+        "task_fail_after" => {
+            let rt = tokio();
+            let _registers_the_detector = TokioRuntime::from_handle(rt.handle().clone());
+            rt.block_on(async {
+                tokio::spawn(async move {
+                    for _ in 0..n {
+                        fail_after(FAR, yield_now()).await.expect("no timeout");
+                    }
+                })
+                .await
+                .expect("the task ran");
+            });
+        }
+        "smol_bare" => smol::block_on(async {
+            for _ in 0..n {
+                yield_now().await;
+            }
+        }),
+        "smol_fail_after" => SmolRuntime::global().block_on(async {
+            for _ in 0..n {
+                fail_after(FAR, yield_now()).await.expect("no timeout");
+            }
+        }),
+        other => panic!("unknown scenario {other}"),
+    }
 }
 
 /// A future that is ready immediately: the deadline wrapper's fixed cost.

@@ -37,6 +37,7 @@
 //! See `docs/cancellation.md` for the full model and what shielding can and cannot protect.
 
 mod deadlines;
+mod lent;
 #[cfg(all(test, shuttle))]
 pub(crate) mod model;
 pub(crate) mod node;
@@ -50,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use node::{Current, Deadline, Frame, Lazy, LazyEntry, Node};
 
-use deadlines::ScopeTimer;
+use deadlines::RegionTimer;
 
 use crate::time;
 
@@ -229,7 +230,7 @@ impl CancelScope {
     ///
     /// Dropping the region drops `future`, as for any future; the scope then counts as exited.
     pub fn run<F: Future>(&self, future: F) -> Scoped<F> {
-        Scoped::new(Some(Arc::clone(&self.node)), Deadline::None, false, future)
+        Scoped::with_node(Arc::clone(&self.node), future)
     }
 }
 
@@ -237,43 +238,62 @@ pin_project_lite::pin_project! {
     /// The region of a [`CancelScope`], returned by [`CancelScope::run`] (and by
     /// [`move_on_after`], [`move_on_at`]).
     #[must_use = "futures do nothing unless awaited"]
+    #[repr(C)]
     pub struct Scoped<F> {
         #[pin]
         future: Option<F>,
         // The scope's node. `None` until needed for the handle-less forms (`fail_after`,
         // `move_on_after`, `shield`, ...): their first poll runs in a frame that makes the
         // node only if something asks for it, so a region that completes at once allocates
-        // nothing and reads no clock. One with no parent scope stays in a frame (in `slot`)
-        // even while it waits: only its own deadline can cancel it.
+        // nothing and reads no clock. One with no parent scope stays in a frame (`Root`) even
+        // while it waits: only its own deadline can cancel it. While the region's future is
+        // polled, the node is moved into the thread-local current scope.
         node: Option<Arc<Node>>,
-        // The configuration of a node not made yet.
-        lazy_deadline: Deadline,
-        lazy_shield: bool,
-        // Moved into the thread-local current scope while the region's future is polled.
-        slot: Option<Current>,
-        // The deadline's timer while the region waits; dropped (deregistered) as soon as the
-        // region completes.
-        timer: Option<ScopeTimer>,
-        entered: bool,
-        exited: bool,
+        // The configuration of a node not made yet; a root region fixes a relative deadline
+        // here when it first waits. (Two fields rather than a `Lazy`, whose padding made the
+        // construction of a region copy bytes across it.)
+        deadline: Deadline,
+        shield: bool,
+        phase: Phase,
         shield_counted: bool,
+        // The deadline's timer while the region waits (boxed, from this thread's spare ones,
+        // so a region that completes at once stays small); deregistered and handed back as
+        // soon as the region completes.
+        timer: RegionTimer,
     }
 
     impl<F> PinnedDrop for Scoped<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let (Some(node), false) = (this.node.as_ref(), *this.exited) {
+            // A handle's node that this region never entered is not its to leave.
+            let entered = !matches!(*this.phase, Phase::Done | Phase::Handle);
+            if let (Some(node), true) = (this.node.as_ref(), entered) {
                 exit(node, this.shield_counted);
             }
         }
     }
 }
 
+/// Where a region is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A handle-less region, not polled yet (its node, if it has one, was made while its
+    /// first poll unwound).
+    Fresh,
+    /// A [`CancelScope`]'s region, not polled yet: its node is the scope's.
+    Handle,
+    /// Waiting in a frame with no parent scope and no node.
+    Root,
+    /// Entered the scope tree with its node.
+    Node,
+    /// Completed (its future dropped, its node left the tree).
+    Done,
+}
+
 impl<F> fmt::Debug for Scoped<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Scoped")
-            .field("entered", &self.entered)
-            .field("exited", &self.exited)
+            .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
 }
@@ -286,177 +306,41 @@ fn exit(node: &Node, shield_counted: &mut bool) {
 }
 
 impl<F> Scoped<F> {
-    fn new(node: Option<Arc<Node>>, deadline: Deadline, shield: bool, future: F) -> Self {
+    /// The region of a scope's handle.
+    fn with_node(node: Arc<Node>, future: F) -> Self {
         Scoped {
             future: Some(future),
-            node,
-            lazy_deadline: deadline,
-            lazy_shield: shield,
-            slot: None,
-            timer: None,
-            entered: false,
-            exited: false,
+            node: Some(node),
+            timer: RegionTimer::new(),
+            deadline: Deadline::None,
+            shield: false,
+            phase: Phase::Handle,
             shield_counted: false,
         }
     }
 
     /// A region whose scope nobody else holds, configured by value.
+    #[inline]
     fn lazy(deadline: Deadline, shield: bool, future: F) -> Self {
-        Self::new(None, deadline, shield, future)
-    }
-}
-
-/// What the first poll of a region did.
-enum First<T> {
-    /// Completed without needing a node.
-    Done(T),
-    /// Waited with no parent scope and no node made: nothing but its own deadline can cancel
-    /// it, so it goes on in a frame (made into a node only if something inside asks for one).
-    Root,
-    /// Made (or found) its node; `Some` if the future already was polled.
-    Node(Arc<Node>, Option<Poll<T>>),
-}
-
-/// What a poll of a region in a root frame did.
-enum RootPoll<T> {
-    Done(Option<T>),
-    Pending,
-    /// Something inside made the frame's node: go on as a region with a node.
-    Made(Poll<T>),
-}
-
-impl<F: Future> Scoped<F> {
-    /// Enters the scope tree at the first poll. For a lazy region, polls the future once in a
-    /// frame and makes the node only if it waited inside a scope or something below asked for
-    /// it.
-    fn first_poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> First<F::Output> {
-        let this = self.project();
-        if let Some(node) = this.node.as_ref() {
-            assert!(
-                node.enter(node::current()),
-                "a CancelScope can run only one region"
-            );
-            return First::Node(Arc::clone(node), None);
+        Scoped {
+            future: Some(future),
+            node: None,
+            timer: RegionTimer::new(),
+            deadline,
+            shield,
+            phase: Phase::Fresh,
+            shield_counted: false,
         }
-        let lazy = Lazy {
-            deadline: *this.lazy_deadline,
-            shield: *this.lazy_shield,
-        };
-        let make = |parent| {
-            let node = Node::new(lazy.deadline, lazy.shield);
-            node.enter(parent);
-            node
-        };
-        let Some(future) = this.future.as_pin_mut() else {
-            unreachable!("not polled yet")
-        };
-        if let LazyEntry::Slow = node::lazy_entry(lazy.shield) {
-            let parent = node::current();
-            if !lazy.shield && parent.as_ref().is_some_and(|p| p.effectively_cancelled()) {
-                return First::Node(make(parent), None);
-            }
-            let mut frame = Some(Current::Frame(Frame {
-                parent: parent.clone(),
-                deadline: lazy.deadline,
-                shield: lazy.shield,
-            }));
-            let polled = node::enter(&mut frame, || future.poll(cx));
-            return match (polled, frame) {
-                (Poll::Ready(output), Some(Current::Frame(_))) => First::Done(output),
-                (polled, Some(Current::Node(node))) => First::Node(node, Some(polled)),
-                (polled, _) => First::Node(make(parent), Some(polled)),
-            };
-        }
-        // The fast path: the frame goes on top of the current scope in a `Copy` cell; a node
-        // made inside lands in `this.node` (also on unwind, so the drop leaves the tree).
-        let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
-        match (polled, this.node.take()) {
-            (polled, Some(node)) => First::Node(node, Some(polled)),
-            (Poll::Ready(output), None) => First::Done(output),
-            (Poll::Pending, None) => match node::current() {
-                None => First::Root,
-                parent => First::Node(make(parent), Some(Poll::Pending)),
-            },
-        }
-    }
-
-    /// Polls a region that runs in a frame with no parent: only its deadline can end it early,
-    /// so it needs no node, no lock and no waker of its own — just the runtime's timer.
-    fn poll_root(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        polled: Option<Poll<F::Output>>,
-    ) -> RootPoll<F::Output> {
-        let mut this = self.project();
-        let polled = match polled {
-            Some(polled) => polled,
-            None => {
-                let Some(future) = this.future.as_mut().as_pin_mut() else {
-                    unreachable!("the future is only taken when the region completes")
-                };
-                match this.slot {
-                    // Polled outside any scope again (the usual case): the frame goes on top in
-                    // the `Copy` cell, as at the first poll.
-                    Some(Current::Frame(frame)) if node::bare() => {
-                        let lazy = Lazy {
-                            deadline: frame.deadline,
-                            shield: frame.shield,
-                        };
-                        let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
-                        if let Some(node) = this.node.as_ref() {
-                            *this.slot = Some(Current::Node(Arc::clone(node)));
-                            return RootPoll::Made(polled);
-                        }
-                        polled
-                    }
-                    _ => node::enter(this.slot, || future.poll(cx)),
-                }
-            }
-        };
-        let frame = match this.slot {
-            Some(Current::Node(node)) => {
-                *this.node = Some(Arc::clone(node));
-                return RootPoll::Made(polled);
-            }
-            Some(Current::Frame(frame)) => frame,
-            None => unreachable!("a root region runs in a frame"),
-        };
-        if let Poll::Ready(output) = polled {
-            this.future.set(None);
-            *this.exited = true;
-            *this.timer = None;
-            return RootPoll::Done(Some(output));
-        }
-        let deadline = match frame.deadline {
-            Deadline::None => return RootPoll::Pending,
-            Deadline::At(at) => at,
-            Deadline::After(after) => {
-                // Fixed at the first wait, as a node would fix it.
-                let at = node::after_now(time::now(), after);
-                frame.deadline = Deadline::At(at);
-                at
-            }
-        };
-        let timer = this.timer.get_or_insert_with(|| ScopeTimer::new(deadline));
-        if timer.poll(cx).is_pending() {
-            return RootPoll::Pending;
-        }
-        // The deadline passed: nothing else can reach this scope, so it catches.
-        this.future.set(None);
-        *this.exited = true;
-        *this.timer = None;
-        RootPoll::Done(None)
     }
 
     /// The region's deadline as fixed so far (for [`Elapsed`]).
     fn fixed_deadline(&self) -> Option<Instant> {
-        match (&self.node, &self.slot) {
-            (Some(node), _) => node.resolve_deadline(time::now),
-            (None, Some(Current::Frame(frame))) => match frame.deadline {
+        match &self.node {
+            Some(node) => node.resolve_deadline(time::now),
+            None => match self.deadline {
                 Deadline::At(at) => Some(at),
                 _ => None,
             },
-            _ => None,
         }
     }
 }
@@ -470,33 +354,32 @@ impl<F: Future> Future for Scoped<F> {
         // future too, and an `async fn`'s state may hold references into itself (miri's
         // Stacked Borrows reports the shared reborrow as invalidating them).
         let this = self.as_mut().project();
-        if !*this.entered && this.node.is_none() {
+        if *this.phase == Phase::Fresh && this.node.is_none() {
             // The first poll of a region with no handle: the hot path of `fail_after` and
-            // friends, kept small (a future that completes at once costs two writes of a
-            // thread-local cell).
-            let shield = *this.lazy_shield;
+            // friends, kept small (a future that completes at once costs two one-byte writes
+            // of a thread-local and the loan of its deadline, a pointer written and restored).
+            let shield = *this.shield;
             if let LazyEntry::Ready = node::lazy_entry(shield) {
-                let lazy = Lazy {
-                    deadline: *this.lazy_deadline,
-                    shield,
-                };
                 let Some(future) = this.future.as_pin_mut() else {
                     unreachable!("not polled yet")
                 };
-                let polled = node::enter_lazy(lazy, this.node, || future.poll(cx));
+                let polled =
+                    node::enter_lazy_at(this.deadline, shield, this.node, || future.poll(cx));
                 if this.node.is_none() {
                     if let Poll::Ready(output) = polled {
                         let mut this = self.project();
                         this.future.set(None);
-                        *this.entered = true;
-                        *this.exited = true;
+                        *this.phase = Phase::Done;
                         return Poll::Ready(Some(output));
                     }
                 }
                 return self.after_first_lazy(cx, polled);
             }
         }
-        self.poll_entered(cx, None)
+        if *self.as_mut().project().phase == Phase::Root {
+            return self.poll_root(cx);
+        }
+        self.poll_slow(cx)
     }
 }
 
@@ -509,73 +392,167 @@ impl<F: Future> Scoped<F> {
         polled: Poll<F::Output>,
     ) -> Poll<Option<F::Output>> {
         let this = self.as_mut().project();
-        let first = match this.node.take() {
-            Some(node) => First::Node(node, Some(polled)),
-            None => match node::current() {
-                None => First::Root,
-                parent => {
-                    let node = Node::new(*this.lazy_deadline, *this.lazy_shield);
-                    node.enter(parent);
-                    First::Node(node, Some(polled))
-                }
-            },
-        };
-        self.poll_entered(cx, Some(first))
+        if this.node.is_none() {
+            // It waited. The fast path ran on top of no lazy frame, so `in_scope` says
+            // whether it has a parent.
+            if !node::in_scope() {
+                *this.phase = Phase::Root;
+                return self.root_wait(cx);
+            }
+            let node = Node::new(*this.deadline, *this.shield);
+            node.enter(node::current());
+            *this.node = Some(node);
+        }
+        *this.phase = Phase::Node;
+        self.poll_node(cx, Some(polled))
     }
 
-    /// Every poll but a lazy region's first: `first` is what that first poll did, if it
-    /// already ran.
+    /// Every poll but a lazy region's first on the fast path.
     #[inline(never)]
-    fn poll_entered(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        first: Option<First<F::Output>>,
-    ) -> Poll<Option<F::Output>> {
-        if *self.as_mut().project().exited {
-            panic!("a cancel scope's region was polled after it completed");
+    fn poll_slow(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let this = self.as_mut().project();
+        match *this.phase {
+            Phase::Done => panic!("a cancel scope's region was polled after it completed"),
+            Phase::Root => return self.poll_root(cx),
+            Phase::Node => return self.poll_node(cx, None),
+            Phase::Handle => {
+                let Some(node) = this.node.as_ref() else {
+                    unreachable!("a handle's region has its node")
+                };
+                assert!(
+                    node.enter(node::current()),
+                    "a CancelScope can run only one region"
+                );
+                *this.phase = Phase::Node;
+                return self.poll_node(cx, None);
+            }
+            Phase::Fresh => {}
         }
-        let mut polled = None;
-        let first = match first {
-            Some(first) => Some(first),
-            None if !*self.as_mut().project().entered => Some(self.as_mut().first_poll(cx)),
-            None => None,
+        *this.phase = Phase::Node;
+        // A lazy region on top of another lazy frame, or (unshielded) inside a cancelled
+        // scope: its parent's node is made now.
+        let config = Lazy {
+            deadline: *this.deadline,
+            shield: *this.shield,
         };
-        if let Some(first) = first {
-            let mut this = self.as_mut().project();
-            *this.entered = true;
-            match first {
-                First::Done(output) => {
-                    this.future.set(None);
-                    *this.exited = true;
-                    return Poll::Ready(Some(output));
-                }
-                First::Root => {
-                    *this.slot = Some(Current::Frame(Frame {
-                        parent: None,
-                        deadline: *this.lazy_deadline,
-                        shield: *this.lazy_shield,
-                    }));
-                    polled = Some(Poll::Pending);
-                }
-                First::Node(node, first_polled) => {
-                    *this.slot = Some(Current::Node(Arc::clone(&node)));
-                    *this.node = Some(node);
-                    polled = first_polled;
-                }
+        let parent = node::current();
+        let make = |parent| {
+            let node = Node::new(config.deadline, config.shield);
+            node.enter(parent);
+            node
+        };
+        if !config.shield && parent.as_ref().is_some_and(|p| p.effectively_cancelled()) {
+            *this.node = Some(make(parent));
+            return self.poll_node(cx, None);
+        }
+        let Some(future) = this.future.as_pin_mut() else {
+            unreachable!("not polled yet")
+        };
+        let mut frame = Some(Current::Frame(Frame {
+            parent: parent.clone(),
+            deadline: config.deadline,
+            shield: config.shield,
+        }));
+        let polled = node::enter(&mut frame, || future.poll(cx));
+        let mut this = self.as_mut().project();
+        match (polled, frame) {
+            (Poll::Ready(output), Some(Current::Frame(_))) => {
+                this.future.set(None);
+                *this.phase = Phase::Done;
+                Poll::Ready(Some(output))
+            }
+            (polled, Some(Current::Node(node))) => {
+                *this.node = Some(node);
+                self.poll_node(cx, Some(polled))
+            }
+            (polled, _) => {
+                *this.node = Some(make(parent));
+                self.poll_node(cx, Some(polled))
             }
         }
-        if self.as_mut().project().node.is_none() {
-            match self.as_mut().poll_root(cx, polled.take()) {
-                RootPoll::Done(output) => return Poll::Ready(output),
-                RootPoll::Pending => return Poll::Pending,
-                RootPoll::Made(made) => polled = Some(made),
+    }
+
+    /// Polls a region that runs in a frame with no parent: only its deadline can end it early,
+    /// so it needs no node, no lock and no waker of its own — just the runtime's timer.
+    #[inline(never)]
+    fn poll_root(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let mut this = self.as_mut().project();
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            unreachable!("the future is only taken when the region completes")
+        };
+        let polled = if node::bare() {
+            // Polled outside any scope again (the usual case): the frame goes on top in the
+            // thread-local cells, as at the first poll.
+            node::enter_lazy_at(this.deadline, *this.shield, this.node, || future.poll(cx))
+        } else {
+            // Polled inside some scope (moved there after it started): its frame still has no
+            // parent.
+            let mut frame = Some(Current::Frame(Frame {
+                parent: None,
+                deadline: *this.deadline,
+                shield: *this.shield,
+            }));
+            let polled = node::enter(&mut frame, || future.poll(cx));
+            if let Some(Current::Node(node)) = frame {
+                *this.node = Some(node);
             }
+            polled
+        };
+        if this.node.is_some() {
+            // Something inside made the frame's node: go on as a region with a node.
+            *this.phase = Phase::Node;
+            return self.poll_node(cx, Some(polled));
         }
+        if let Poll::Ready(output) = polled {
+            this.future.set(None);
+            this.timer.give_back();
+            *this.phase = Phase::Done;
+            return Poll::Ready(Some(output));
+        }
+        self.root_wait(cx)
+    }
+
+    /// A root region waits: arms its deadline's timer (fixing a relative deadline at the first
+    /// wait, as a node would), and catches if the deadline passed.
+    #[inline]
+    fn root_wait(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
         let mut this = self.project();
-        let Some(node) = this.node.as_ref() else {
-            unreachable!("entered above")
+        let deadline = match *this.deadline {
+            Deadline::None => return Poll::Pending,
+            Deadline::At(at) => at,
+            Deadline::After(after) => {
+                let now = time::now();
+                // `after_now` without its cap when the sum is in range (the usual case).
+                let at = match now.checked_add(after) {
+                    Some(at) if after <= time::FAR => at,
+                    _ => node::after_now(now, after),
+                };
+                *this.deadline = Deadline::At(at);
+                at
+            }
         };
+        if this.timer.poll_at(deadline, cx).is_pending() {
+            return Poll::Pending;
+        }
+        // The deadline passed: nothing else can reach this scope, so it catches.
+        this.future.set(None);
+        this.timer.give_back();
+        *this.phase = Phase::Done;
+        Poll::Ready(None)
+    }
+
+    /// Polls a region with a node (entered in the tree); `polled` is what a poll of its future
+    /// that already ran gave.
+    fn poll_node(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut polled: Option<Poll<F::Output>>,
+    ) -> Poll<Option<F::Output>> {
+        let mut this = self.project();
         loop {
+            let Some(node) = this.node.as_ref() else {
+                unreachable!("a region in the tree has its node")
+            };
             // Keep the ancestors' count of shields below them in step with `set_shield`.
             if node.is_shielded() != *this.shield_counted {
                 *this.shield_counted = !*this.shield_counted;
@@ -596,8 +573,8 @@ impl<F: Future> Scoped<F> {
                         }
                         if node.cancel_called() {
                             this.future.set(None);
-                            *this.exited = true;
-                            *this.timer = None;
+                            this.timer.give_back();
+                            *this.phase = Phase::Done;
                             exit(node, this.shield_counted);
                             node.set_caught();
                             return Poll::Ready(None);
@@ -608,13 +585,16 @@ impl<F: Future> Scoped<F> {
                     let Some(future) = this.future.as_mut().as_pin_mut() else {
                         unreachable!("the future is only taken when the region completes")
                     };
-                    node::enter(this.slot, || future.poll(cx))
+                    node::enter_node(this.node, || future.poll(cx))
                 }
+            };
+            let Some(node) = this.node.as_ref() else {
+                unreachable!("moved back after the poll")
             };
             if let Poll::Ready(output) = polled_now {
                 this.future.set(None);
-                *this.exited = true;
-                *this.timer = None;
+                this.timer.give_back();
+                *this.phase = Phase::Done;
                 exit(node, this.shield_counted);
                 return Poll::Ready(Some(output));
             }
@@ -628,16 +608,12 @@ impl<F: Future> Scoped<F> {
                 return Poll::Pending;
             }
             let Some(deadline) = node.resolve_deadline(time::now) else {
-                *this.timer = None;
+                this.timer.give_back();
                 return Poll::Pending;
             };
-            // The timer is created at the first wait, so a region that completes at once
+            // The timer is made at the first wait, so a region that completes at once
             // registers none; moving the deadline re-arms it.
-            let timer = this.timer.get_or_insert_with(|| ScopeTimer::new(deadline));
-            if timer.deadline() != deadline {
-                timer.reset(deadline);
-            }
-            if timer.poll(cx).is_pending() {
+            if this.timer.poll_at(deadline, cx).is_pending() {
                 return Poll::Pending;
             }
             node.cancel();
@@ -774,6 +750,7 @@ impl<F> fmt::Debug for FailAfter<F> {
 impl<F: Future> Future for FailAfter<F> {
     type Output = Result<F::Output, Elapsed>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut scoped = self.project().scoped;
         match scoped.as_mut().poll(cx) {
@@ -1223,5 +1200,22 @@ where
             // is left below it.
             None => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A region around a small future stays small: the caller moves it into place, and the
+    /// timer of a region that waits lives in a box (see docs/performance.md, T9).
+    #[test]
+    fn a_region_around_a_small_future_is_small() {
+        let size = std::mem::size_of::<FailAfter<std::future::Ready<usize>>>();
+        assert!(size <= 64, "fail_after(ready) is {size} bytes");
+        assert_eq!(
+            std::mem::size_of::<Scoped<std::future::Ready<usize>>>(),
+            size
+        );
     }
 }

@@ -20,6 +20,7 @@ pub(crate) mod context;
 mod handle;
 mod inline;
 mod task;
+pub(crate) mod timer_slot;
 
 use std::fmt;
 use std::future::Future;
@@ -37,7 +38,7 @@ pub use task::{
     TaskFuture,
 };
 
-use crate::time::BoxTimer;
+use crate::time::{BoxTimer, TimerSlot};
 
 /// A type-erased task handed to [`Runtime::spawn_boxed`].
 ///
@@ -142,6 +143,36 @@ pub trait Runtime: Send + Sync + 'static {
     /// Returns a timer that fires at `deadline` (never before, as read by
     /// [`now`](Runtime::now)) and can be re-armed.
     fn timer(&self, deadline: Instant) -> BoxTimer;
+
+    /// Stores a timer that fires at `deadline` (as [`timer`](Runtime::timer) makes one) in
+    /// `slot`, replacing the timer it held.
+    ///
+    /// Cancel scopes keep their deadline's timer in a slot inside the region's own future. The
+    /// default boxes [`timer`](Runtime::timer)'s timer into it; adapters whose timer fits in a
+    /// [`TimerSlot`] override this to store it inline, saving an allocation per waiting
+    /// region.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")] {
+    /// use std::pin::pin;
+    /// use std::time::Duration;
+    /// use sheepdog_core::runtime::Runtime;
+    /// use sheepdog_core::testing::VirtualRuntime;
+    /// use sheepdog_core::time::TimerSlot;
+    ///
+    /// let rt = VirtualRuntime::new();
+    /// rt.block_on(async {
+    ///     let mut slot = pin!(TimerSlot::new());
+    ///     rt.timer_in(rt.now() + Duration::from_secs(5), slot.as_mut());
+    ///     slot.await; // five virtual seconds
+    /// });
+    /// # }
+    /// ```
+    fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
+        slot.set_boxed(self.timer(deadline));
+    }
 
     /// Whether this runtime's timers are async-io's, on the system clock (smol, async-std).
     ///

@@ -22,6 +22,8 @@ pub trait Timer: Future<Output = ()> + Send {
     fn reset(self: Pin<&mut Self>, deadline: Instant);
 }
 
+pub use crate::runtime::timer_slot::TimerSlot;
+
 /// A boxed [`Timer`], as returned by [`Runtime::timer`](crate::runtime::Runtime::timer).
 pub type BoxTimer = Pin<Box<dyn Timer>>;
 

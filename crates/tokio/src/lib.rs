@@ -54,7 +54,7 @@ use sheepdog_core::runtime::{
     register_detector, with_handle, AbortHandle, BoxTask, JoinError, JoinHandle, RawAbortHandle,
     RawJoinHandle, Runtime, RuntimeHandle, StaticRuntime,
 };
-use sheepdog_core::time::{BoxTimer, Timer};
+use sheepdog_core::time::{BoxTimer, Timer, TimerSlot};
 
 /// There is no tokio runtime on this thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +260,10 @@ impl Runtime for TokioRuntime {
         self.handle.timer(deadline)
     }
 
+    fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
+        self.handle.timer_in(deadline, slot);
+    }
+
     fn handle(&self) -> RuntimeHandle {
         RuntimeHandle::from_arc(Arc::clone(&self.handle) as Arc<dyn Runtime>)
     }
@@ -315,9 +319,12 @@ impl Runtime for TokioHandle {
     fn timer(&self, deadline: Instant) -> BoxTimer {
         // Timers register with the runtime of the current context; enter ours.
         let _entered = self.handle.enter();
-        Box::pin(TokioTimer {
-            sleep: tokio::time::sleep_until(deadline.into()),
-        })
+        Box::pin(TokioTimer::at(deadline))
+    }
+
+    fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
+        let _entered = self.handle.enter();
+        slot.set_with(|| TokioTimer::at(deadline));
     }
 
     fn handle(&self) -> RuntimeHandle {
@@ -376,9 +383,12 @@ impl Runtime for InContext {
     }
 
     fn timer(&self, deadline: Instant) -> BoxTimer {
-        Box::pin(TokioTimer {
-            sleep: tokio::time::sleep_until(deadline.into()),
-        })
+        Box::pin(TokioTimer::at(deadline))
+    }
+
+    /// tokio's `Sleep`, stored inline in the slot (a cancel scope's), without an allocation.
+    fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
+        slot.set_with(|| TokioTimer::at(deadline));
     }
 
     fn handle(&self) -> RuntimeHandle {
@@ -447,6 +457,15 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl TokioTimer {
+    /// A timer at `deadline` on the tokio runtime of the current context.
+    fn at(deadline: Instant) -> Self {
+        TokioTimer {
+            sleep: tokio::time::sleep_until(deadline.into()),
+        }
+    }
+}
+
 impl Future for TokioTimer {
     type Output = ();
 
@@ -458,5 +477,19 @@ impl Future for TokioTimer {
 impl Timer for TokioTimer {
     fn reset(self: Pin<&mut Self>, deadline: Instant) {
         self.project().sleep.reset(deadline.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokio_timers_are_stored_inline() {
+        assert!(
+            TimerSlot::fits_inline::<TokioTimer>(),
+            "tokio's Sleep is {} bytes",
+            std::mem::size_of::<TokioTimer>()
+        );
     }
 }

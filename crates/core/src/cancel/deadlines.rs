@@ -10,6 +10,7 @@
 //! most a stale timer behind, which fires once, finds nothing due and re-arms for the earliest
 //! deadline left.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,91 +18,201 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use crate::runtime::RuntimeHandle;
-use crate::time::BoxTimer;
+use crate::time::TimerSlot;
 
-/// A scope's deadline timer.
-pub(crate) enum ScopeTimer {
-    /// The runtime's own timer, and the runtime whose clock it follows.
-    Own {
-        timer: BoxTimer,
-        clock: RuntimeHandle,
-        deadline: Instant,
-    },
+pin_project_lite::pin_project! {
+    /// A scope's deadline timer: made when its region first waits with a deadline, dropped
+    /// (deregistered) as soon as the region ends. A runtime's own timer is kept inline, in
+    /// `slot` (see [`Runtime::timer_in`](crate::runtime::Runtime::timer_in)).
+    pub(crate) struct ScopeTimer {
+        state: TimerState,
+        #[pin]
+        slot: TimerSlot,
+    }
+}
+
+enum TimerState {
+    /// No timer yet (or any more).
+    Unset,
+    /// The runtime's own timer, in `slot`.
+    Own { deadline: Instant },
     /// An entry in this thread's shared async-io deadline queue.
     Shared(Entry),
 }
 
 impl fmt::Debug for ScopeTimer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ScopeTimer::Own { deadline, .. } => f
+        match &self.state {
+            TimerState::Unset => f.write_str("Unset"),
+            TimerState::Own { deadline, .. } => f
                 .debug_struct("Own")
                 .field("deadline", deadline)
                 .finish_non_exhaustive(),
-            ScopeTimer::Shared(entry) => f.debug_tuple("Shared").field(entry).finish(),
+            TimerState::Shared(entry) => f.debug_tuple("Shared").field(entry).finish(),
         }
     }
 }
 
 impl ScopeTimer {
-    /// A timer for `deadline` on the ambient runtime (or async-io's, with none). The shared
-    /// queue registers nothing until polled; a runtime's own timer is made here (its first
-    /// poll registers it).
-    pub(crate) fn new(deadline: Instant) -> Self {
-        match crate::runtime::context::current_raw() {
-            Some(clock) if !clock.async_io_timers() => ScopeTimer::Own {
-                timer: clock.timer(deadline),
-                clock,
-                deadline,
-            },
-            _ => ScopeTimer::Shared(Entry {
-                queue: None,
-                key: 0,
-                deadline,
-            }),
+    /// No timer: nothing is registered until [`poll_at`](ScopeTimer::poll_at).
+    pub(crate) const fn new() -> Self {
+        ScopeTimer {
+            state: TimerState::Unset,
+            slot: TimerSlot::new(),
         }
     }
 
-    pub(crate) fn deadline(&self) -> Instant {
-        match self {
-            ScopeTimer::Own { deadline, .. } => *deadline,
-            ScopeTimer::Shared(entry) => entry.deadline,
-        }
-    }
-
-    pub(crate) fn reset(&mut self, new: Instant) {
-        match self {
-            ScopeTimer::Own {
-                timer, deadline, ..
-            } => {
-                *deadline = new;
-                timer.as_mut().reset(new);
+    /// `Ready` once `deadline` has passed (never earlier, by the runtime's clock); registers
+    /// `cx`'s waker otherwise. The first call makes the timer, on the ambient runtime (or in
+    /// this thread's shared async-io queue); a call with another deadline re-arms it.
+    #[inline(never)]
+    pub(crate) fn poll_at(
+        self: Pin<&mut Self>,
+        deadline: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let mut this = self.project();
+        match this.state {
+            TimerState::Unset => {
+                // Nothing to drop in `Unset`: skip the drop glue.
+                std::mem::forget(std::mem::replace(
+                    this.state,
+                    arm(this.slot.as_mut(), deadline),
+                ));
             }
-            ScopeTimer::Shared(entry) => entry.reset(new),
+            TimerState::Own { deadline: at, .. } if *at != deadline => {
+                *at = deadline;
+                this.slot.as_mut().reset(deadline);
+            }
+            TimerState::Shared(entry) if entry.deadline != deadline => entry.reset(deadline),
+            _ => {}
         }
-    }
-
-    /// `Ready` once the deadline has passed (never earlier, by the runtime's clock);
-    /// registers `cx`'s waker otherwise.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match self {
-            ScopeTimer::Own {
-                timer,
-                clock,
-                deadline,
-            } => loop {
-                if timer.as_mut().poll(cx).is_pending() {
+        match this.state {
+            TimerState::Own { deadline } => loop {
+                if this.slot.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                if clock.now() >= *deadline {
+                // The clock the deadline was computed on (`time::now`: the installed
+                // runtime's, or the system's, which runtimes found by a detector use).
+                if crate::time::now() >= *deadline {
                     return Poll::Ready(());
                 }
                 // Fired before the clock agrees: re-arm and wait again.
-                timer.as_mut().reset(*deadline);
+                this.slot.as_mut().reset(*deadline);
             },
-            ScopeTimer::Shared(entry) => entry.poll(cx),
+            TimerState::Shared(entry) => entry.poll(cx),
+            TimerState::Unset => unreachable!("armed above"),
         }
+    }
+
+    /// Drops the timer (deregistering it), if there is one.
+    pub(crate) fn clear(self: Pin<&mut Self>) {
+        let this = self.project();
+        if !matches!(this.state, TimerState::Unset) {
+            this.slot.clear();
+            *this.state = TimerState::Unset;
+        }
+    }
+}
+
+std::thread_local! {
+    /// Timers of regions that ended, empty, for the next regions that wait on this thread: a
+    /// waiting region takes one instead of allocating (the runtime's timer is written inline
+    /// into it, see [`TimerSlot`]).
+    static SPARE: RefCell<Vec<Pin<Box<ScopeTimer>>>> = const { RefCell::new(Vec::new()) };
+    /// The most recent spare, apart: one region after another (the common case) takes and
+    /// gives back this one with a move in and out of a cell.
+    static LAST_SPARE: Cell<Option<Pin<Box<ScopeTimer>>>> = const { Cell::new(None) };
+}
+
+/// How many spare timers a thread keeps (besides the last one).
+const SPARE_MAX: usize = 32;
+
+/// A region's deadline timer: none until the region waits with a deadline, then a boxed
+/// [`ScopeTimer`] taken from this thread's spares (so a region that completes at once stays
+/// small and one that waits allocates nothing in the steady state). Handed back as soon as
+/// the region ends.
+#[derive(Debug)]
+pub(crate) struct RegionTimer(Option<Pin<Box<ScopeTimer>>>);
+
+impl RegionTimer {
+    pub(crate) const fn new() -> Self {
+        RegionTimer(None)
+    }
+
+    /// See [`ScopeTimer::poll_at`]; takes a spare timer at the first call.
+    #[inline]
+    pub(crate) fn poll_at(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        self.0
+            .get_or_insert_with(take_spare)
+            .as_mut()
+            .poll_at(deadline, cx)
+    }
+
+    /// Drops the timer (deregistering it), if any, and keeps its box as a spare.
+    #[inline]
+    pub(crate) fn give_back(&mut self) {
+        if let Some(timer) = self.0.take() {
+            keep_spare(timer);
+        }
+    }
+}
+
+impl Drop for RegionTimer {
+    #[inline]
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// A spare timer of this thread, or a new one.
+#[inline]
+fn take_spare() -> Pin<Box<ScopeTimer>> {
+    LAST_SPARE
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .or_else(|| {
+            SPARE
+                .try_with(|spare| spare.borrow_mut().pop())
+                .ok()
+                .flatten()
+        })
+        .unwrap_or_else(|| Box::pin(ScopeTimer::new()))
+}
+
+#[inline(never)]
+fn keep_spare(mut timer: Pin<Box<ScopeTimer>>) {
+    timer.as_mut().clear();
+    // During the thread's teardown the box is simply freed.
+    let Ok(Some(older)) = LAST_SPARE.try_with(|last| last.replace(Some(timer))) else {
+        return;
+    };
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_MAX {
+            spare.push(older);
+        }
+    });
+}
+
+/// Makes a timer for `deadline` on the ambient runtime (its own, into `slot`), or an entry in
+/// this thread's shared async-io queue (registered at its first poll).
+#[inline]
+fn arm(slot: Pin<&mut TimerSlot>, deadline: Instant) -> TimerState {
+    // Used in place, by reference: moving the handle out of the `Option` just returned copied
+    // it with loads wider than the stores that wrote it, which stalled (measured).
+    let runtime = crate::runtime::context::current_raw();
+    match runtime.as_deref() {
+        Some(runtime) if !runtime.async_io_timers() => {
+            runtime.timer_in(deadline, slot);
+            TimerState::Own { deadline }
+        }
+        _ => TimerState::Shared(Entry {
+            queue: None,
+            key: 0,
+            deadline,
+        }),
     }
 }
 
@@ -504,12 +615,13 @@ mod tests {
         let waker = Waker::from(Arc::clone(&count));
         let deadline = Instant::now() + Duration::from_secs(3600);
         let (entry, queue) = std::thread::spawn(move || {
-            let mut timer = ScopeTimer::new(deadline);
+            let mut timer = Box::pin(ScopeTimer::new());
+            let cx = &mut Context::from_waker(&waker);
+            assert!(timer.as_mut().poll_at(deadline, cx).is_pending());
             assert!(
-                matches!(timer, ScopeTimer::Shared(_)),
+                matches!(timer.state, TimerState::Shared(_)),
                 "no runtime: the shared queue"
             );
-            assert!(timer.poll(&mut Context::from_waker(&waker)).is_pending());
             (timer, Queue::of_this_thread())
         })
         .join()

@@ -13,21 +13,48 @@ thread_local! {
     /// The innermost scope node of the code being polled on this thread (below a lazy frame,
     /// if `TOP` has one: then it is that frame's parent).
     static CURRENT: Cell<Option<Arc<Node>>> = const { Cell::new(None) };
-    /// What is on top of the current scope: a plain `Copy` cell, so that the common cases —
-    /// no scope at all (checked on every spawn and every sleep), and a deadline region that
-    /// completes at its first poll (entered and left here, without touching `CURRENT`) — cost
-    /// a thread-local read or two.
-    static TOP: Cell<Top> = const { Cell::new(Top { node: false, lazy: None }) };
+    /// What is on top of the current scope, in one byte: so that the common cases — no scope
+    /// at all (checked on every spawn and every sleep), and a deadline region that completes
+    /// at its first poll (entered and left here, without touching `CURRENT`) — cost a
+    /// thread-local read or two and a one-byte write.
+    static TOP: Cell<Top> = const { Cell::new(Top::BARE) };
 }
 
-/// The state of the current scope that fits in a `Copy` cell.
-#[derive(Debug, Clone, Copy)]
-struct Top {
-    /// Whether `CURRENT` holds a node.
-    node: bool,
-    /// A region whose node has not been made yet, on top of `CURRENT`: it is made (and pushed
-    /// into `CURRENT`) the first time anything asks for the current node.
-    lazy: Option<Lazy>,
+/// The state of the current scope that fits in a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Top(u8);
+
+impl Top {
+    const BARE: Top = Top(0);
+    /// `CURRENT` holds a node.
+    const NODE: u8 = 1;
+    /// A region whose node has not been made yet is on top of `CURRENT` (its deadline lent
+    /// to [`lent`](super::lent)): it is made (and pushed into `CURRENT`) the first time
+    /// anything asks for the current node.
+    const LAZY: u8 = 2;
+    /// That lazy region is shielded.
+    const SHIELD: u8 = 4;
+
+    fn node(self) -> bool {
+        self.0 & Self::NODE != 0
+    }
+
+    fn lazy(self) -> bool {
+        self.0 & Self::LAZY != 0
+    }
+
+    fn lazy_shield(self) -> bool {
+        self.0 & Self::SHIELD != 0
+    }
+
+    /// This top with a lazy frame (shielded or not) over it.
+    fn with_lazy(self, shield: bool) -> Top {
+        Top((self.0 & Self::NODE) | Self::LAZY | if shield { Self::SHIELD } else { 0 })
+    }
+
+    fn of_node(node: bool) -> Top {
+        Top(if node { Self::NODE } else { 0 })
+    }
 }
 
 /// The configuration of a region whose node has not been made yet.
@@ -303,31 +330,31 @@ pub(crate) fn after_now(now: Instant, after: Duration) -> Instant {
 /// Whether no scope at all is current (no node and no lazy frame).
 #[inline]
 pub(crate) fn bare() -> bool {
-    let top = TOP.with(Cell::get);
-    !top.node && top.lazy.is_none()
+    TOP.with(Cell::get) == Top::BARE
 }
 
 /// The innermost scope node of the code being polled, if any (making it from a lazy frame if
 /// needed).
 pub(crate) fn current() -> Option<Arc<Node>> {
     let top = TOP.with(Cell::get);
-    if let Some(lazy) = top.lazy {
+    if top.lazy() {
         let parent = CURRENT.with(Cell::take);
-        let node = Node::new(lazy.deadline, lazy.shield);
+        let node = Node::new(super::lent::get(), top.lazy_shield());
         node.enter(parent);
         CURRENT.with(|cell| cell.set(Some(Arc::clone(&node))));
-        TOP.with(|cell| {
-            cell.set(Top {
-                node: true,
-                lazy: None,
-            });
-        });
+        TOP.with(|cell| cell.set(Top::of_node(true)));
         return Some(node);
     }
-    if !top.node {
+    if !top.node() {
         return None;
     }
     crate::runtime::context::peek(&CURRENT)
+}
+
+/// Whether a node is current or a lazy frame is on top (whose node [`current`] would make).
+#[inline]
+pub(crate) fn in_scope() -> bool {
+    TOP.with(Cell::get) != Top::BARE
 }
 
 /// Runs `f` with the node in `CURRENT`, if any, without cloning it.
@@ -341,25 +368,49 @@ fn with_current_node<R>(f: impl FnOnce(Option<&Arc<Node>>) -> R) -> R {
     })
 }
 
+/// What [`enter`] and [`enter_node`] put back when they end (also on unwind).
+struct Saved {
+    top: Top,
+    node: Option<Arc<Node>>,
+}
+
+impl Saved {
+    /// Installs `top` and `node`, saving what they replace.
+    fn install(top: Top, node: Option<Arc<Node>>) -> Saved {
+        Saved {
+            top: TOP.with(|cell| cell.replace(top)),
+            node: CURRENT.with(|cell| cell.replace(node)),
+        }
+    }
+
+    /// Puts the saved state back; returns what was current before.
+    fn restore(&mut self) -> (Top, Option<Arc<Node>>) {
+        let top = TOP.with(|cell| cell.replace(self.top));
+        let node = CURRENT.with(|cell| cell.replace(self.node.take()));
+        (top, node)
+    }
+}
+
 /// Makes `slot` the current scope while `f` runs, moving it in and out (a frame made into a
 /// node meanwhile comes back as the node).
 pub(crate) fn enter<R>(slot: &mut Option<Current>, f: impl FnOnce() -> R) -> R {
     struct Restore<'a> {
         slot: &'a mut Option<Current>,
-        top: Top,
-        node: Option<Arc<Node>>,
+        saved: Saved,
+        /// The frame's deadline, if a frame was entered.
+        deadline: Deadline,
     }
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            let top = TOP.with(|cell| cell.replace(self.top));
-            let node = CURRENT.with(|cell| cell.replace(self.node.take()));
-            *self.slot = match top.lazy {
-                Some(lazy) => Some(Current::Frame(Frame {
+            let (top, node) = self.saved.restore();
+            *self.slot = if top.lazy() {
+                Some(Current::Frame(Frame {
                     parent: node,
-                    deadline: lazy.deadline,
-                    shield: lazy.shield,
-                })),
-                None => node.map(Current::Node),
+                    deadline: self.deadline,
+                    shield: top.lazy_shield(),
+                }))
+            } else {
+                node.map(Current::Node)
             };
         }
     }
@@ -374,15 +425,39 @@ pub(crate) fn enter<R>(slot: &mut Option<Current>, f: impl FnOnce() -> R) -> R {
             }),
         ),
     };
-    let top = Top {
-        node: node.is_some(),
-        lazy,
+    let top = Top::of_node(node.is_some());
+    let top = match lazy {
+        Some(lazy) => top.with_lazy(lazy.shield),
+        None => top,
     };
     let _restore = Restore {
-        top: TOP.with(|cell| cell.replace(top)),
-        node: CURRENT.with(|cell| cell.replace(node)),
+        saved: Saved::install(top, node),
         slot,
+        deadline: lazy.map_or(Deadline::None, |lazy| lazy.deadline),
     };
+    match lazy {
+        Some(lazy) => super::lent::lend(&lazy.deadline, f),
+        None => f(),
+    }
+}
+
+/// Makes `node` (taken out of `slot`) the current scope while `f` runs, then moves it back
+/// into `slot` (also on unwind): a region's poll with no reference counting.
+pub(crate) fn enter_node<R>(slot: &mut Option<Arc<Node>>, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a> {
+        slot: &'a mut Option<Arc<Node>>,
+        saved: Saved,
+    }
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            // No lazy frame can be left on top: only `current` consumes one, and `enter`
+            // restores its own.
+            *self.slot = self.saved.restore().1;
+        }
+    }
+    let node = slot.take();
+    let saved = Saved::install(Top::of_node(node.is_some()), node);
+    let _restore = Restore { slot, saved };
     f()
 }
 
@@ -399,21 +474,37 @@ pub(crate) enum LazyEntry {
 #[inline]
 pub(crate) fn lazy_entry(shield: bool) -> LazyEntry {
     let top = TOP.with(Cell::get);
-    if top.lazy.is_some()
-        || (!shield
-            && top.node
-            && with_current_node(|n| n.is_some_and(|n| n.effectively_cancelled())))
-    {
+    if top.lazy() || (!shield && top.node() && current_node_cancelled()) {
         return LazyEntry::Slow;
     }
     LazyEntry::Ready
+}
+
+/// Whether the node in `CURRENT` is effectively cancelled (out of line: only code inside a
+/// scope gets here).
+#[inline(never)]
+fn current_node_cancelled() -> bool {
+    with_current_node(|n| n.is_some_and(|n| n.effectively_cancelled()))
 }
 
 /// Runs `f` with a lazy frame configured by `lazy` on top of the current scope, which must not
 /// be a lazy frame itself (check [`lazy_entry`] first). `CURRENT` is not touched unless
 /// something inside asks for the current node: then the frame's node is made and stored in
 /// `made` (also on unwind, so the caller can leave the tree).
+#[inline]
 pub(crate) fn enter_lazy<R>(lazy: Lazy, made: &mut Option<Arc<Node>>, f: impl FnOnce() -> R) -> R {
+    enter_lazy_at(&lazy.deadline, lazy.shield, made, f)
+}
+
+/// [`enter_lazy`] with the deadline lent by reference (the region's own field): the fast
+/// path of a region's first poll, which then copies nothing.
+#[inline]
+pub(crate) fn enter_lazy_at<R>(
+    deadline: &Deadline,
+    shield: bool,
+    made: &mut Option<Arc<Node>>,
+    f: impl FnOnce() -> R,
+) -> R {
     struct Restore<'a> {
         top: Top,
         made: &'a mut Option<Arc<Node>>,
@@ -422,30 +513,30 @@ pub(crate) fn enter_lazy<R>(lazy: Lazy, made: &mut Option<Arc<Node>>, f: impl Fn
         #[inline]
         fn drop(&mut self) {
             let top = TOP.with(|cell| cell.replace(self.top));
-            if top.lazy.is_none() {
-                // Made into a node: it is in `CURRENT`, its parent is what was there before.
-                let node = CURRENT.with(|cell| {
-                    let node = cell.take();
-                    let parent = node.as_ref().and_then(|n| n.parent().cloned());
-                    cell.set(parent);
-                    node
-                });
-                *self.made = node;
+            if !top.lazy() {
+                made_into_node(self.made);
             }
         }
     }
     let top = TOP.with(Cell::get);
-    debug_assert!(top.lazy.is_none(), "enter_lazy on top of a lazy frame");
-    let _restore = Restore {
-        top: TOP.with(|cell| {
-            cell.replace(Top {
-                node: top.node,
-                lazy: Some(lazy),
-            })
-        }),
-        made,
-    };
-    f()
+    debug_assert!(!top.lazy(), "enter_lazy on top of a lazy frame");
+    TOP.with(|cell| cell.set(top.with_lazy(shield)));
+    let _restore = Restore { top, made };
+    super::lent::lend(deadline, f)
+}
+
+/// A lazy frame was made into a node while it was on top: the node is in `CURRENT`, its
+/// parent is what was there before. Moves the node into `made`, the parent back.
+#[cold]
+#[inline(never)]
+fn made_into_node(made: &mut Option<Arc<Node>>) {
+    let node = CURRENT.with(|cell| {
+        let node = cell.take();
+        let parent = node.as_ref().and_then(|n| n.parent().cloned());
+        cell.set(parent);
+        node
+    });
+    *made = node;
 }
 
 /// Whether the code being polled is inside an effectively cancelled scope.
@@ -455,14 +546,14 @@ pub(crate) fn enter_lazy<R>(lazy: Lazy, made: &mut Option<Arc<Node>>, f: impl Fn
 #[inline]
 pub(crate) fn current_cancelled() -> bool {
     let top = TOP.with(Cell::get);
-    top.node && current_cancelled_slow(top)
+    top.node() && current_cancelled_slow(top)
 }
 
 /// The part of [`current_cancelled`] for code inside a scope.
 #[inline(never)]
 fn current_cancelled_slow(top: Top) -> bool {
     // A lazy frame's own scope has no handle, so only a visible ancestor can cancel it.
-    if top.lazy.is_some_and(|lazy| lazy.shield) {
+    if top.lazy() && top.lazy_shield() {
         return false;
     }
     with_current_node(|node| node.is_some_and(|node| node.effectively_cancelled()))

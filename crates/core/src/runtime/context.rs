@@ -58,6 +58,7 @@ pub(crate) fn installed() -> Option<RuntimeHandle> {
 
 /// The ambient handle exactly as installed (it may be tied to the polling context), or else
 /// what a registered detector reports.
+#[inline]
 pub(crate) fn current_raw() -> Option<RuntimeHandle> {
     installed().or_else(detect)
 }
@@ -131,10 +132,17 @@ pub fn register_detector(detect: Detector) -> bool {
 }
 
 fn detect() -> Option<RuntimeHandle> {
-    DETECTORS
-        .iter()
-        .map_while(OnceLock::get)
-        .find_map(|detect| detect())
+    for slot in &DETECTORS {
+        match slot.get() {
+            Some(detect) => {
+                if let Some(handle) = detect() {
+                    return Some(handle);
+                }
+            }
+            None => return None,
+        }
+    }
+    None
 }
 
 /// Returns the ambient runtime, or [`NoRuntime`] with a message that says how to provide one.

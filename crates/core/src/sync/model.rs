@@ -5,10 +5,12 @@
 //! waiter (shuttle reports a deadlock if it is lost), that the counts come back whole, and —
 //! through [`explore`] — that both orders (handed over before the drop, or after) occurred.
 //!
-//! The permits' own protocol has three more races, modelled below: a woken waiter checking its
+//! The permits' own protocol has four more races, modelled below: a woken waiter checking its
 //! grant without the lock while the release is still granting it; a waiter leaving from the
-//! middle of the line (a hole) while releases hand permits past it; and a release on the
-//! lock-free fast path against a waiter that is deciding, under the lock, to queue.
+//! middle of the line (a hole) while releases hand permits past it; a weighted head leaving
+//! while releases first count a permit and then hand exactly what it wants over (the exact
+//! hand-off, which skips the general path); and a release on the lock-free fast path against
+//! a waiter that is deciding, under the lock, to queue.
 
 use std::future::Future;
 use std::pin::pin;
@@ -129,6 +131,40 @@ fn shuttle_permits_middle_waiter_leaves_versus_hand_offs() {
         all_handed_over(&permits, thread, 2);
         gone == Gone::Granted
     });
+}
+
+/// Two single releases on one thread against a head waiter wanting two leaving on another,
+/// with a waiter wanting one behind it. The first release is only counted (less than the head
+/// wants), the second frees exactly what the head wants and hands it over without the general
+/// path; if the head was granted it passes both on (`true`), otherwise the one behind is
+/// served from the count or by the hand-off. Either way one permit ends up free.
+#[test]
+fn shuttle_permits_exact_hand_off_versus_weighted_head_leaving() {
+    explore(|| {
+        let permits = Arc::new(Permits::new(0));
+        let mut head = Waiter::new(&permits, 2);
+        let mut behind = Waiter::new(&permits, 1);
+        assert!(head.poll_acquire(&mut noop_cx()).is_pending());
+        assert!(behind.poll_acquire(&mut noop_cx()).is_pending());
+        let thread = release_later(&permits, 2);
+        yield_randomly();
+        let gone = head.abandon();
+        assert_ne!(gone, Gone::Idle);
+        granted(&mut behind);
+        thread.join().unwrap();
+        assert_eq!((permits.available(), permits.waiting()), (1, 0));
+        // `behind` gives its permit back: both are free on the fast path again.
+        all_handed_over_after_join(&permits, 1, 2);
+        gone == Gone::Granted
+    });
+}
+
+/// The end of a model whose thread was joined: `back` permits returned, `n` then free on the
+/// lock-free fast path.
+fn all_handed_over_after_join(permits: &Permits, back: usize, n: usize) {
+    permits.release(back, MAX_PERMITS, Excess::Refuse).unwrap();
+    assert_eq!((permits.available(), permits.waiting()), (n, 0));
+    assert!(permits.try_acquire(n), "the fast path is open again");
 }
 
 /// A release on the lock-free fast path on one thread against a waiter that found nothing

@@ -15,7 +15,9 @@
 //! Each waiter gets a *ticket* when it queues, in arrival order, and waiters are granted in
 //! ticket order: the lock's holder publishes `served`, one past the last ticket it granted. A
 //! woken waiter checks `served` against its ticket with one load, without the lock; the
-//! granting side has already taken its entry (and its waker) out of the line.
+//! granting side has already taken its entry (and its waker) out of the line. A release that
+//! frees exactly what the oldest waiter wants (the common contended release) hands it over on a
+//! short path of its own (`Permits::hand_off`); every other release takes the general one.
 //!
 //! *Debt* is what a [`CapacityLimiter`](super::CapacityLimiter) owes after its total was lowered
 //! below what is borrowed: released tokens pay it off before anyone else gets them.
@@ -96,13 +98,20 @@ impl Line {
         self.entries.front().map(|entry| entry.wanted)
     }
 
-    /// Takes the oldest waiter out of the line: its ticket and waker.
-    fn pop(&mut self) -> Option<(u64, Waker)> {
-        let entry = self.entries.pop_front()?;
+    /// Takes the oldest waiter out of the line (there is one): its ticket and waker.
+    #[inline]
+    fn pop(&mut self) -> (u64, Waker) {
+        let Some(Entry {
+            ticket,
+            waker: Some(waker),
+            ..
+        }) = self.entries.pop_front()
+        else {
+            unreachable!("the front entry is a waiter");
+        };
         self.waiting -= 1;
         self.drop_holes();
-        let waker = entry.waker.expect("the front entry is a waiter");
-        Some((entry.ticket, waker))
+        (ticket, waker)
     }
 
     fn find(&mut self, ticket: u64) -> &mut Entry {
@@ -164,9 +173,18 @@ impl Wakers {
     fn wake_all(self) {
         if let Some(waker) = self.first {
             waker.wake();
-            self.more.into_iter().for_each(Waker::wake);
+            if !self.more.is_empty() {
+                wake_more(self.more);
+            }
         }
     }
+}
+
+/// The wakers past the first (a release that serves several waiters, or a raised total).
+#[cold]
+#[inline(never)]
+fn wake_more(more: Vec<Waker>) {
+    more.into_iter().for_each(Waker::wake);
 }
 
 /// What to do with permits that would raise the count above a maximum.
@@ -262,10 +280,41 @@ impl Permits {
     /// A release while someone waits (or debt is owed, or above the maximum): under the lock.
     #[inline(never)]
     fn release_slow(&self, n: usize, max: usize, excess: Excess) -> Result<(), AboveMax> {
+        let mut inner = self.lock();
+        if let Some(waker) = self.hand_off(&mut inner, n, max) {
+            drop(inner);
+            waker.wake();
+            return Ok(());
+        }
         let mut wakers = Wakers::default();
-        let released = self.release_locked(&mut self.lock(), n, max, excess, &mut wakers);
+        let released = self.release_locked(&mut inner, n, max, excess, &mut wakers);
+        drop(inner);
         wakers.wake_all();
         released
+    }
+
+    /// The common contended release, under the lock: someone waits, nothing is owed, and the
+    /// oldest waiter wants exactly what is free once these `n` are added. It takes them all,
+    /// so nobody behind it can be served: returns its waker. Otherwise changes nothing.
+    #[inline]
+    fn hand_off(&self, inner: &mut Inner, n: usize, max: usize) -> Option<Waker> {
+        let seen = self.state.load(Acquire);
+        if seen & SLOW == 0 || inner.debt != 0 {
+            return None;
+        }
+        let pool = (seen / ONE).checked_add(n).filter(|&pool| pool <= max)?;
+        if inner.line.front() != Some(pool) {
+            return None;
+        }
+        let (ticket, waker) = inner.line.pop();
+        self.served.store(ticket + 1, Release);
+        if inner.line.is_empty() {
+            // Nothing left free (the waiter took it all), nobody waiting, nothing owed.
+            self.state.store(0, Release);
+        } else if seen != SLOW {
+            self.state.store(SLOW, Release);
+        }
+        Some(waker)
     }
 
     fn release_locked(
@@ -311,15 +360,15 @@ impl Permits {
     /// clears `SLOW` if the line is empty and nothing is owed.
     fn serve(&self, inner: &mut Inner, seen: usize, mut pool: usize, wakers: &mut Wakers) {
         debug_assert!(seen & SLOW != 0);
-        let mut last = None;
+        let mut served = None;
         while let Some(wanted) = inner.line.front().filter(|&wanted| wanted <= pool) {
             pool -= wanted;
-            let (ticket, waker) = inner.line.pop().expect("the line has a front");
-            last = Some(ticket);
+            let (ticket, waker) = inner.line.pop();
+            served = Some(ticket + 1);
             wakers.push(waker);
         }
-        if let Some(ticket) = last {
-            self.served.store(ticket + 1, Release);
+        if let Some(served) = served {
+            self.served.store(served, Release);
         }
         let slow = !inner.line.is_empty() || inner.debt > 0;
         let state = (pool * ONE) | usize::from(slow);

@@ -160,6 +160,45 @@ fn permits_one_release_serves_several_waiters_in_order() {
     assert!(permits.try_acquire(1));
 }
 
+/// A release that frees exactly what the oldest waiter wants (the common contended release,
+/// handed off without the general path), next to the releases it leaves to the general path:
+/// one that frees less than the head wants, and one above the maximum.
+#[test]
+fn permits_exact_hand_off_and_what_it_leaves_to_the_general_path() {
+    let permits = Permits::new(0);
+    let (counter, waker) = counting_waker();
+    let cx = &mut Context::from_waker(&waker);
+    let mut two = Waiter::new(&permits, 2);
+    let mut one = Waiter::new(&permits, 1);
+    assert!(two.poll_acquire(cx).is_pending());
+    assert!(one.poll_acquire(cx).is_pending());
+    // Less than the head wants: counted, but kept for the line.
+    permits.release(1, MAX_PERMITS, permits_excess()).unwrap();
+    assert_eq!((permits.available(), wakes(&counter)), (1, 0));
+    assert!(!permits.try_acquire(1), "no barging past the line");
+    // Above a maximum of 1: refused whole, nothing handed over.
+    assert!(permits.release(1, 1, permits_excess()).is_err());
+    assert_eq!((permits.available(), wakes(&counter)), (1, 0));
+    // Exactly what the head wants: `two` is served, `one` still waits, nothing is free.
+    permits.release(1, MAX_PERMITS, permits_excess()).unwrap();
+    assert_eq!(
+        (permits.available(), permits.waiting(), wakes(&counter)),
+        (0, 1, 1)
+    );
+    assert!(!permits.try_acquire(1), "no barging past the line");
+    assert!(two.poll_acquire(cx).is_ready());
+    assert!(one.poll_acquire(cx).is_pending());
+    // The last waiter: the line empties and the fast path opens again.
+    permits.release(1, MAX_PERMITS, permits_excess()).unwrap();
+    assert_eq!(
+        (permits.available(), permits.waiting(), wakes(&counter)),
+        (0, 0, 2)
+    );
+    assert!(one.poll_acquire(cx).is_ready());
+    permits.release(3, MAX_PERMITS, permits_excess()).unwrap();
+    assert!(permits.try_acquire(3));
+}
+
 #[test]
 fn weighted_waiter_at_the_head_blocks_smaller_ones() {
     let sem = Semaphore::new(2);
