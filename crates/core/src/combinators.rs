@@ -38,6 +38,7 @@ mod pinned;
 mod race;
 mod retry;
 mod tuple;
+mod wakers;
 
 pub use bounded::{
     bounded_map, bounded_map_settled, bounded_map_stream, try_bounded_map, BoundedMapStream,

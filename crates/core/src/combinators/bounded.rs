@@ -269,15 +269,16 @@ where
             if let Some(Some(_)) = this.window.front() {
                 return Poll::Ready(this.window.pop_front().flatten());
             }
-            let room = this.limit - this.window.len();
-            let admitted = this.feed.admit(cx, this.feed.flight.len() + room);
-            this.window.extend((0..admitted).map(|_| None));
             let head = this.feed_head();
-            match this.feed.flight.poll_next(cx) {
+            // Room for as many more as the window has free entries.
+            let cap = this.feed.flight.len() + this.limit - this.window.len();
+            let polled = this.feed.poll_next(cx, cap);
+            // One entry per admitted item, in input order.
+            let admitted = this.feed.admitted() - head;
+            this.window.resize_with(admitted, || None);
+            match polled {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) if this.feed.exhausted() => return Poll::Ready(None),
-                // Nothing in flight and the input has nothing ready: it has registered `cx`.
-                Poll::Ready(None) => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Ready(Some((index, output))) => this.window[index - head] = Some(output),
             }
         }

@@ -164,7 +164,7 @@ where
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let (low, high) = self.feed.remaining_hint();
-        let running = self.feed.flight.len();
+        let running = self.feed.unfinished();
         (
             low.saturating_add(running),
             high.and_then(|h| h.checked_add(running)),

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::task::Poll;
 
 use futures::future::poll_fn;
@@ -24,25 +25,30 @@ where
     let mut outputs: Vec<Option<U>> = Vec::new();
     outputs.resize_with(source.size_hint().0, || None);
     let mut feed = Feed::new(source);
-    poll_fn(move |cx| loop {
-        match feed.poll_next(cx, cap) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some((index, output))) => {
-                let value = match keep(output) {
-                    Ok(value) => value,
-                    Err(error) => {
-                        feed.close();
-                        return Poll::Ready(Err(error));
-                    }
-                };
+    let mut failed = None;
+    poll_fn(move |cx| {
+        let polled = feed.poll_each(cx, cap, |index, output| match keep(output) {
+            Ok(value) => {
                 if outputs.len() <= index {
                     outputs.resize_with(index + 1, || None);
                 }
                 outputs[index] = Some(value);
+                ControlFlow::Continue(())
             }
-            Poll::Ready(None) => {
+            Err(error) => {
+                failed = Some(error);
+                ControlFlow::Break(())
+            }
+        });
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(ControlFlow::Break(())) => {
+                feed.close();
+                Poll::Ready(Err(failed.take().expect("an error stopped the run")))
+            }
+            Poll::Ready(ControlFlow::Continue(())) => {
                 let outputs = std::mem::take(&mut outputs);
-                return Poll::Ready(Ok(outputs.into_iter().flatten().collect()));
+                Poll::Ready(Ok(outputs.into_iter().flatten().collect()))
             }
         }
     })

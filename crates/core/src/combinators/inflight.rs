@@ -5,58 +5,113 @@
 //! - Futures live in pinned blocks of slots ([`PinnedSlots`]), not one `Box` each. A freed
 //!   slot is reused (`Pin::set`), so a bounded combinator allocates one block of `limit` slots
 //!   however long its input is; an unbounded one adds blocks of doubling size.
-//! - A new future is first polled with the parent's waker (the combinator's task), and polled
-//!   again with it on the combinator's next poll; only a future still pending after that gets
-//!   a slot waker of its own (made once per slot, reused by its later occupants), at its third
-//!   poll, on the next call. A future that finishes at once or after one yield never costs a
-//!   waker or a wake of the ready list.
-//! - A slot waker queues its slot's number on a shared ready list (at most once until the slot
-//!   is polled again) and wakes the combinator's task; the driver polls exactly the queued
+//! - A new future is polled at once when it is admitted, with the parent's waker (the
+//!   combinator's task), and its slot is freed again at once if it is ready. A future that
+//!   returned `Pending` is polled with the parent's waker once more on the combinator's next
+//!   call (a future that yields once finishes there, never touching a waker block), and if
+//!   still pending, with its slot's own waker on the call after: one [`SlotWakers`] block per
+//!   block of slots, made the first time a slot in it needs one, so a slot waker costs no
+//!   allocation of its own.
+//! - A slot waker lists its slot on the block's lock-free ready list (at most once until the
+//!   slot is polled again) and wakes the combinator's task; the driver polls exactly the listed
 //!   slots, so one wake costs `O(1)` and not a scan of every slot.
-//! - One call to [`InFlight::poll_next`] polls each slot at most once, so a future that wakes
-//!   itself on every poll cannot starve the caller or its siblings.
+//! - The slots to poll are kept in bitmaps (one bit per slot), polled lowest first: no lists
+//!   to push to, no per-slot flags to keep them unique. A round is the set of slots to poll;
+//!   slots admitted, still pending or woken meanwhile wait for the next round.
+//! - One call polls each slot at most once, so a future that wakes itself on every poll
+//!   cannot starve the caller or its siblings. [`Feed::poll_next`] (the streams) returns at
+//!   the first output, leaving the rest of the round for the next call, and keeps outputs of
+//!   futures ready at admission in a small queue counted against its cap;
+//!   [`Feed::poll_each`] (`bounded_map` and its forms, which collect everything) hands every
+//!   output of a call to its caller and refills a freed slot at once.
 //! - Dropping the driver drops every future still in it, at once.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures::Stream;
 
 use super::pinned::PinnedSlots;
-use crate::ready::{ReadyList, SlotWaker};
+use super::wakers::SlotWakers;
 
-/// How the future in a slot is woken.
+/// What a slot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Admitted, not polled yet: polled with the parent's waker.
-    Fresh,
-    /// Polled once with the parent's waker and pending: polled with it again on the next call.
+    /// Nothing.
+    Empty,
+    /// A future polled once, with the parent's waker: polled with it again next.
     Parent,
-    /// Polled twice with the parent's waker and pending: polled with its own waker (made then)
-    /// on the next call.
+    /// A future polled twice with the parent's waker: polled with its own waker next.
     Promote,
-    /// Polled with its own slot waker: polled again when that waker fires.
+    /// A future polled with its own slot waker: polled again when that waker fires.
     Own,
 }
 
 /// The driver's bookkeeping for one slot (kept apart from the pinned futures).
+#[derive(Debug, Clone, Copy)]
 struct Meta {
     /// The caller's key for the future in the slot (its input index).
     key: usize,
     mode: Mode,
-    /// Whether the slot is on this call's `todo` list.
-    scheduled: bool,
-    /// The slot's own waker, made the first time a future in the slot needs one.
-    waker: Option<(Arc<SlotWaker>, Waker)>,
+}
+
+/// A set of slot numbers, one bit each.
+#[derive(Debug, Default)]
+struct Bits {
+    words: Vec<u64>,
+    /// No word below this one has a bit set.
+    low: usize,
+}
+
+impl Bits {
+    /// Room for slots `0..slots`.
+    fn reserve(&mut self, slots: usize) {
+        self.words.resize(slots.div_ceil(64), 0);
+    }
+
+    /// Adds `slot` (within the reserved room).
+    #[inline]
+    fn insert(&mut self, slot: usize) {
+        let word = slot / 64;
+        self.words[word] |= 1 << (slot % 64);
+        self.low = self.low.min(word);
+    }
+
+    /// Removes and returns the lowest slot in the set.
+    #[inline]
+    fn pop(&mut self) -> Option<usize> {
+        while let Some(word) = self.words.get_mut(self.low) {
+            if *word != 0 {
+                let bit = word.trailing_zeros() as usize;
+                *word &= *word - 1;
+                return Some(self.low * 64 + bit);
+            }
+            self.low += 1;
+        }
+        None
+    }
+
+    /// Whether the set is empty.
+    #[inline]
+    fn is_empty(&mut self) -> bool {
+        while let Some(&word) = self.words.get(self.low) {
+            if word != 0 {
+                return false;
+            }
+            self.low += 1;
+        }
+        true
+    }
 }
 
 /// The futures' storage: pinned blocks, the first of `first` slots, each next one as large as
-/// all before it.
+/// all before it; each block with its slot wakers once one of its slots needs one.
 struct Blocks<F> {
-    blocks: Vec<PinnedSlots<Option<F>>>,
+    blocks: Vec<(PinnedSlots<Option<F>>, Option<SlotWakers>)>,
     first: usize,
 }
 
@@ -74,17 +129,18 @@ impl<F> Blocks<F> {
         self.first = self.first.max(1);
         let len = self.first << self.blocks.len();
         self.blocks
-            .push(PinnedSlots::new((0..len).map(|_| None).collect()));
+            .push((PinnedSlots::new((0..len).map(|_| None).collect()), None));
     }
 
-    fn get_mut(&mut self, slot: usize) -> Pin<&mut Option<F>> {
+    /// The block of `slot` and its place in it.
+    #[inline]
+    fn locate(&self, slot: usize) -> (usize, usize) {
         if slot < self.first {
-            return self.blocks[0].get_mut(slot);
+            return (0, slot);
         }
         // Block k starts at first * (2^k - 1).
         let k = (slot / self.first + 1).ilog2() as usize;
-        let start = self.first * ((1 << k) - 1);
-        self.blocks[k].get_mut(slot - start)
+        (k, slot - self.first * ((1 << k) - 1))
     }
 }
 
@@ -93,14 +149,12 @@ pub(crate) struct InFlight<F> {
     futures: Blocks<F>,
     meta: Vec<Meta>,
     free: Vec<usize>,
-    /// Slots to poll in this call, in order, from `todo[next..]`.
-    todo: Vec<usize>,
-    next: usize,
-    /// Slots polled with the parent's waker and pending: to poll on the next call (once or
-    /// twice; the third poll is with the slot's own waker).
-    parent: Vec<usize>,
-    /// Made when the first slot waker is.
-    ready: Option<Arc<ReadyList>>,
+    /// Slots to poll, in this call and, if it returns an output first, the next ones.
+    round: Bits,
+    /// Slots to poll in the round after: added, pending, or woken since `round` was made.
+    next: Bits,
+    /// Scratch space for the woken slots of one block.
+    woken: Vec<usize>,
     len: usize,
 }
 
@@ -123,10 +177,9 @@ impl<F> InFlight<F> {
             },
             meta: Vec::new(),
             free: Vec::new(),
-            todo: Vec::new(),
-            next: 0,
-            parent: Vec::new(),
-            ready: None,
+            round: Bits::default(),
+            next: Bits::default(),
+            woken: Vec::new(),
             len: 0,
         }
     }
@@ -148,159 +201,173 @@ impl<F> InFlight<F> {
         self.len == 0
     }
 
-    /// Adds `future` under `key`; it is polled (after the futures added before it) on the next
-    /// call to [`poll_next`](Self::poll_next).
-    pub(crate) fn push(&mut self, key: usize, future: F) {
-        let slot = match self.free.pop() {
+    /// A free slot, made if there is none.
+    #[inline]
+    fn free_slot(&mut self) -> usize {
+        match self.free.pop() {
             Some(slot) => slot,
-            None => {
-                if self.meta.len() == self.futures.capacity() {
-                    self.futures.grow();
-                }
-                self.meta.push(Meta {
-                    key,
-                    mode: Mode::Fresh,
-                    scheduled: false,
-                    waker: None,
-                });
-                self.meta.len() - 1
-            }
-        };
-        self.futures.get_mut(slot).set(Some(future));
-        let meta = &mut self.meta[slot];
-        meta.key = key;
-        meta.mode = Mode::Fresh;
-        if let Some((state, _)) = &meta.waker {
-            // A late wake meant for the slot's previous future must not queue it.
-            state.scheduled();
+            None => self.new_slot(),
         }
-        if !meta.scheduled {
-            meta.scheduled = true;
-            self.todo.push(slot);
-        }
-        self.len += 1;
     }
 
-    /// Puts the slots woken since the last call, and those polled with the parent's waker,
-    /// on this call's list.
-    fn start_round(&mut self, cx: &Context<'_>) {
-        if self.next == self.todo.len() {
-            self.todo.clear();
-            self.next = 0;
-            if self.ready.is_none() {
-                // The common case: only slots polled with the parent's waker to poll again.
-                std::mem::swap(&mut self.todo, &mut self.parent);
-                for &slot in &self.todo {
-                    self.meta[slot].scheduled = true;
+    /// A new slot, in a new block if the last is full.
+    #[cold]
+    #[inline(never)]
+    fn new_slot(&mut self) -> usize {
+        if self.meta.len() == self.futures.capacity() {
+            self.futures.grow();
+            let slots = self.futures.capacity();
+            self.round.reserve(slots);
+            self.next.reserve(slots);
+        }
+        self.meta.push(Meta {
+            key: 0,
+            mode: Mode::Empty,
+        });
+        self.meta.len() - 1
+    }
+
+    /// Starts a new round, of the slots added, pending or woken since the last one, unless
+    /// slots of the current round are still to poll; whether they are.
+    #[inline]
+    pub(crate) fn start_round(&mut self) -> bool {
+        if !self.round.is_empty() {
+            return true;
+        }
+        self.take_woken();
+        std::mem::swap(&mut self.round, &mut self.next);
+        false
+    }
+
+    /// Puts the slots woken since the last look on this call's list; whether there were any.
+    fn take_woken(&mut self) -> bool {
+        let mut any = false;
+        let mut start = 0;
+        for (futures, wakers) in &self.futures.blocks {
+            if let Some(wakers) = wakers {
+                wakers.take_woken(&mut self.woken);
+                for &at in &self.woken {
+                    // A stale wake of a slot that has been emptied polls nothing.
+                    if self.meta[start + at].mode == Mode::Own {
+                        self.next.insert(start + at);
+                        any = true;
+                    }
                 }
-                return;
+            }
+            start += futures.len();
+        }
+        any
+    }
+
+    /// Before returning `Pending`: registers the caller's task with every block of slot
+    /// wakers, then looks for wakes that came in before that (they are left for the next
+    /// call, which the caller's task is woken for at once).
+    fn register(&mut self, cx: &Context<'_>) {
+        let mut any = false;
+        for (_, wakers) in &self.futures.blocks {
+            if let Some(wakers) = wakers {
+                wakers.register(cx.waker());
+                any = true;
             }
         }
-        if let Some(ready) = &self.ready {
-            ready.register(cx.waker());
-            let start = self.todo.len();
-            ready.drain_into(&mut self.todo);
-            // Keep each slot on the list once.
-            let mut i = start;
-            while i < self.todo.len() {
-                let meta = &mut self.meta[self.todo[i]];
-                if meta.scheduled {
-                    self.todo.remove(i);
-                } else {
-                    meta.scheduled = true;
-                    i += 1;
-                }
-            }
-        }
-        for slot in self.parent.drain(..) {
-            let meta = &mut self.meta[slot];
-            if !meta.scheduled {
-                meta.scheduled = true;
-                self.todo.push(slot);
-            }
+        if any && self.take_woken() {
+            cx.waker().wake_by_ref();
         }
     }
 }
 
 impl<F: Future> InFlight<F> {
-    /// Polls the scheduled futures until one completes: `Ready(Some((key, output)))`, its slot
-    /// freed. `Ready(None)` when nothing is in flight.
-    ///
-    /// Each call polls every slot at most once; slots woken meanwhile wait for the next call
-    /// (their wake has already re-scheduled the caller's task).
-    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(usize, F::Output)>> {
-        if self.is_empty() {
-            return Poll::Ready(None);
+    /// Adds `future` under `key` and polls it once, with the parent's waker: its output if it
+    /// is ready at once (it then takes no slot for longer), else it is polled on the next call.
+    #[inline(always)]
+    pub(crate) fn admit(&mut self, key: usize, future: F, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let slot = self.free_slot();
+        let (k, at) = self.futures.locate(slot);
+        let mut cell = self.futures.blocks[k].0.get_mut(at);
+        cell.set(Some(future));
+        let polled = match cell.as_mut().as_pin_mut() {
+            Some(running) => running.poll(cx),
+            None => unreachable!("the slot was just filled"),
+        };
+        if polled.is_ready() {
+            cell.set(None);
+            self.free.push(slot);
+            return polled;
         }
-        self.start_round(cx);
-        while let Some(&slot) = self.todo.get(self.next) {
-            self.next += 1;
-            self.meta[slot].scheduled = false;
+        self.meta[slot] = Meta {
+            key,
+            mode: Mode::Parent,
+        };
+        self.next.insert(slot);
+        self.len += 1;
+        Poll::Pending
+    }
+
+    /// Polls the slots that may progress (woken, or admitted in an earlier call) until one
+    /// completes: `Ready((key, output))`, its slot freed; `Pending` when every one of them has
+    /// been polled.
+    pub(crate) fn poll_round(&mut self, cx: &mut Context<'_>) -> Poll<(usize, F::Output)> {
+        if self.len == 0 {
+            return Poll::Pending;
+        }
+        let leftover = self.start_round();
+        while let Some(slot) = self.round.pop() {
             if let Poll::Ready(done) = self.poll_slot(slot, cx) {
-                return Poll::Ready(Some(done));
+                return Poll::Ready(done);
             }
+        }
+        if leftover && !self.next.is_empty() {
+            // This call finished an earlier round: the next one (which may hold slots whose
+            // wake brought this call) starts on the next call, right away.
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }
 
-    /// Polls one slot with the waker its mode calls for; on completion drops the future in
-    /// place and frees the slot.
+    /// To call before returning `Pending` (after [`poll_round`](Self::poll_round) and any
+    /// admission): makes sure a wake of a slot wakes the caller's task.
+    pub(crate) fn park(&mut self, cx: &Context<'_>) {
+        self.register(cx);
+    }
+
+    /// Polls one slot with its own waker (made with its block's, on first use); on completion
+    /// drops the future in place and frees the slot.
+    #[inline(always)]
     fn poll_slot(&mut self, slot: usize, cx: &mut Context<'_>) -> Poll<(usize, F::Output)> {
         let meta = &mut self.meta[slot];
-        let mut future = self.futures.get_mut(slot);
-        let Some(running) = future.as_mut().as_pin_mut() else {
-            // A stale wake of a future that has finished.
+        let (k, at) = self.futures.locate(slot);
+        let (futures, wakers) = &mut self.futures.blocks[k];
+        let block_len = futures.len();
+        let mut cell = futures.get_mut(at);
+        let Some(running) = cell.as_mut().as_pin_mut() else {
             return Poll::Pending;
         };
         let polled = match meta.mode {
-            Mode::Fresh | Mode::Parent => {
+            Mode::Empty => return Poll::Pending,
+            Mode::Parent => {
+                // Second poll, still with the parent's waker: a future that yields once
+                // finishes here without a slot waker.
                 let polled = running.poll(cx);
                 if polled.is_pending() {
-                    meta.mode = if meta.mode == Mode::Fresh {
-                        Mode::Parent
-                    } else {
-                        Mode::Promote
-                    };
-                    self.parent.push(slot);
+                    meta.mode = Mode::Promote;
+                    self.next.insert(slot);
                 }
                 polled
             }
             Mode::Promote | Mode::Own => {
                 meta.mode = Mode::Own;
-                Self::poll_own(meta, &mut self.ready, future.as_mut(), slot, cx)
+                let wakers = wakers.get_or_insert_with(|| SlotWakers::new(block_len, cx.waker()));
+                running.poll(&mut Context::from_waker(&wakers.polling(at)))
             }
         };
         let Poll::Ready(output) = polled else {
             return Poll::Pending;
         };
-        future.set(None);
+        cell.set(None);
+        meta.mode = Mode::Empty;
         self.free.push(slot);
         self.len -= 1;
         Poll::Ready((meta.key, output))
-    }
-
-    /// Polls the future in `slot` with the slot's own waker, made if it has none.
-    fn poll_own(
-        meta: &mut Meta,
-        ready: &mut Option<Arc<ReadyList>>,
-        mut future: Pin<&mut Option<F>>,
-        slot: usize,
-        cx: &Context<'_>,
-    ) -> Poll<F::Output> {
-        let (state, waker) = meta.waker.get_or_insert_with(|| {
-            let ready = ready.get_or_insert_with(|| {
-                // Registered before any slot waker exists, so that no wake is lost.
-                let ready = Arc::<ReadyList>::default();
-                ready.register(cx.waker());
-                ready
-            });
-            SlotWaker::new(slot, ready)
-        });
-        state.polling();
-        match future.as_mut().as_pin_mut() {
-            Some(running) => running.poll(&mut Context::from_waker(waker)),
-            None => Poll::Pending,
-        }
     }
 }
 
@@ -364,6 +431,9 @@ pub(crate) struct Feed<S: Source> {
     exhausted: bool,
     next_key: usize,
     pub(crate) flight: InFlight<S::Fut>,
+    /// Outputs of futures that were ready at their first poll, when admitted, not yet
+    /// returned by [`poll_next`](Self::poll_next) (they count against its cap until they are).
+    ready: VecDeque<(usize, <S::Fut as Future>::Output)>,
 }
 
 impl<S: Source> fmt::Debug for Feed<S> {
@@ -384,37 +454,14 @@ impl<S: Source> Feed<S> {
             exhausted: false,
             next_key: 0,
             flight: InFlight::with_first_block(0),
+            ready: VecDeque::new(),
         }
     }
 
-    /// Admits futures in input order until `cap` are in flight or the source ends (or, for a
-    /// stream, has none ready); returns how many were admitted. Each future's key is its input
-    /// index.
-    pub(crate) fn admit(&mut self, cx: &mut Context<'_>, cap: usize) -> usize {
-        if self.next_key == 0 {
-            // The first block of slots holds the whole input, or `cap` futures if fewer.
-            let (low, high) = self.source.size_hint();
-            self.flight
-                .size_first_block(high.unwrap_or(low).clamp(4, cap.max(4)).min(cap));
-        }
-        let mut admitted = 0;
-        while !self.exhausted && self.flight.len() < cap {
-            match self.source.poll_take(cx) {
-                Poll::Ready(Some(future)) => {
-                    self.flight.push(self.next_key, future);
-                    self.next_key += 1;
-                    admitted += 1;
-                }
-                Poll::Ready(None) => self.exhausted = true,
-                Poll::Pending => break,
-            }
-        }
-        admitted
-    }
-
-    /// Whether the source has ended (everything admitted).
-    pub(crate) fn exhausted(&self) -> bool {
-        self.exhausted
+    /// How many futures are in flight, or finished and not yet returned by
+    /// [`poll_next`](Self::poll_next).
+    pub(crate) fn unfinished(&self) -> usize {
+        self.flight.len() + self.ready.len()
     }
 
     /// How many futures have been admitted so far (the next one's input index).
@@ -435,20 +482,104 @@ impl<S: Source> Feed<S> {
     pub(crate) fn close(&mut self) {
         self.exhausted = true;
         self.flight = InFlight::with_first_block(0);
+        self.ready.clear();
     }
 
-    /// Admits up to `cap` in flight, then polls: the next `(input index, output)` in
-    /// completion order, `Ready(None)` once the source has ended and everything finished, or
-    /// `Pending`.
+    /// [`poll_next`](Self::poll_next) without stopping at the first output: hands every output
+    /// of this call to `each`, in completion order, and admits into a freed slot at once.
+    /// `Ready(Continue)` once the source has ended and everything finished, `Ready(Break)` as
+    /// soon as `each` breaks (the rest are left as they are), else `Pending`.
+    pub(crate) fn poll_each(
+        &mut self,
+        cx: &mut Context<'_>,
+        cap: usize,
+        mut each: impl FnMut(usize, <S::Fut as Future>::Output) -> ControlFlow<()>,
+    ) -> Poll<ControlFlow<()>> {
+        if !self.flight.is_empty() {
+            // A previous call of this form always finished its round.
+            let _ = self.flight.start_round();
+            while let Some(slot) = self.flight.round.pop() {
+                if let Poll::Ready((key, output)) = self.flight.poll_slot(slot, cx) {
+                    if each(key, output).is_break() {
+                        return Poll::Ready(ControlFlow::Break(()));
+                    }
+                }
+            }
+        }
+        if self.next_key == 0 {
+            // The first block of slots holds the whole input, or `cap` futures if fewer.
+            let (low, high) = self.source.size_hint();
+            self.flight
+                .size_first_block(high.unwrap_or(low).clamp(4, cap.max(4)).min(cap));
+        }
+        while !self.exhausted && self.flight.len() < cap {
+            match self.source.poll_take(cx) {
+                Poll::Ready(Some(future)) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    if let Poll::Ready(output) = self.flight.admit(key, future, cx) {
+                        if each(key, output).is_break() {
+                            return Poll::Ready(ControlFlow::Break(()));
+                        }
+                    }
+                }
+                Poll::Ready(None) => self.exhausted = true,
+                Poll::Pending => break,
+            }
+        }
+        if self.exhausted && self.flight.is_empty() {
+            Poll::Ready(ControlFlow::Continue(()))
+        } else {
+            self.flight.park(cx);
+            Poll::Pending
+        }
+    }
+
+    /// Admits futures in input order, each polled at once, until `cap` are in flight (or
+    /// finished at admission and not returned yet) or the source ends (or, for a stream, has
+    /// none ready); then, unless one was ready at once, polls those in flight that may
+    /// progress until one finishes: the next `(input index, output)` in completion order,
+    /// `Ready(None)` once the source has ended and everything finished, or `Pending`.
+    ///
+    /// Futures already in flight finish one per call: a call returns at the first.
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
         cap: usize,
     ) -> Poll<Option<(usize, <S::Fut as Future>::Output)>> {
-        self.admit(cx, cap);
-        match self.flight.poll_next(cx) {
-            Poll::Ready(None) if !self.exhausted => Poll::Pending,
-            polled => polled,
+        if let Some(done) = self.ready.pop_front() {
+            return Poll::Ready(Some(done));
+        }
+        if self.next_key == 0 {
+            // The first block of slots holds the whole input, or `cap` futures if fewer.
+            let (low, high) = self.source.size_hint();
+            self.flight
+                .size_first_block(high.unwrap_or(low).clamp(4, cap.max(4)).min(cap));
+        }
+        while !self.exhausted && self.flight.len() + self.ready.len() < cap {
+            match self.source.poll_take(cx) {
+                Poll::Ready(Some(future)) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    if let Poll::Ready(output) = self.flight.admit(key, future, cx) {
+                        self.ready.push_back((key, output));
+                    }
+                }
+                Poll::Ready(None) => self.exhausted = true,
+                Poll::Pending => break,
+            }
+        }
+        if let Some(done) = self.ready.pop_front() {
+            return Poll::Ready(Some(done));
+        }
+        if let Poll::Ready(done) = self.flight.poll_round(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if self.exhausted && self.flight.is_empty() {
+            Poll::Ready(None)
+        } else {
+            self.flight.park(cx);
+            Poll::Pending
         }
     }
 }
@@ -466,14 +597,27 @@ mod tests {
         out
     }
 
-    fn drain<F: Future>(flight: &mut InFlight<F>) -> Vec<(usize, F::Output)> {
+    /// Drives `flight` as `Feed` does, admitting `futures` (keyed by position) whenever the
+    /// slots in flight have all been polled.
+    fn run<F: Future>(flight: &mut InFlight<F>, futures: Vec<F>) -> Vec<(usize, F::Output)> {
+        let mut input = futures.into_iter().enumerate();
         let mut order = Vec::new();
-        futures::executor::block_on(poll_fn(|cx| loop {
-            match flight.poll_next(cx) {
-                Poll::Ready(Some(done)) => order.push(done),
-                Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+        futures::executor::block_on(poll_fn(|cx| 'call: loop {
+            if let Poll::Ready(done) = flight.poll_round(cx) {
+                order.push(done);
+                continue;
             }
+            for (key, future) in input.by_ref() {
+                if let Poll::Ready(output) = flight.admit(key, future, cx) {
+                    order.push((key, output));
+                    continue 'call;
+                }
+            }
+            if flight.is_empty() {
+                return Poll::Ready(());
+            }
+            flight.park(cx);
+            return Poll::Pending;
         }));
         order
     }
@@ -481,27 +625,92 @@ mod tests {
     #[test]
     fn completes_in_completion_order_and_reuses_slots() {
         let mut flight = InFlight::with_first_block(2);
-        flight.push(0, Box::pin(yields(4, 10)));
-        flight.push(1, Box::pin(yields(0, 11)));
-        flight.push(2, Box::pin(yields(2, 12)));
-        assert_eq!(drain(&mut flight), vec![(1, 11), (2, 12), (0, 10)]);
-        assert_eq!(flight.meta.len(), 3);
-        assert_eq!(flight.futures.blocks.len(), 2, "blocks of 2 and 4 slots");
-        flight.push(7, Box::pin(yields(0, 70)));
-        assert_eq!(flight.meta.len(), 3, "a free slot is reused");
-        assert!(!flight.is_empty());
-        assert_eq!(drain(&mut flight), vec![(7, 70)]);
+        let futures = vec![
+            Box::pin(yields(4, 10)),
+            Box::pin(yields(0, 11)),
+            Box::pin(yields(2, 12)),
+        ];
+        assert_eq!(run(&mut flight, futures), vec![(1, 11), (2, 12), (0, 10)]);
+        assert_eq!(
+            flight.meta.len(),
+            2,
+            "the slot of a future ready at once is reused"
+        );
+        assert_eq!(flight.futures.blocks.len(), 1);
+        assert!(flight.is_empty());
+        let again = vec![Box::pin(yields(1, 70)), Box::pin(yields(1, 71))];
+        assert_eq!(run(&mut flight, again), vec![(0, 70), (1, 71)]);
+        assert_eq!(flight.meta.len(), 2, "free slots are reused");
     }
 
     #[test]
     fn blocks_grow_and_address_every_slot() {
         let mut flight = InFlight::with_first_block(3);
-        for key in 0..40 {
-            flight.push(key, Box::pin(yields(key % 5, key)));
-        }
+        let futures = (0..40)
+            .map(|key| Box::pin(yields(key % 5 + 1, key)))
+            .collect();
+        let mut done = run(&mut flight, futures);
         assert_eq!(flight.futures.capacity(), 3 + 6 + 12 + 24);
-        let mut done = drain(&mut flight);
         done.sort_unstable();
         assert_eq!(done, (0..40).map(|k| (k, k)).collect::<Vec<_>>());
+    }
+
+    /// Futures that finish one at a time, last first: each finishes when the one after it
+    /// has, and wakes the one before it (through the waker it was last polled with).
+    fn chain(n: usize) -> Vec<Pin<Box<dyn Future<Output = usize>>>> {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        let turn = Rc::new(RefCell::new((n, vec![None::<std::task::Waker>; n])));
+        (0..n)
+            .map(|i| {
+                let turn = Rc::clone(&turn);
+                Box::pin(poll_fn(move |cx| {
+                    let mut turn = turn.borrow_mut();
+                    if turn.0 == i + 1 {
+                        turn.0 = i;
+                        if let Some(waker) = i.checked_sub(1).and_then(|p| turn.1[p].take()) {
+                            waker.wake();
+                        }
+                        Poll::Ready(i)
+                    } else {
+                        turn.1[i] = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                })) as Pin<Box<dyn Future<Output = usize>>>
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_at_a_time_wakes_go_through_the_slot_wakers() {
+        let mut flight = InFlight::with_first_block(8);
+        let done = run(&mut flight, chain(50));
+        assert_eq!(done, (0..50).rev().map(|i| (i, i)).collect::<Vec<_>>());
+        assert!(flight.is_empty());
+        // The same slots again, with wakers left over from the first run.
+        let again = run(&mut flight, chain(20));
+        assert_eq!(again, (0..20).rev().map(|i| (i, i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bits_pop_lowest_first() {
+        let mut bits = Bits::default();
+        let mut other = Bits::default();
+        bits.reserve(256);
+        other.reserve(256);
+        for slot in [130, 3, 64, 3] {
+            bits.insert(slot);
+        }
+        other.insert(1);
+        assert!(!other.is_empty());
+        assert_eq!(other.pop(), Some(1));
+        assert!(other.is_empty());
+        bits.insert(1);
+        bits.insert(200);
+        let popped: Vec<_> = std::iter::from_fn(|| bits.pop()).collect();
+        assert_eq!(popped, vec![1, 3, 64, 130, 200]);
+        bits.insert(5);
+        assert_eq!(bits.pop(), Some(5));
+        assert_eq!(bits.pop(), None);
     }
 }

@@ -6,32 +6,52 @@
 //!   [`MaybeDone`] cells; a finished future is dropped in place and its output stored in its
 //!   cell, so gathering needs one more allocation, the output vector.
 //! - **Parent waker first.** Every future is first polled with the combinator's own waker
-//!   (the next.js trick). A future that is ready at once never needs a waker of its own, and
-//!   one that returns `Pending` is simply polled again on the combinator's next poll, still
-//!   with the parent's waker, so a future that yields once costs two polls and nothing else.
-//! - **Own waker after that.** A future still pending after its second poll gets its own slot
-//!   waker (allocated then, once) at its third poll, on the next call; from then on it is
-//!   polled only when that waker fires, so one wake costs `O(1)` however many futures wait.
-//!   Every future is polled at most three times without its waker having fired, so waking
-//!   futures one at a time stays linear in their number.
+//!   (the next.js trick). A future that is ready at once never needs a waker of its own.
+//!   One exception: with 33 to [`OWN_AT_SECOND_POLL`] futures, if the first one is pending,
+//!   the block of slot wakers is made at once and the others are polled with their own
+//!   wakers from their first poll (a first future that waits predicts others that do; a
+//!   gather of futures that finish one at a time then polls each twice, not three times).
+//! - **Own waker after that.** A future that returned `Pending` is polled on the combinator's
+//!   next call with its own slot waker: one [`SlotWakers`] block holds every slot's waker
+//!   (allocated once, the first time a future needs one), so a slot waker costs no allocation
+//!   of its own, and a future that yields once finishes at that second poll without ever
+//!   waking its slot. Above [`OWN_AT_SECOND_POLL`] futures, the second poll is with the
+//!   parent's waker again and the slot waker comes at the third (a large block is not worth
+//!   making for futures that merely yield once). From then on a future is polled only when
+//!   its waker fires, so one wake costs `O(1)` however many futures wait, and every future is
+//!   polled at most three times without its waker having fired: waking futures one at a time
+//!   stays linear in their number.
+//! - **Few futures: no bookkeeping.** Up to [`SMALL`] futures are all polled with the
+//!   parent's waker on every call, without lists or slot wakers.
 //! - **Fair.** One call polls each future at most once, so a future that needs `k` wakes
 //!   finishes on the `k + 1`-th call, whichever its position: `race` is won by the future that
 //!   needs the fewest.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures::future::MaybeDone;
 
 use super::pinned::PinnedSlots;
-use crate::ready::{ReadyList, SlotWaker};
+use super::wakers::SlotWakers;
+
+/// Up to this many futures, every call polls each unfinished future with the parent's waker
+/// (as `futures::join_all` does below 30): cheaper than any bookkeeping at that size, and
+/// still `O(1)` per future per call.
+const SMALL: usize = 32;
+
+/// Up to this many futures, one that is pending at its first poll is polled with its slot
+/// waker at the second. With more, the second poll is with the parent's waker too and the
+/// slot waker comes at the third: the block of slot wakers (32 bytes a slot) would then be
+/// larger than 64 KiB, and allocating it for futures that merely yield once cost more than
+/// the extra poll saves (glibc serves such blocks with `mmap`, and each one page-faults
+/// afresh: `gather` of 10,000 yield-once futures took 3× the in-place loop's time with the
+/// slot waker at the second poll, against 1.1× with it at the third).
+const OWN_AT_SECOND_POLL: usize = 2048;
 
 /// The slot wakers, made once a future needs one.
 struct Own {
-    ready: Arc<ReadyList>,
-    /// One per slot, `None` until its future needs it.
-    wakers: Vec<Option<(Arc<SlotWaker>, Waker)>>,
+    wakers: SlotWakers,
     /// The woken slots of this poll.
     woken: Vec<usize>,
 }
@@ -39,10 +59,11 @@ struct Own {
 /// Futures polled together until they finish or the caller stops.
 pub(crate) struct Join<F: Future> {
     cells: PinnedSlots<MaybeDone<F>>,
-    /// Slots polled once with the parent's waker and pending: polled with it again next call.
-    parent: Vec<usize>,
-    /// Slots polled twice with the parent's waker and pending: polled with their own waker
+    /// Slots polled once with the parent's waker and pending: polled with it again on the
     /// next call.
+    parent: Vec<usize>,
+    /// Slots polled twice with the parent's waker and pending: polled with their own waker on
+    /// the next call.
     promote: Vec<usize>,
     own: Option<Own>,
     /// How many futures have not finished.
@@ -71,8 +92,8 @@ impl<F: Future> Join<F> {
 
     /// Polls the futures that may progress. `Ready(None)` once every future has finished;
     /// `Ready(Some(index))` as soon as future `index` finishes with an output for which
-    /// `stop` returns true (the others are then left as they are). The outputs stay in their
-    /// cells until taken with [`take`](Self::take).
+    /// `stop` returns true (the others are then left as they are, and the join must not be
+    /// polled again). The outputs stay in their cells until taken with [`take`](Self::take).
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -80,14 +101,65 @@ impl<F: Future> Join<F> {
     ) -> Poll<Option<usize>> {
         if !self.started {
             self.started = true;
-            for index in 0..self.cells.len() {
+            let len = self.cells.len();
+            let mut first = 0;
+            if len > SMALL && len <= OWN_AT_SECOND_POLL {
+                let mut cell = self.cells.get_mut(0);
+                if cell.as_mut().poll(cx).is_pending() {
+                    // A first future that waits predicts others that do: the slot wakers are
+                    // made now, and the rest polled with theirs from the start.
+                    let own = self.own.insert(Own {
+                        wakers: SlotWakers::new(len, cx.waker()),
+                        woken: Vec::new(),
+                    });
+                    self.promote.push(0);
+                    for index in 1..len {
+                        if Self::poll_own(&mut self.cells, &own.wakers, index) {
+                            self.remaining -= 1;
+                            if Self::stops(&mut self.cells, index, &mut stop) {
+                                return Poll::Ready(Some(index));
+                            }
+                        }
+                    }
+                    first = len;
+                } else {
+                    self.remaining -= 1;
+                    if cell.output_mut().is_some_and(|output| stop(output)) {
+                        return Poll::Ready(Some(0));
+                    }
+                    first = 1;
+                }
+            }
+            for index in first..len {
                 let mut cell = self.cells.get_mut(index);
                 if cell.as_mut().poll(cx).is_pending() {
-                    if self.parent.capacity() == 0 {
-                        // Room for every future left, so the list never grows.
-                        self.parent.reserve_exact(self.cells.len() - index);
+                    if len <= SMALL {
+                        continue;
                     }
-                    self.parent.push(index);
+                    // Second poll with the slot's waker, or, with many futures, with the
+                    // parent's again (see `OWN_AT_SECOND_POLL`).
+                    let next = if len <= OWN_AT_SECOND_POLL {
+                        &mut self.promote
+                    } else {
+                        &mut self.parent
+                    };
+                    if next.capacity() == 0 {
+                        // Room for every future left, so the list never grows.
+                        next.reserve_exact(len - index);
+                    }
+                    next.push(index);
+                    continue;
+                }
+                self.remaining -= 1;
+                if cell.output_mut().is_some_and(|output| stop(output)) {
+                    return Poll::Ready(Some(index));
+                }
+            }
+        } else if self.cells.len() <= SMALL {
+            // Few futures: poll every unfinished one with the parent's waker, no lists.
+            for index in 0..self.cells.len() {
+                let mut cell = self.cells.get_mut(index);
+                if !matches!(&*cell, MaybeDone::Future(_)) || cell.as_mut().poll(cx).is_pending() {
                     continue;
                 }
                 self.remaining -= 1;
@@ -97,42 +169,54 @@ impl<F: Future> Join<F> {
             }
         } else {
             if let Some(own) = &mut self.own {
-                own.ready.register(cx.waker());
-                own.ready.drain_into(&mut own.woken);
-                let mut woken = std::mem::take(&mut own.woken);
-                for index in woken.drain(..) {
-                    if self.poll_own(index, cx) && self.finished(index, &mut stop) {
+                own.wakers.register(cx.waker());
+                own.wakers.take_woken(&mut own.woken);
+                for &index in &own.woken {
+                    if Self::poll_own(&mut self.cells, &own.wakers, index) {
+                        self.remaining -= 1;
+                        if Self::stops(&mut self.cells, index, &mut stop) {
+                            return Poll::Ready(Some(index));
+                        }
+                    }
+                }
+            }
+            if !self.promote.is_empty() {
+                // Third poll: with the slot's own waker, from which on the future is polled
+                // only when it fires.
+                let len = self.cells.len();
+                let own = self.own.get_or_insert_with(|| Own {
+                    wakers: SlotWakers::new(len, cx.waker()),
+                    woken: Vec::new(),
+                });
+                for &index in &self.promote {
+                    if Self::poll_own(&mut self.cells, &own.wakers, index) {
+                        self.remaining -= 1;
+                        if Self::stops(&mut self.cells, index, &mut stop) {
+                            return Poll::Ready(Some(index));
+                        }
+                    }
+                }
+                self.promote.clear();
+            }
+            if !self.parent.is_empty() {
+                // Second poll: with the parent's waker again, so that a future that yields
+                // once finishes without a slot waker (nor the block of them).
+                for &index in &self.parent {
+                    let mut cell = self.cells.get_mut(index);
+                    if cell.as_mut().poll(cx).is_pending() {
+                        if self.promote.capacity() == 0 {
+                            self.promote.reserve_exact(self.parent.len());
+                        }
+                        self.promote.push(index);
+                        continue;
+                    }
+                    self.remaining -= 1;
+                    if cell.output_mut().is_some_and(|output| stop(output)) {
                         return Poll::Ready(Some(index));
                     }
                 }
-                if let Some(own) = &mut self.own {
-                    own.woken = woken;
-                }
+                self.parent.clear();
             }
-            // Third poll: with the slot's own waker, made now, from which on the future is
-            // polled only when it fires.
-            let mut promote = std::mem::take(&mut self.promote);
-            for index in promote.drain(..) {
-                if self.poll_own(index, cx) && self.finished(index, &mut stop) {
-                    return Poll::Ready(Some(index));
-                }
-            }
-            self.promote = promote;
-            // Second poll: with the parent's waker again; if still pending, the future is
-            // polled with its own waker on the next call.
-            let mut again = std::mem::take(&mut self.parent);
-            for index in again.drain(..) {
-                let mut cell = self.cells.get_mut(index);
-                if cell.as_mut().poll(cx).is_pending() {
-                    self.promote.push(index);
-                    continue;
-                }
-                self.remaining -= 1;
-                if cell.output_mut().is_some_and(|output| stop(output)) {
-                    return Poll::Ready(Some(index));
-                }
-            }
-            self.parent = again;
         }
         if self.remaining == 0 {
             Poll::Ready(None)
@@ -141,41 +225,27 @@ impl<F: Future> Join<F> {
         }
     }
 
-    /// Counts a finished future; whether the caller wants to stop at its output.
-    fn finished(&mut self, index: usize, stop: &mut impl FnMut(&F::Output) -> bool) -> bool {
-        self.remaining -= 1;
-        match self.cells.get_mut(index).output_mut() {
+    /// Whether the caller wants to stop at the output of the finished future `index`.
+    fn stops(
+        cells: &mut PinnedSlots<MaybeDone<F>>,
+        index: usize,
+        stop: &mut impl FnMut(&F::Output) -> bool,
+    ) -> bool {
+        match cells.get_mut(index).output_mut() {
             Some(output) => stop(output),
             None => false,
         }
     }
 
-    /// A poll with the slot's own waker (made on first use); whether the future finished
-    /// now. A stale wake of a finished future polls nothing.
-    fn poll_own(&mut self, index: usize, cx: &Context<'_>) -> bool {
-        if !matches!(self.cells.get(index), MaybeDone::Future(_)) {
+    /// A poll with the slot's own waker; whether the future finished now. A stale wake of a
+    /// finished future polls nothing.
+    fn poll_own(cells: &mut PinnedSlots<MaybeDone<F>>, wakers: &SlotWakers, index: usize) -> bool {
+        let mut cell = cells.get_mut(index);
+        let MaybeDone::Future(_) = &*cell else {
             return false;
-        }
-        let len = self.cells.len();
-        let own = self.own.get_or_insert_with(|| {
-            // Registered before any slot waker exists, so that no wake is lost.
-            let ready = Arc::<ReadyList>::default();
-            ready.register(cx.waker());
-            Own {
-                ready,
-                wakers: Vec::new(),
-                woken: Vec::new(),
-            }
-        });
-        if own.wakers.is_empty() {
-            own.wakers.resize_with(len, || None);
-        }
-        let (state, waker) =
-            own.wakers[index].get_or_insert_with(|| SlotWaker::new(index, &own.ready));
-        state.polling();
-        self.cells
-            .get_mut(index)
-            .poll(&mut Context::from_waker(waker))
+        };
+        cell.as_mut()
+            .poll(&mut Context::from_waker(&wakers.polling(index)))
             .is_ready()
     }
 
@@ -193,7 +263,9 @@ impl<F: Future> Join<F> {
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
+    use std::pin::Pin;
     use std::rc::Rc;
+    use std::task::Waker;
 
     use futures::future::poll_fn;
 
@@ -224,6 +296,48 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_first_future_keeps_the_parent_waker_first() {
+        // The first future is ready at once; the others wait one at a time, and get their
+        // slot wakers at their second poll.
+        let futures = std::iter::once(
+            Box::pin(futures::future::ready(100_usize)) as Pin<Box<dyn Future<Output = usize>>>
+        )
+        .chain(
+            chain(99)
+                .into_iter()
+                .map(|f| Box::pin(f) as Pin<Box<dyn Future<Output = usize>>>),
+        );
+        let mut join = Join::new(futures);
+        futures::executor::block_on(poll_fn(|cx| join.poll(cx, |_| false).map(|_| ())));
+        let mut expected = vec![100];
+        expected.extend(0..99);
+        assert_eq!(join.take_all().collect::<Vec<_>>(), expected);
+        assert!(join.own.is_some());
+    }
+
+    #[test]
+    fn many_futures_get_their_slot_waker_at_the_third_poll() {
+        let n = OWN_AT_SECOND_POLL + 100;
+        let polls = Rc::new(RefCell::new(0_usize));
+        let counted = chain(n).into_iter().map(|f| {
+            let polls = Rc::clone(&polls);
+            let mut f = Box::pin(f);
+            poll_fn(move |cx| {
+                *polls.borrow_mut() += 1;
+                f.as_mut().poll(cx)
+            })
+        });
+        let mut join = Join::new(counted);
+        futures::executor::block_on(poll_fn(|cx| join.poll(cx, |_| false).map(|_| ())));
+        assert_eq!(
+            join.take_all().collect::<Vec<_>>(),
+            (0..n).collect::<Vec<_>>()
+        );
+        // Three passes, then one poll per wake.
+        assert!(*polls.borrow() <= 4 * n, "{} polls", polls.borrow());
+    }
+
+    #[test]
     fn one_at_a_time_wakes_poll_each_future_a_bounded_number_of_times() {
         let polls = Rc::new(RefCell::new(0_usize));
         let counted = chain(100).into_iter().map(|f| {
@@ -244,8 +358,8 @@ mod tests {
             join.take_all().collect::<Vec<_>>(),
             (0..100).collect::<Vec<_>>()
         );
-        // First pass 100, second parent pass 99 (+ 98 own polls), then one poll per wake.
-        assert!(*polls.borrow() <= 4 * 100, "{} polls", polls.borrow());
+        // First pass 100, second pass (own wakers) 99, then one poll per wake.
+        assert!(*polls.borrow() <= 3 * 100, "{} polls", polls.borrow());
         assert!(driver_polls <= 101, "{driver_polls} driver polls");
     }
 }
