@@ -54,6 +54,7 @@ use crate::cancel::node::{self, Node};
 use crate::cancel::CancelScope;
 use crate::runtime::{self, JoinHandle, Runtime, RuntimeHandle};
 
+mod cell;
 mod error;
 mod handle;
 mod in_task;
@@ -61,11 +62,12 @@ mod member;
 #[cfg(all(test, shuttle))]
 mod model;
 
+use cell::{Entry, Owned, Release};
 pub use error::{GroupClosed, GroupError, StartError, TaskError};
 use handle::StartSlot;
 pub use handle::{Started, TaskHandle};
 use in_task::InTask;
-use member::{Child, Entry, Failure, LocalChild, Member, Outcome, Shared};
+use member::{Child, Failure, Framed, LocalChild, Member, Outcome, Shared};
 
 /// Runs `body` with an in-task [`TaskGroup`] and returns its output once every child is done.
 ///
@@ -482,8 +484,8 @@ macro_rules! in_task_group {
                 if !self.core.shared.join() {
                     return Err(GroupClosed);
                 }
-                let child = LocalChild::new(future, sink);
-                self.core.push(Box::pin(child));
+                let child = Owned::without_handle(LocalChild::new(future, sink));
+                self.core.push(child);
                 Ok(())
             }
 
@@ -492,9 +494,13 @@ macro_rules! in_task_group {
                 F: Future<Output = Result<T, E>> $($send)* + 'env,
                 T: 'env $($send)*,
             {
-                let (handle, slot) = TaskHandle::new();
-                self.add(future, slot)?;
-                Ok(handle)
+                if !self.core.shared.join() {
+                    return Err(GroupClosed);
+                }
+                let child = LocalChild::new(future, handle::Direct::new());
+                let (child, handle) = Owned::with_handle(child);
+                self.core.push(child);
+                Ok(TaskHandle::from_cell(handle))
             }
 
             spawn_methods!('env, $($send)*);
@@ -618,7 +624,7 @@ pin_project_lite::pin_project! {
         C: Children,
     {
         #[pin]
-        body: Member<B>,
+        body: Member<B, Framed>,
         // `Some(Some(output))` once the body returned its output, `Some(None)` once it
         // failed or was cancelled.
         body_out: Option<Option<R>>,
@@ -681,7 +687,7 @@ trait Holds {
     const HOLDS: bool;
 }
 
-impl<E, D: ?Sized> Holds for InTask<'_, E, D> {
+impl<E, D: ?Sized + Release> Holds for InTask<'_, E, D> {
     const HOLDS: bool = false;
 }
 

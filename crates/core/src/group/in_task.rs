@@ -2,11 +2,11 @@
 //! its own waker on the shared ready list (`crate::ready`).
 
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 
-use super::member::{Entry, Shared};
+use super::cell::{Entry, Owned, Release};
+use super::member::Shared;
 use crate::cancel::node::{self, Current};
 use crate::ready::{ReadyList, SlotWaker};
 
@@ -19,24 +19,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// An in-task group's children. `D` is the unsized child type (`dyn Entry<E> + Send + 'env`
 /// or `dyn Entry<E> + 'env`).
-pub(crate) struct InTask<'env, E, D: ?Sized> {
+pub(crate) struct InTask<'env, E, D: ?Sized + Release> {
     pub(crate) shared: Arc<Shared<E>>,
     /// Children added since the group's future last ran; it moves them into the slab.
-    incoming: Mutex<Vec<Pin<Box<D>>>>,
+    incoming: Mutex<Vec<Owned<D>>>,
     /// Only the group's future uses it; the mutex makes the group `Sync`.
     slab: Mutex<Slab<D>>,
     ready: Arc<ReadyList>,
     _env: PhantomData<&'env ()>,
 }
 
-struct Slab<D: ?Sized> {
-    children: Vec<Option<Pin<Box<D>>>>,
+struct Slab<D: ?Sized + Release> {
+    children: Vec<Option<Owned<D>>>,
     /// Each slot's waker, made once and kept for whichever child occupies the slot.
     wakers: Vec<(Arc<SlotWaker>, Waker)>,
     free: Vec<usize>,
 }
 
-impl<E, D: ?Sized> InTask<'_, E, D> {
+impl<E, D: ?Sized + Release> InTask<'_, E, D> {
     pub(crate) fn new() -> Self {
         InTask {
             shared: Shared::new(),
@@ -52,7 +52,7 @@ impl<E, D: ?Sized> InTask<'_, E, D> {
     }
 
     /// Adds a child already counted in with [`Shared::join`]; the group polls it next time.
-    pub(crate) fn push(&self, child: Pin<Box<D>>) {
+    pub(crate) fn push(&self, child: Owned<D>) {
         let mut incoming = lock(&self.incoming);
         incoming.push(child);
         // The group drains the whole list when it runs: wake it for the first one only.
@@ -120,8 +120,8 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
     }
 }
 
-impl<D: ?Sized> Slab<D> {
-    fn insert(&mut self, child: Pin<Box<D>>, ready: &Arc<ReadyList>) -> usize {
+impl<D: ?Sized + Release> Slab<D> {
+    fn insert(&mut self, child: Owned<D>, ready: &Arc<ReadyList>) -> usize {
         let index = self.free.pop().unwrap_or(self.children.len());
         if index == self.children.len() {
             self.children.push(Some(child));

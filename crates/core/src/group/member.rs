@@ -176,75 +176,157 @@ impl Registry {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A future running in the group's scope: polled in its own region (a lazy frame for
-    /// in-task members, a node for spawned ones), with panics caught and cancellation checked
-    /// before and after every poll.
-    pub(crate) struct Member<F> {
-        #[pin]
-        future: Option<F>,
-        slot: Option<Current>,
-        // An in-task child: it runs in a frame right below the group's node, which the group
-        // makes current once around all its children's polls, so the member holds no
-        // reference to it. `slot` is `None` until something inside makes the frame's node.
-        in_group: bool,
+/// The region a member runs in, as the member holds it.
+pub(crate) trait Region {
+    /// Whether the group's cancellation reaches the member now: its scope is effectively
+    /// cancelled and no shielded region inside it is still running. `group` is the group's
+    /// node.
+    fn cancelled(&self, group: &Node) -> bool;
+    /// Runs `f` (a poll of the member) with the region current.
+    fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R;
+    /// The region's node, if it has been made.
+    fn node(&self) -> Option<&Arc<Node>>;
+    /// Leaves the scope tree (the member ended).
+    fn leave(&mut self);
+}
+
+/// The region of a spawned child or a group's body: a frame below the group's node, made into
+/// a node only if something inside asks for it (a nested scope, a spawn). While the member
+/// waits, whatever drives it must make sure the group's cancellation reaches it: an in-task
+/// group's body is swept by the group, a spawned child registers its waker (see [`Child`]).
+/// A plain child costs no allocation here.
+pub(crate) struct Framed(Option<Current>);
+
+impl Framed {
+    pub(crate) fn new(group: &Arc<Node>) -> Self {
+        Framed(Some(Current::Frame(Frame {
+            parent: Some(Arc::clone(group)),
+            deadline: Deadline::None,
+            shield: false,
+        })))
+    }
+}
+
+impl Region for Framed {
+    fn cancelled(&self, _group: &Node) -> bool {
+        match &self.0 {
+            Some(Current::Frame(frame)) => frame
+                .parent
+                .as_ref()
+                .is_some_and(|parent| parent.effectively_cancelled()),
+            Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
+            None => false,
+        }
     }
 
-    impl<F> PinnedDrop for Member<F> {
-        fn drop(this: Pin<&mut Self>) {
-            leave(this.project().slot);
+    fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        node::enter(&mut self.0, f)
+    }
+
+    fn node(&self) -> Option<&Arc<Node>> {
+        match &self.0 {
+            Some(Current::Node(node)) => Some(node),
+            _ => None,
+        }
+    }
+
+    fn leave(&mut self) {
+        if let Some(Current::Node(node)) = self.0.take() {
+            node.exit();
         }
     }
 }
 
-fn leave(slot: &mut Option<Current>) {
-    if let Some(Current::Node(node)) = slot.take() {
-        node.exit();
+/// The region of an in-task child: a frame right below the group's node, which the group
+/// makes current once around all its children's polls (see [`InTask`](super::in_task)), so the
+/// member holds no reference to it: no reference counting per child, and one word. `None`
+/// until something inside makes the frame's node.
+pub(crate) struct InGroup(Option<Arc<Node>>);
+
+impl Region for InGroup {
+    fn cancelled(&self, group: &Node) -> bool {
+        match &self.0 {
+            Some(node) => node.effectively_cancelled() && node.shields_below() == 0,
+            None => group.effectively_cancelled(),
+        }
+    }
+
+    fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        match self.0.take() {
+            // The group's node is current (the group entered it): the frame goes on top.
+            None => node::enter_lazy(
+                Lazy {
+                    deadline: Deadline::None,
+                    shield: false,
+                },
+                &mut self.0,
+                f,
+            ),
+            Some(made) => {
+                let mut slot = Some(Current::Node(made));
+                let out = node::enter(&mut slot, f);
+                if let Some(Current::Node(made)) = slot {
+                    self.0 = Some(made);
+                }
+                out
+            }
+        }
+    }
+
+    fn node(&self) -> Option<&Arc<Node>> {
+        self.0.as_ref()
+    }
+
+    fn leave(&mut self) {
+        if let Some(node) = self.0.take() {
+            node.exit();
+        }
     }
 }
 
-/// The region a member runs in: a frame below the group's node, made into a node only if
-/// something inside asks for it (a nested scope, a spawn).
-fn frame(group: &Arc<Node>) -> Option<Current> {
-    Some(Current::Frame(Frame {
-        parent: Some(Arc::clone(group)),
-        deadline: Deadline::None,
-        shield: false,
-    }))
+pin_project_lite::pin_project! {
+    /// A future running in the group's scope: polled in its own region, with panics caught
+    /// and cancellation checked before and after every poll.
+    pub(crate) struct Member<F, G: Region> {
+        #[pin]
+        future: Option<F>,
+        region: G,
+    }
+
+    impl<F, G: Region> PinnedDrop for Member<F, G> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().region.leave();
+        }
+    }
 }
 
-impl<F> Member<F> {
-    /// A member running in a frame below the group's node. While it waits, whatever drives
-    /// it must make sure the group's cancellation reaches it: an in-task group sweeps its
-    /// children, a spawned child registers its waker (see [`Child`]). A plain child costs no
-    /// allocation here.
+impl<F> Member<F, Framed> {
+    /// A member running in a frame below the group's node (see [`Framed`]).
     pub(crate) fn new(group: &Arc<Node>, future: F) -> Self {
         Member {
             future: Some(future),
-            slot: frame(group),
-            in_group: false,
+            region: Framed::new(group),
         }
     }
+}
 
-    /// A member polled only inside its group's node (see [`InTask`](super::in_task)): no
-    /// reference counting per child.
+impl<F> Member<F, InGroup> {
+    /// A member polled only inside its group's node (see [`InGroup`]).
     pub(crate) fn in_group(future: F) -> Self {
         Member {
             future: Some(future),
-            slot: None,
-            in_group: true,
+            region: InGroup(None),
         }
     }
+}
 
-    /// Whether the group's cancellation reaches this member now: its scope is effectively
-    /// cancelled and no shielded region inside it is still running. `group` is the group's
-    /// node.
+impl<F, G: Region> Member<F, G> {
+    /// Whether the group's cancellation reaches this member now (see [`Region::cancelled`]).
     ///
     /// Takes the pinned member and reads its fields through the projection: a `&Self` would
     /// cover the future too, whose state (an `async fn`'s) may hold references into itself.
     fn cancelled(self: Pin<&mut Self>, group: &Node) -> bool {
-        let this = self.project();
-        slot_cancelled(this.slot, *this.in_group, group)
+        self.project().region.cancelled(group)
     }
 
     /// Whether the member's future is still there (it has not ended).
@@ -256,7 +338,7 @@ impl<F> Member<F> {
     fn finish(self: Pin<&mut Self>) {
         let mut this = self.project();
         this.future.set(None);
-        leave(this.slot);
+        this.region.leave();
     }
 
     /// Cancels the member now if the group's cancellation reaches it. Returns whether it did.
@@ -278,21 +360,10 @@ impl<F> Member<F> {
     }
 }
 
-/// [`Member::cancelled`], from the member's fields.
-fn slot_cancelled(slot: &Option<Current>, in_group: bool, group: &Node) -> bool {
-    match slot {
-        Some(Current::Frame(frame)) => frame
-            .parent
-            .as_ref()
-            .is_some_and(|parent| parent.effectively_cancelled()),
-        Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
-        None => in_group && group.effectively_cancelled(),
-    }
-}
-
-impl<F, T, E> Member<F>
+impl<F, G, T, E> Member<F, G>
 where
     F: Future<Output = Result<T, E>>,
+    G: Region,
 {
     /// Polls the member; `Ready` exactly once, with how it ended. When it waits, its node (if
     /// something inside made one) or else `wait_in_frame` gets the waker the group's
@@ -314,33 +385,19 @@ where
         let Some(future) = this.future.as_pin_mut() else {
             unreachable!("checked above")
         };
-        let poll = || catch_unwind(AssertUnwindSafe(|| future.poll(cx)));
-        let polled = if *this.in_group && this.slot.is_none() {
-            // The group's node is current (the group entered it): the frame goes on top.
-            let mut made = None;
-            let polled = node::enter_lazy(
-                Lazy {
-                    deadline: Deadline::None,
-                    shield: false,
-                },
-                &mut made,
-                poll,
-            );
-            *this.slot = made.map(Current::Node);
-            polled
-        } else {
-            node::enter(this.slot, poll)
-        };
+        let polled = this
+            .region
+            .enter(|| catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
         let outcome = match polled {
             Ok(Poll::Ready(output)) => Outcome::Done(output),
             Err(payload) => Outcome::Panicked(payload),
             Ok(Poll::Pending) => {
-                match &*this.slot {
-                    Some(Current::Node(node)) => node.register_waker(cx.waker()),
-                    _ => wait_in_frame(cx.waker()),
+                match this.region.node() {
+                    Some(node) => node.register_waker(cx.waker()),
+                    None => wait_in_frame(cx.waker()),
                 }
                 // A cancellation made during that poll is handled now rather than missed.
-                if !slot_cancelled(this.slot, *this.in_group, group) {
+                if !this.region.cancelled(group) {
                     return Poll::Pending;
                 }
                 Outcome::Cancelled
@@ -381,8 +438,8 @@ pub(crate) trait Sink<E> {
 
 /// Polls a child's member and delivers its outcome once it ends: the part of a child's poll
 /// both kinds of group share. `sink` is `None` once the outcome was delivered.
-fn poll_child<F, S, E>(
-    member: Pin<&mut Member<F>>,
+fn poll_child<F, G: Region, S, E>(
+    member: Pin<&mut Member<F, G>>,
     sink: &mut Option<S>,
     cx: &mut Context<'_>,
     group: &Shared<E>,
@@ -424,7 +481,7 @@ pin_project_lite::pin_project! {
     /// of the group) exactly once: when it ends, or when its runtime drops it unfinished.
     pub(crate) struct Child<F, S: Sink<E>, E> {
         #[pin]
-        member: Member<F>,
+        member: Member<F, Framed>,
         sink: Option<S>,
         group: Arc<Shared<E>>,
         // Its place in the group's registry while it waits in a frame.
@@ -478,7 +535,7 @@ pin_project_lite::pin_project! {
     /// the group's state at every poll.
     pub(crate) struct LocalChild<F, S: Sink<E>, E> {
         #[pin]
-        member: Member<F>,
+        member: Member<F, InGroup>,
         sink: Option<S>,
         group: PhantomData<fn(E)>,
     }
@@ -505,34 +562,38 @@ impl<F, S: Sink<E>, E> LocalChild<F, S, E> {
     }
 }
 
-/// What an in-task group does with a child it holds behind a pointer.
-pub(crate) trait Entry<E> {
-    /// Polls the child; `Ready` once it has ended and its outcome was delivered.
-    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()>;
-
-    /// Cancels the child now if the group's cancellation reaches it; returns whether it did.
-    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool;
-}
-
-impl<F, S, E> Entry<E> for LocalChild<F, S, E>
+impl<F, S, E> LocalChild<F, S, E>
 where
     F: Future<Output = Result<S::Output, E>>,
-    S: Sink<E, Delivered = ()>,
+    S: Sink<E>,
 {
-    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()> {
+    /// Polls the child; once it ends, its outcome is delivered and what the sink made of it
+    /// returned. The group sweeps its in-task children when it is cancelled: no registration.
+    pub(crate) fn poll_deliver(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        group: &Shared<E>,
+    ) -> Poll<S::Delivered> {
         let this = self.project();
-        // The group sweeps its in-task children when it is cancelled: no registration.
         poll_child(this.member, this.sink, cx, group, |_| {})
     }
 
-    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool {
+    /// Cancels the child now if the group's cancellation reaches it, delivering the
+    /// cancellation; `None` if it did not.
+    pub(crate) fn sweep_deliver(self: Pin<&mut Self>, group: &Shared<E>) -> Option<S::Delivered> {
         let this = self.project();
         if !this.member.sweep(&group.node) {
-            return false;
+            return None;
         }
-        if let Some(sink) = this.sink.take() {
-            settle(sink, Outcome::Cancelled, group);
-        }
-        true
+        let sink = this.sink.take()?;
+        Some(settle(sink, Outcome::Cancelled, group))
+    }
+}
+
+impl<F, S: Sink<E>, E> LocalChild<F, S, E> {
+    /// Delivers a cancellation if the child has not delivered its outcome yet (the group is
+    /// being torn down, so it is not counted out).
+    pub(crate) fn cancel_now(self: Pin<&mut Self>) -> Option<S::Delivered> {
+        self.project().sink.take().map(Sink::cancelled)
     }
 }
