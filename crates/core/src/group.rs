@@ -48,7 +48,7 @@ use std::future::Future;
 use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use crate::cancel::node::{self, Node};
 use crate::cancel::CancelScope;
@@ -250,7 +250,7 @@ where
         runtime,
     };
     let body = body(group.clone());
-    Driver::new(&group.shared, &Spawned(&group.shared.registry), body).await
+    Driver::new(&group.shared, &Spawned(&group.shared), body).await
 }
 
 /// A runtime a [`SpawnGroup`] can spawn its children on: any cloneable [`Runtime`] (its own
@@ -309,7 +309,10 @@ trait Children {
     fn poll_children(&self, cx: &mut Context<'_>);
     /// Cancels now every child that the group's cancellation reaches.
     fn sweep(&self);
-    /// Drops every child still held (the group's future was dropped).
+    /// Closes the group if every child is done (then nothing can join it); otherwise makes
+    /// sure the group's future is woken when the last one is.
+    fn try_close(&self, waker: &Waker) -> bool;
+    /// Closes the group and drops every child still held (the group's future was dropped).
     fn clear(&self);
 }
 
@@ -322,6 +325,11 @@ impl<E, D: ?Sized + Entry<E>> Children for InTask<'_, E, D> {
         InTask::sweep(self);
     }
 
+    // The group's future polls its children: it is woken when one of them is.
+    fn try_close(&self, _: &Waker) -> bool {
+        InTask::try_close(self)
+    }
+
     fn clear(&self) {
         InTask::clear(self);
     }
@@ -329,17 +337,23 @@ impl<E, D: ?Sized + Entry<E>> Children for InTask<'_, E, D> {
 
 /// Spawned children drive themselves; the group's cancellation wakes those waiting (through
 /// their nodes, or the group's registry of wakers).
-struct Spawned<'a>(&'a member::Registry);
+struct Spawned<'a, E>(&'a Shared<E>);
 
-impl Children for Spawned<'_> {
+impl<E> Children for Spawned<'_, E> {
     fn poll_children(&self, _: &mut Context<'_>) {}
 
     fn sweep(&self) {
-        self.0.wake_all();
+        self.0.registry.wake_all();
+    }
+
+    fn try_close(&self, waker: &Waker) -> bool {
+        self.0.try_close(waker)
     }
 
     // Spawned children are dropped by their runtime once they see the cancellation.
-    fn clear(&self) {}
+    fn clear(&self) {
+        self.0.close_now();
+    }
 }
 
 /// The handle of an in-task group, lent to the body of [`task_group`].
@@ -481,12 +495,12 @@ macro_rules! in_task_group {
                 F: Future<Output = Result<K::Output, E>> $($send)* + 'env,
                 K: member::Sink<E, Delivered = ()> $($send)* + 'env,
             {
-                if !self.core.shared.join() {
-                    return Err(GroupClosed);
+                let child = || Owned::without_handle(LocalChild::new(future, sink));
+                if self.core.try_push(child) {
+                    Ok(())
+                } else {
+                    Err(GroupClosed)
                 }
-                let child = Owned::without_handle(LocalChild::new(future, sink));
-                self.core.push(child);
-                Ok(())
             }
 
             fn spawn_direct<F, T>(&self, future: F) -> Result<TaskHandle<T>, GroupClosed>
@@ -494,13 +508,17 @@ macro_rules! in_task_group {
                 F: Future<Output = Result<T, E>> $($send)* + 'env,
                 T: 'env $($send)*,
             {
-                if !self.core.shared.join() {
+                let mut handle = None;
+                let child = || {
+                    let (child, cell) =
+                        Owned::with_handle(LocalChild::new(future, handle::Direct::new()));
+                    handle = Some(TaskHandle::from_cell(cell));
+                    child
+                };
+                if !self.core.try_push(child) {
                     return Err(GroupClosed);
                 }
-                let child = LocalChild::new(future, handle::Direct::new());
-                let (child, handle) = Owned::with_handle(child);
-                self.core.push(child);
-                Ok(TaskHandle::from_cell(handle))
+                handle.ok_or(GroupClosed)
             }
 
             spawn_methods!('env, $($send)*);
@@ -518,7 +536,7 @@ macro_rules! in_task_group {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($group))
                     .field("cancel_called", &self.core.shared.node.cancel_called())
-                    .field("closed", &self.core.shared.is_closed())
+                    .field("closed", &self.core.is_closed())
                     .finish_non_exhaustive()
             }
         }
@@ -591,7 +609,7 @@ impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
             return Err(GroupClosed);
         }
         let child = Child::new(future, sink, &self.shared);
-        Ok(node::enter(&mut None, || self.runtime.spawn_member(child)))
+        Ok(node::outside(|| self.runtime.spawn_member(child)))
     }
 
     fn add<F, K>(&self, future: F, sink: K) -> Result<(), GroupClosed>
@@ -650,9 +668,8 @@ pin_project_lite::pin_project! {
                 // next poll; in-task children are dropped with the group right after).
                 let node = &this.shared.node;
                 node.cancel();
-                this.shared.close_now();
-                this.shared.registry.wake_all();
                 this.children.clear();
+                this.shared.registry.wake_all();
                 leave(node, *this.holds);
             }
         }
@@ -691,7 +708,7 @@ impl<E, D: ?Sized + Release> Holds for InTask<'_, E, D> {
     const HOLDS: bool = false;
 }
 
-impl Holds for Spawned<'_> {
+impl<E> Holds for Spawned<'_, E> {
     const HOLDS: bool = true;
 }
 
@@ -745,7 +762,7 @@ where
                 }
             }
             this.children.poll_children(cx);
-            if this.body_out.is_some() && this.shared.try_close(cx.waker()) {
+            if this.body_out.is_some() && this.children.try_close(cx.waker()) {
                 *this.exited = true;
                 leave(node, *this.holds);
                 return finish(this.shared, this.body_out.take().flatten());

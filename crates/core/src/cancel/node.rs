@@ -386,6 +386,27 @@ pub(crate) fn enter<R>(slot: &mut Option<Current>, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` outside every scope, as [`enter`] with an empty slot would, but without moving
+/// the current node out of `CURRENT` and back: only `TOP` says there is no scope, which is all
+/// that [`current`], [`bare`] and [`current_cancelled`] read. (A spawned group spawns each child
+/// this way, so the runtime's spawn does not bind the child to the spawner's scope.)
+pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Top);
+    impl Drop for Restore {
+        #[inline]
+        fn drop(&mut self) {
+            TOP.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(TOP.with(|cell| {
+        cell.replace(Top {
+            node: false,
+            lazy: None,
+        })
+    }));
+    f()
+}
+
 /// What [`enter_lazy`] found before running anything.
 pub(crate) enum LazyEntry {
     /// The frame can go on top of the current scope.

@@ -289,6 +289,13 @@ unsafe fn publish(header: NonNull<Header>) {
     // SAFETY: the block is live while the group's share is held (until the release below).
     let state = unsafe { &(*header.as_ptr()).state };
     let mut current = state.load(Ordering::Acquire);
+    if current & HANDLE_GONE != 0 {
+        // No handle (a `start`ed child), or it let go: the group is the only owner (the
+        // handle's release was seen with acquire ordering).
+        // SAFETY: both owners have let go; this is the last use of the block.
+        unsafe { free_block(header) };
+        return;
+    }
     while current & WAKER == 0 {
         match state.compare_exchange_weak(
             current,
@@ -424,7 +431,18 @@ impl<R> CellRef<R> {
         // it, once (it is consumed below).
         let result =
             unsafe { (*UnsafeCell::raw_get(ptr::addr_of!((*self.slot.as_ptr()).result))).take() };
-        drop(self);
+        if current & GROUP_GONE != 0 {
+            // The group has let go already (it does when it publishes, unless a waker had to
+            // be woken first): this handle is the block's only owner and frees it without
+            // another read-modify-write.
+            let header = self.slot.cast::<Header>();
+            std::mem::forget(self);
+            // SAFETY: both owners have let go (the group's release was seen with acquire
+            // ordering); this is the last use of the block.
+            unsafe { free_block(header) };
+        } else {
+            drop(self);
+        }
         Ok(result.expect("a published block holds its result"))
     }
 }

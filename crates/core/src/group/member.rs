@@ -462,18 +462,7 @@ where
     let Some(sink) = sink.take() else {
         unreachable!("checked above")
     };
-    Poll::Ready(settle(sink, outcome, group))
-}
-
-/// Delivers an outcome and counts the child out.
-fn settle<E, S: Sink<E>>(
-    sink: S,
-    outcome: Outcome<S::Output, E>,
-    group: &Shared<E>,
-) -> S::Delivered {
-    let delivered = sink.deliver(outcome, group);
-    group.settled();
-    delivered
+    Poll::Ready(sink.deliver(outcome, group))
 }
 
 pin_project_lite::pin_project! {
@@ -526,6 +515,7 @@ where
         let delivered =
             std::task::ready!(poll_child(this.member, this.sink, cx, group, wait_in_frame));
         group.registry.unregister(registered);
+        group.settled();
         Poll::Ready(delivered)
     }
 }
@@ -542,8 +532,7 @@ pin_project_lite::pin_project! {
 
     impl<F, S: Sink<E>, E> PinnedDrop for LocalChild<F, S, E> {
         fn drop(this: Pin<&mut Self>) {
-            // Only dropped unsettled when the whole group is torn down, which closes it: no
-            // count to keep.
+            // Only dropped unsettled when the whole group is torn down.
             if let Some(sink) = this.project().sink.take() {
                 sink.cancelled();
             }
@@ -586,7 +575,7 @@ where
             return None;
         }
         let sink = this.sink.take()?;
-        Some(settle(sink, Outcome::Cancelled, group))
+        Some(sink.deliver(Outcome::Cancelled, group))
     }
 }
 
