@@ -121,7 +121,31 @@ fn main() {
         "futures_buffered" => futures_buffered(),
         other => panic!("unknown scenario {other}"),
     };
+    let timed = std::env::var_os("GROUP_TIMES").is_some();
+    if timed {
+        // As in `benches/spawn.rs`: raise glibc's mmap and trim thresholds first, so the
+        // timings pay no page faults for the large vectors.
+        drop(black_box(vec![0_u8; 8 << 20]));
+    }
+    let mut times = Vec::new();
     for _ in 0..=iterations {
+        let start = std::time::Instant::now();
         assert_eq!(black_box(run()), TASKS * (TASKS - 1) / 2);
+        times.push(start.elapsed());
+    }
+    // With `GROUP_TIMES` set, also the fastest and the median iteration, in nanoseconds per
+    // child: a wall-clock check that a loaded machine disturbs less than divan's medians.
+    if std::env::var_os("GROUP_TIMES_ALL").is_some() {
+        let all: Vec<u128> = times.iter().map(|t| t.as_micros()).collect();
+        eprintln!("{all:?}");
+    }
+    if timed {
+        times.sort();
+        let per_child = |d: std::time::Duration| d.as_secs_f64() * 1e9 / TASKS as f64;
+        eprintln!(
+            "{scenario}: fastest {:.1} ns, median {:.1} ns per child",
+            per_child(times[0]),
+            per_child(times[times.len() / 2])
+        );
     }
 }
