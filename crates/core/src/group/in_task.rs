@@ -150,8 +150,7 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
             }
             polled += incoming.iter().map(Vec::len).sum::<usize>() + woken.len();
             for child in incoming.into_iter().flatten() {
-                let index = slab.insert(child, &self.ready);
-                slab.poll(index, &self.shared);
+                slab.poll_new(child, &self.ready, &self.shared);
             }
             for index in woken.drain(..) {
                 slab.poll(index, &self.shared);
@@ -178,16 +177,33 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
 }
 
 impl<D: ?Sized + Release> Slab<D> {
-    fn insert(&mut self, child: Owned<D>, ready: &Arc<ReadyList>) -> usize {
-        let index = self.free.pop().unwrap_or(self.children.len());
-        if index == self.children.len() {
-            self.children.push(Some(child));
-            self.wakers.push(SlotWaker::new(index, ready));
-        } else {
+    /// Polls a new child with the waker of the slot it would take, and keeps it there only
+    /// if it did not finish: a child that finishes at its first poll never enters the slab.
+    fn poll_new<E>(&mut self, mut child: Owned<D>, ready: &Arc<ReadyList>, group: &Shared<E>)
+    where
+        D: Entry<E>,
+    {
+        let index = match self.free.last() {
+            Some(&index) => index,
+            None => {
+                let index = self.children.len();
+                self.children.push(None);
+                self.wakers.push(SlotWaker::new(index, ready));
+                self.free.push(index);
+                index
+            }
+        };
+        let (state, waker) = &self.wakers[index];
+        // A wake from now on queues the slot (a wake left from the slot's previous child only
+        // makes a spurious poll).
+        state.polling();
+        let polled = child
+            .as_mut()
+            .poll_entry(&mut Context::from_waker(waker), group);
+        if polled.is_pending() {
+            self.free.pop();
             self.children[index] = Some(child);
-            self.wakers[index].0.scheduled();
         }
-        index
     }
 
     fn remove(&mut self, index: usize) {
