@@ -45,6 +45,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ pub use error::{GroupClosed, GroupError, StartError, TaskError};
 use handle::StartSlot;
 pub use handle::{Started, TaskHandle};
 use in_task::InTask;
-use member::{Child, Failure, Framed, LocalChild, Member, Outcome, Shared};
+use member::{Child, Failure, Framed, GroupRef, LocalChild, Member, Outcome, Shared};
 
 /// Runs `body` with an in-task [`TaskGroup`] and returns its output once every child is done.
 ///
@@ -113,7 +114,7 @@ where
         core: Arc::new(InTask::new()),
     };
     let body = body(group.clone());
-    Driver::new(&group.core.shared, &*group.core, body).await
+    Driver::new(group.core.group(), &*group.core, body).await
 }
 
 /// Like [`task_group`], for children that are not `Send` (the group future is not `Send`
@@ -154,7 +155,7 @@ where
         core: Arc::new(InTask::new()),
     };
     let body = body(group.clone());
-    Driver::new(&group.core.shared, &*group.core, body).await
+    Driver::new(group.core.group(), &*group.core, body).await
 }
 
 /// Runs `body` with a [`SpawnGroup`] whose children are spawned on the ambient runtime
@@ -197,6 +198,7 @@ where
 /// ```
 pub async fn spawn_group<E, R, B, Fut>(body: B) -> Result<R, GroupError<E>>
 where
+    E: Send + 'static,
     B: FnOnce(SpawnGroup<E>) -> Fut,
     Fut: Future<Output = Result<R, E>>,
 {
@@ -242,15 +244,17 @@ where
 pub async fn spawn_group_on<S, E, R, B, Fut>(runtime: S, body: B) -> Result<R, GroupError<E>>
 where
     S: GroupRuntime,
+    E: Send + 'static,
     B: FnOnce(SpawnGroup<E, S>) -> Fut,
     Fut: Future<Output = Result<R, E>>,
 {
     let group = SpawnGroup {
-        shared: Shared::new(),
+        node: Node::with_group(Box::new(Shared::<E>::new())),
         runtime,
+        _errors: PhantomData,
     };
     let body = body(group.clone());
-    Driver::new(&group.shared, &Spawned(&group.shared), body).await
+    Driver::new(group.group(), &Spawned(group.group().shared), body).await
 }
 
 /// A runtime a [`SpawnGroup`] can spawn its children on: any cloneable [`Runtime`] (its own
@@ -486,8 +490,8 @@ macro_rules! spawn_methods {
 macro_rules! in_task_group {
     ($group:ident, $($send:tt)*) => {
         impl<'env, E: 'env $($send)*> $group<'env, E> {
-            fn shared(&self) -> &Shared<E> {
-                &self.core.shared
+            fn shared(&self) -> GroupRef<'_, E> {
+                self.core.group()
             }
 
             fn add<F, K>(&self, future: F, sink: K) -> Result<(), GroupClosed>
@@ -535,7 +539,7 @@ macro_rules! in_task_group {
         impl<E> fmt::Debug for $group<'_, E> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($group))
-                    .field("cancel_called", &self.core.shared.node.cancel_called())
+                    .field("cancel_called", &self.core.node.cancel_called())
                     .field("closed", &self.core.is_closed())
                     .finish_non_exhaustive()
             }
@@ -570,31 +574,41 @@ in_task_group!(LocalTaskGroup,);
 /// # }
 /// ```
 pub struct SpawnGroup<E, S = RuntimeHandle> {
-    shared: Arc<Shared<E>>,
+    /// The group's scope, which holds its state (`Shared<E>`, see [`Node::with_group`]).
+    node: Arc<Node>,
     runtime: S,
+    _errors: PhantomData<fn(E)>,
 }
 
 impl<E, S: Clone> Clone for SpawnGroup<E, S> {
     fn clone(&self) -> Self {
         SpawnGroup {
-            shared: Arc::clone(&self.shared),
+            node: Arc::clone(&self.node),
             runtime: self.runtime.clone(),
+            _errors: PhantomData,
         }
     }
 }
 
-impl<E, S> fmt::Debug for SpawnGroup<E, S> {
+impl<E: 'static, S> fmt::Debug for SpawnGroup<E, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpawnGroup")
-            .field("cancel_called", &self.shared.node.cancel_called())
-            .field("closed", &self.shared.is_closed())
+            .field("cancel_called", &self.node.cancel_called())
+            .field("closed", &self.group().is_closed())
             .finish_non_exhaustive()
     }
 }
 
+impl<E: 'static, S> SpawnGroup<E, S> {
+    /// The group as its members see it (its state is in its node).
+    fn group(&self) -> GroupRef<'_, E> {
+        GroupRef::of_spawned(&self.node)
+    }
+}
+
 impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
-    fn shared(&self) -> &Shared<E> {
-        &self.shared
+    fn shared(&self) -> GroupRef<'_, E> {
+        self.group()
     }
 
     /// Spawns a counted-in child on the group's runtime, outside the caller's scope: the
@@ -605,10 +619,10 @@ impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
         K: member::Sink<E> + Send + 'static,
         K::Delivered: Send + 'static,
     {
-        if !self.shared.join() {
+        if !self.group().join() {
             return Err(GroupClosed);
         }
-        let child = Child::new(future, sink, &self.shared);
+        let child = Child::new(future, sink, &self.node);
         Ok(node::outside(|| self.runtime.spawn_member(child)))
     }
 
@@ -646,7 +660,7 @@ pin_project_lite::pin_project! {
         // `Some(Some(output))` once the body returned its output, `Some(None)` once it
         // failed or was cancelled.
         body_out: Option<Option<R>>,
-        shared: &'a Arc<Shared<E>>,
+        group: GroupRef<'a, E>,
         children: &'a C,
         entered: bool,
         exited: bool,
@@ -666,10 +680,10 @@ pin_project_lite::pin_project! {
             if *this.entered && !*this.exited {
                 // Dropped early: cancel whatever still runs (spawned children stop at their
                 // next poll; in-task children are dropped with the group right after).
-                let node = &this.shared.node;
+                let node = this.group.node;
                 node.cancel();
                 this.children.clear();
-                this.shared.registry.wake_all();
+                this.group.registry.wake_all();
                 leave(node, *this.holds);
             }
         }
@@ -684,11 +698,11 @@ fn leave(node: &Node, holds: bool) {
 }
 
 impl<'a, B, R, E, C: ?Sized + Children> Driver<'a, B, R, E, C> {
-    fn new(shared: &'a Arc<Shared<E>>, children: &'a C, body: B) -> Self {
+    fn new(group: GroupRef<'a, E>, children: &'a C, body: B) -> Self {
         Driver {
-            body: Member::new(&shared.node, body),
+            body: Member::new(group.node, body),
             body_out: None,
-            shared,
+            group,
             children,
             entered: false,
             exited: false,
@@ -721,7 +735,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let node = &this.shared.node;
+        let node = this.group.node;
         if *this.exited {
             // Finished while an ancestor's cancellation was pending: that ancestor drops us.
             return Poll::Pending;
@@ -746,15 +760,17 @@ where
             }
             if this.body_out.is_none() {
                 // The body is swept like an in-task child.
-                if let Poll::Ready(outcome) = this.body.as_mut().poll_outcome(cx, node, |_| {}) {
+                if let Poll::Ready(outcome) =
+                    this.body.as_mut().poll_outcome(cx, Some(node), |_, _| {})
+                {
                     *this.body_out = Some(match outcome {
                         Outcome::Done(Ok(output)) => Some(output),
                         Outcome::Done(Err(error)) => {
-                            this.shared.fail(Failure::Error(error));
+                            this.group.fail(Failure::Error(error));
                             None
                         }
                         Outcome::Panicked(payload) => {
-                            this.shared.fail(Failure::Panic(payload));
+                            this.group.fail(Failure::Panic(payload));
                             None
                         }
                         Outcome::Cancelled => None,
@@ -765,7 +781,7 @@ where
             if this.body_out.is_some() && this.children.try_close(cx.waker()) {
                 *this.exited = true;
                 leave(node, *this.holds);
-                return finish(this.shared, this.body_out.take().flatten());
+                return finish(*this.group, this.body_out.take().flatten());
             }
             node.register_waker(cx.waker());
             // A cancellation made during that poll is swept now rather than missed.
@@ -777,9 +793,9 @@ where
 }
 
 /// The group's result once everything is done.
-fn finish<R, E>(shared: &Shared<E>, output: Option<R>) -> Poll<Result<R, GroupError<E>>> {
+fn finish<R, E>(group: GroupRef<'_, E>, output: Option<R>) -> Poll<Result<R, GroupError<E>>> {
     let mut errors = Vec::new();
-    for failure in shared.take_failures() {
+    for failure in group.take_failures() {
         match failure {
             Failure::Error(error) => errors.push(error),
             Failure::Panic(payload) => resume_unwind(payload),
@@ -788,7 +804,7 @@ fn finish<R, E>(shared: &Shared<E>, output: Option<R>) -> Poll<Result<R, GroupEr
     if !errors.is_empty() {
         return Poll::Ready(Err(GroupError::from_failures(errors)));
     }
-    let node = &shared.node;
+    let node = group.node;
     if node.ancestor_cancelled() {
         // Leaving a group is a checkpoint (as in AnyIO): the cancelled ancestor catches, and
         // drops this future.

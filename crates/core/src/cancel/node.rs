@@ -1,6 +1,7 @@
 //! The scope tree: one node per cancel scope (and per spawned task inside a scope), linked to
 //! its parent, with downward propagation of cancellation through wakers.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError, Weak};
@@ -72,6 +73,10 @@ pub(crate) struct Node {
     shields_below: AtomicUsize,
     parent: OnceLock<Option<Arc<Node>>>,
     state: Mutex<State>,
+    /// The state of the spawned task group whose scope this node is, if it is one: its
+    /// children hold this node (as their frames' parent) and reach the group's state through
+    /// it, one reference instead of two.
+    group: Option<Box<dyn Any + Send + Sync>>,
 }
 
 #[derive(Debug)]
@@ -89,6 +94,24 @@ struct State {
 
 impl Node {
     pub(crate) fn new(deadline: Deadline, shield: bool) -> Arc<Node> {
+        Self::make(deadline, shield, None)
+    }
+
+    /// The node of a spawned task group's scope, holding the group's state.
+    pub(crate) fn with_group(group: Box<dyn Any + Send + Sync>) -> Arc<Node> {
+        Self::make(Deadline::None, false, Some(group))
+    }
+
+    /// The state of the spawned task group whose scope this node is, if it is one of type `T`.
+    pub(crate) fn group<T: Any>(&self) -> Option<&T> {
+        self.group.as_deref()?.downcast_ref()
+    }
+
+    fn make(
+        deadline: Deadline,
+        shield: bool,
+        group: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Arc<Node> {
         Arc::new(Node {
             cancel_called: AtomicBool::new(false),
             shield: AtomicBool::new(shield),
@@ -102,6 +125,7 @@ impl Node {
                 free: Vec::new(),
                 slot: None,
             }),
+            group,
         })
     }
 

@@ -40,7 +40,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
-use super::member::{LocalChild, Shared, Sink};
+use super::member::{GroupRef, LocalChild, Sink};
 use crate::shim::AtomicUsize;
 
 /// The result is in the slot (set by the group, after writing it).
@@ -92,10 +92,10 @@ struct Cell<R, C> {
 pub(crate) trait Entry<E>: Release {
     /// Polls the child; `Ready` once it has ended and its outcome was delivered (and its result
     /// written, for the handle to take once the group lets go of the entry).
-    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()>;
+    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: GroupRef<'_, E>) -> Poll<()>;
 
     /// Cancels the child now if the group's cancellation reaches it; returns whether it did.
-    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool;
+    fn sweep(self: Pin<&mut Self>, group: GroupRef<'_, E>) -> bool;
 }
 
 /// The part of [`Entry`] that [`Owned`]'s destructor needs (it cannot name `E`).
@@ -149,7 +149,7 @@ where
     F: std::future::Future<Output = Result<S::Output, E>>,
     S: Sink<E, Delivered = R>,
 {
-    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()> {
+    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: GroupRef<'_, E>) -> Poll<()> {
         // SAFETY: as in `drop_child`, the child stays in place.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: pinned because the tail is.
@@ -160,7 +160,7 @@ where
         Poll::Ready(())
     }
 
-    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool {
+    fn sweep(self: Pin<&mut Self>, group: GroupRef<'_, E>) -> bool {
         // SAFETY: as in `drop_child`, the child stays in place.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: pinned because the tail is.

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use super::cell::CellRef;
 use super::error::{StartError, TaskError};
-use super::member::{Failure, Outcome, Payload, Shared, Sink};
+use super::member::{Failure, GroupRef, Outcome, Payload, Sink};
 use crate::runtime::JoinHandle;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,7 +132,7 @@ impl<T> Future for TaskHandle<T> {
 }
 
 /// A child's result as its handle reports it; its failure goes to the group.
-fn result_of<T, E>(outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskError> {
+fn result_of<T, E>(outcome: Outcome<T, E>, group: GroupRef<'_, E>) -> Result<T, TaskError> {
     match outcome {
         Outcome::Done(Ok(output)) => Ok(output),
         Outcome::Done(Err(error)) => {
@@ -161,7 +161,7 @@ impl<T, E> Sink<E> for Direct<T> {
     type Output = T;
     type Delivered = Result<T, TaskError>;
 
-    fn deliver(self, outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskError> {
+    fn deliver(self, outcome: Outcome<T, E>, group: GroupRef<'_, E>) -> Result<T, TaskError> {
         result_of(outcome, group)
     }
 
@@ -296,7 +296,7 @@ impl<V, E> Sink<E> for Arc<StartSlot<V, E>> {
     type Output = ();
     type Delivered = ();
 
-    fn deliver(self, outcome: Outcome<(), E>, group: &Shared<E>) {
+    fn deliver(self, outcome: Outcome<(), E>, group: GroupRef<'_, E>) {
         let state = lock(&self.state);
         if state.started {
             drop(state);

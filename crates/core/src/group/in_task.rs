@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 
 use super::cell::{Entry, Owned, Release};
-use super::member::Shared;
+use super::member::{GroupRef, Shared};
 use crate::cancel::node::{self, Current};
+use crate::cancel::node::{Deadline, Node};
 use crate::ready::{ReadyList, SlotWaker};
 
 /// How many children one poll of the group polls before it yields to its executor.
@@ -20,7 +21,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// An in-task group's children. `D` is the unsized child type (`dyn Entry<E> + Send + 'env`
 /// or `dyn Entry<E> + 'env`).
 pub(crate) struct InTask<'env, E, D: ?Sized + Release> {
-    pub(crate) shared: Arc<Shared<E>>,
+    /// The group's cancel scope.
+    pub(crate) node: Arc<Node>,
+    pub(crate) shared: Shared<E>,
     /// Children added since the group's future last ran (it moves them into the slab), and
     /// whether the group has finished. The group closes under this lock once it holds no child
     /// and none is incoming, so no count of children is kept.
@@ -65,6 +68,7 @@ struct Slab<D: ?Sized + Release> {
 impl<E, D: ?Sized + Release> InTask<'_, E, D> {
     pub(crate) fn new() -> Self {
         InTask {
+            node: Node::new(Deadline::None, false),
             shared: Shared::new(),
             incoming: Mutex::new(Incoming {
                 children: Vec::new(),
@@ -77,6 +81,14 @@ impl<E, D: ?Sized + Release> InTask<'_, E, D> {
             }),
             ready: Arc::default(),
             _env: PhantomData,
+        }
+    }
+
+    /// The group as its members see it.
+    pub(crate) fn group(&self) -> GroupRef<'_, E> {
+        GroupRef {
+            node: &self.node,
+            shared: &self.shared,
         }
     }
 
@@ -133,7 +145,7 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
     pub(crate) fn poll_children(&self, cx: &mut Context<'_>) {
         // The children run in frames right below the group's node: make it current once for
         // all of them (see `Member::in_group`).
-        let mut group = Some(Current::Node(Arc::clone(&self.shared.node)));
+        let mut group = Some(Current::Node(Arc::clone(&self.node)));
         node::enter(&mut group, || self.poll_children_here(cx));
     }
 
@@ -150,10 +162,10 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
             }
             polled += incoming.iter().map(Vec::len).sum::<usize>() + woken.len();
             for child in incoming.into_iter().flatten() {
-                slab.poll_new(child, &self.ready, &self.shared);
+                slab.poll_new(child, &self.ready, self.group());
             }
             for index in woken.drain(..) {
-                slab.poll(index, &self.shared);
+                slab.poll(index, self.group());
             }
             if polled >= BUDGET {
                 cx.waker().wake_by_ref();
@@ -168,7 +180,7 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
         for index in 0..slab.children.len() {
             let swept = slab.children[index]
                 .as_mut()
-                .is_some_and(|child| child.as_mut().sweep(&self.shared));
+                .is_some_and(|child| child.as_mut().sweep(self.group()));
             if swept {
                 slab.remove(index);
             }
@@ -179,7 +191,7 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
 impl<D: ?Sized + Release> Slab<D> {
     /// Polls a new child with the waker of the slot it would take, and keeps it there only
     /// if it did not finish: a child that finishes at its first poll never enters the slab.
-    fn poll_new<E>(&mut self, mut child: Owned<D>, ready: &Arc<ReadyList>, group: &Shared<E>)
+    fn poll_new<E>(&mut self, mut child: Owned<D>, ready: &Arc<ReadyList>, group: GroupRef<'_, E>)
     where
         D: Entry<E>,
     {
@@ -212,7 +224,7 @@ impl<D: ?Sized + Release> Slab<D> {
         }
     }
 
-    fn poll<E>(&mut self, index: usize, group: &Shared<E>)
+    fn poll<E>(&mut self, index: usize, group: GroupRef<'_, E>)
     where
         D: Entry<E>,
     {

@@ -33,10 +33,12 @@ pub(crate) enum Failure<E> {
 /// Set in [`Shared::state`] once the group has finished: nothing can join it any more.
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
-/// What a group and its members share.
+/// What a group and its members share, besides the group's cancel scope (see [`GroupRef`]).
+///
+/// A spawned group keeps it in its scope's node ([`Node::with_group`]), so that a child reaches
+/// both through the one reference its frame holds anyway; an in-task group keeps it next to its
+/// node.
 pub(crate) struct Shared<E> {
-    /// The group's cancel scope.
-    pub(crate) node: Arc<Node>,
     /// Members not settled yet (children only; the body is tracked by the group), plus
     /// [`CLOSED`].
     state: AtomicUsize,
@@ -48,14 +50,13 @@ pub(crate) struct Shared<E> {
 }
 
 impl<E> Shared<E> {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Shared {
-            node: Node::new(Deadline::None, false),
+    pub(crate) fn new() -> Self {
+        Shared {
             state: AtomicUsize::new(0),
             failures: Mutex::new(Vec::new()),
             waker: AtomicWaker::new(),
             registry: Registry::default(),
-        })
+        }
     }
 
     /// Counts a new member in, unless the group has finished.
@@ -105,17 +106,54 @@ impl<E> Shared<E> {
         }
     }
 
+    pub(crate) fn take_failures(&self) -> Vec<Failure<E>> {
+        std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A group as its members see it: its cancel scope and what they share.
+pub(crate) struct GroupRef<'a, E> {
+    /// The group's cancel scope.
+    pub(crate) node: &'a Arc<Node>,
+    pub(crate) shared: &'a Shared<E>,
+}
+
+impl<E> Clone for GroupRef<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for GroupRef<'_, E> {}
+
+impl<'a, E> GroupRef<'a, E> {
+    /// The group of a spawned group's scope node.
+    pub(crate) fn of_spawned(node: &'a Arc<Node>) -> Self
+    where
+        E: 'static,
+    {
+        let Some(shared) = node.group::<Shared<E>>() else {
+            unreachable!("a spawned group's node holds its state")
+        };
+        GroupRef { node, shared }
+    }
+
     /// Records a failure and cancels the group (the body and every member).
-    pub(crate) fn fail(&self, failure: Failure<E>) {
-        self.failures
+    pub(crate) fn fail(self, failure: Failure<E>) {
+        self.shared
+            .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(failure);
         self.node.cancel();
     }
+}
 
-    pub(crate) fn take_failures(&self) -> Vec<Failure<E>> {
-        std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
+impl<E> std::ops::Deref for GroupRef<'_, E> {
+    type Target = Shared<E>;
+
+    fn deref(&self) -> &Shared<E> {
+        self.shared
     }
 }
 
@@ -181,12 +219,12 @@ pub(crate) trait Region {
     /// Whether the group's cancellation reaches the member now: its scope is effectively
     /// cancelled and no shielded region inside it is still running. `group` is the group's
     /// node.
-    fn cancelled(&self, group: &Node) -> bool;
+    fn cancelled(&self, group: Option<&Node>) -> bool;
     /// Runs `f` (a poll of the member) with the region current.
     fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R;
     /// The region's node, if it has been made.
     fn node(&self) -> Option<&Arc<Node>>;
-    /// Leaves the scope tree (the member ended).
+    /// Leaves the scope tree (the member ended). Idempotent.
     fn leave(&mut self);
 }
 
@@ -207,8 +245,24 @@ impl Framed {
     }
 }
 
+impl Framed {
+    /// The group's node: the frame's parent, or the parent of the node made from the frame.
+    /// Still there after the member left the scope tree.
+    pub(crate) fn group_node(&self) -> &Arc<Node> {
+        let group = match &self.0 {
+            Some(Current::Frame(frame)) => frame.parent.as_ref(),
+            Some(Current::Node(made)) => made.parent(),
+            None => None,
+        };
+        let Some(group) = group else {
+            unreachable!("a framed member runs below its group's node")
+        };
+        group
+    }
+}
+
 impl Region for Framed {
-    fn cancelled(&self, _group: &Node) -> bool {
+    fn cancelled(&self, _group: Option<&Node>) -> bool {
         match &self.0 {
             Some(Current::Frame(frame)) => frame
                 .parent
@@ -230,8 +284,10 @@ impl Region for Framed {
         }
     }
 
+    // Keeps the frame (or its node, unlinked), which holds the member's one reference to its
+    // group: a spawned child still reports to its group after it left the tree.
     fn leave(&mut self) {
-        if let Some(Current::Node(node)) = self.0.take() {
+        if let Some(Current::Node(node)) = &self.0 {
             node.exit();
         }
     }
@@ -244,10 +300,10 @@ impl Region for Framed {
 pub(crate) struct InGroup(Option<Arc<Node>>);
 
 impl Region for InGroup {
-    fn cancelled(&self, group: &Node) -> bool {
+    fn cancelled(&self, group: Option<&Node>) -> bool {
         match &self.0 {
             Some(node) => node.effectively_cancelled() && node.shields_below() == 0,
-            None => group.effectively_cancelled(),
+            None => group.is_some_and(Node::effectively_cancelled),
         }
     }
 
@@ -310,6 +366,13 @@ impl<F> Member<F, Framed> {
     }
 }
 
+impl<F> Member<F, Framed> {
+    /// The group's node (see [`Framed::group_node`]).
+    pub(crate) fn group_node(self: Pin<&Self>) -> &Arc<Node> {
+        self.project_ref().region.group_node()
+    }
+}
+
 impl<F> Member<F, InGroup> {
     /// A member polled only inside its group's node (see [`InGroup`]).
     pub(crate) fn in_group(future: F) -> Self {
@@ -325,7 +388,7 @@ impl<F, G: Region> Member<F, G> {
     ///
     /// Takes the pinned member and reads its fields through the projection: a `&Self` would
     /// cover the future too, whose state (an `async fn`'s) may hold references into itself.
-    fn cancelled(self: Pin<&mut Self>, group: &Node) -> bool {
+    fn cancelled(self: Pin<&mut Self>, group: Option<&Node>) -> bool {
         self.project().region.cancelled(group)
     }
 
@@ -343,7 +406,7 @@ impl<F, G: Region> Member<F, G> {
 
     /// Cancels the member now if the group's cancellation reaches it. Returns whether it did.
     pub(crate) fn sweep(mut self: Pin<&mut Self>, group: &Node) -> bool {
-        if !self.as_mut().running() || !self.as_mut().cancelled(group) {
+        if !self.as_mut().running() || !self.as_mut().cancelled(Some(group)) {
             return false;
         }
         self.finish();
@@ -368,11 +431,13 @@ where
     /// Polls the member; `Ready` exactly once, with how it ended. When it waits, its node (if
     /// something inside made one) or else `wait_in_frame` gets the waker the group's
     /// cancellation must wake.
+    ///
+    /// `group` is the group's node, for a region that does not hold it ([`InGroup`]).
     pub(crate) fn poll_outcome(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        group: &Node,
-        wait_in_frame: impl FnOnce(&Waker),
+        group: Option<&Node>,
+        wait_in_frame: impl FnOnce(&Waker, &G),
     ) -> Poll<Outcome<T, E>> {
         assert!(
             self.as_mut().running(),
@@ -394,7 +459,7 @@ where
             Ok(Poll::Pending) => {
                 match this.region.node() {
                     Some(node) => node.register_waker(cx.waker()),
-                    None => wait_in_frame(cx.waker()),
+                    None => wait_in_frame(cx.waker(), this.region),
                 }
                 // A cancellation made during that poll is handled now rather than missed.
                 if !this.region.cancelled(group) {
@@ -424,7 +489,7 @@ pub(crate) trait Sink<E> {
     /// What the child's future returns once the outcome is delivered.
     type Delivered;
 
-    fn deliver(self, outcome: Outcome<Self::Output, E>, group: &Shared<E>) -> Self::Delivered;
+    fn deliver(self, outcome: Outcome<Self::Output, E>, group: GroupRef<'_, E>) -> Self::Delivered;
 
     /// Delivers a cancellation (the child was dropped before it ended).
     fn cancelled(self) -> Self::Delivered;
@@ -436,15 +501,15 @@ pub(crate) trait Sink<E> {
     }
 }
 
-/// Polls a child's member and delivers its outcome once it ends: the part of a child's poll
-/// both kinds of group share. `sink` is `None` once the outcome was delivered.
+/// Polls a child's member until it ends: the part of a child's poll both kinds of group
+/// share. Gives the sink back with the outcome to deliver; `sink` is `None` from then on.
 fn poll_child<F, G: Region, S, E>(
     member: Pin<&mut Member<F, G>>,
     sink: &mut Option<S>,
     cx: &mut Context<'_>,
-    group: &Shared<E>,
-    wait_in_frame: impl FnOnce(&Waker),
-) -> Poll<S::Delivered>
+    group: Option<&Node>,
+    wait_in_frame: impl FnOnce(&Waker, &G),
+) -> Poll<(S, Outcome<S::Output, E>)>
 where
     F: Future<Output = Result<S::Output, E>>,
     S: Sink<E>,
@@ -457,51 +522,55 @@ where
     let outcome = if waiting.abandoned(cx) && member.as_mut().abandon() {
         Outcome::Cancelled
     } else {
-        std::task::ready!(member.poll_outcome(cx, &group.node, wait_in_frame))
+        std::task::ready!(member.poll_outcome(cx, group, wait_in_frame))
     };
     let Some(sink) = sink.take() else {
         unreachable!("checked above")
     };
-    Poll::Ready(sink.deliver(outcome, group))
+    Poll::Ready((sink, outcome))
 }
 
 pin_project_lite::pin_project! {
     /// A child spawned on a runtime: a member plus where its outcome goes. Settles (counts out
-    /// of the group) exactly once: when it ends, or when its runtime drops it unfinished.
-    pub(crate) struct Child<F, S: Sink<E>, E> {
+    /// of the group) exactly once: when it ends, or when its runtime drops it unfinished. Its
+    /// one reference to the group is its frame's parent, the group's node, which holds the
+    /// group's state.
+    pub(crate) struct Child<F, S: Sink<E>, E: 'static> {
         #[pin]
         member: Member<F, Framed>,
         sink: Option<S>,
-        group: Arc<Shared<E>>,
         // Its place in the group's registry while it waits in a frame.
         registered: Option<usize>,
+        group: PhantomData<fn(E)>,
     }
 
-    impl<F, S: Sink<E>, E> PinnedDrop for Child<F, S, E> {
+    impl<F, S: Sink<E>, E: 'static> PinnedDrop for Child<F, S, E> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(sink) = this.sink.take() {
-                this.group.registry.unregister(this.registered);
+                let group = GroupRef::<E>::of_spawned(this.member.as_ref().group_node());
+                group.registry.unregister(this.registered);
                 sink.cancelled();
-                this.group.settled();
+                group.settled();
             }
         }
     }
 }
 
-impl<F, S: Sink<E>, E> Child<F, S, E> {
-    /// A child already counted in with [`Shared::join`].
-    pub(crate) fn new(future: F, sink: S, group: &Arc<Shared<E>>) -> Self {
+impl<F, S: Sink<E>, E: 'static> Child<F, S, E> {
+    /// A child already counted in with [`Shared::join`], of the spawned group whose node is
+    /// `group`.
+    pub(crate) fn new(future: F, sink: S, group: &Arc<Node>) -> Self {
         Child {
-            member: Member::new(&group.node, future),
+            member: Member::new(group, future),
             sink: Some(sink),
-            group: Arc::clone(group),
             registered: None,
+            group: PhantomData,
         }
     }
 }
 
-impl<F, S, E> Future for Child<F, S, E>
+impl<F, S, E: 'static> Future for Child<F, S, E>
 where
     F: Future<Output = Result<S::Output, E>>,
     S: Sink<E>,
@@ -509,12 +578,22 @@ where
     type Output = S::Delivered;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<S::Delivered> {
-        let this = self.project();
-        let (group, registered) = (&**this.group, this.registered);
-        let wait_in_frame = |waker: &Waker| group.registry.register(registered, waker);
-        let delivered =
-            std::task::ready!(poll_child(this.member, this.sink, cx, group, wait_in_frame));
-        group.registry.unregister(registered);
+        let mut this = self.project();
+        let registered = &mut *this.registered;
+        let wait_in_frame = |waker: &Waker, region: &Framed| {
+            let group = GroupRef::<E>::of_spawned(region.group_node());
+            group.registry.register(registered, waker);
+        };
+        let (sink, outcome) = std::task::ready!(poll_child(
+            this.member.as_mut(),
+            this.sink,
+            cx,
+            None,
+            wait_in_frame
+        ));
+        let group = GroupRef::<E>::of_spawned(this.member.as_ref().group_node());
+        let delivered = sink.deliver(outcome, group);
+        group.registry.unregister(this.registered);
         group.settled();
         Poll::Ready(delivered)
     }
@@ -561,15 +640,20 @@ where
     pub(crate) fn poll_deliver(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        group: &Shared<E>,
+        group: GroupRef<'_, E>,
     ) -> Poll<S::Delivered> {
         let this = self.project();
-        poll_child(this.member, this.sink, cx, group, |_| {})
+        let polled = poll_child(this.member, this.sink, cx, Some(group.node), |_, _| {});
+        let (sink, outcome) = std::task::ready!(polled);
+        Poll::Ready(sink.deliver(outcome, group))
     }
 
     /// Cancels the child now if the group's cancellation reaches it, delivering the
     /// cancellation; `None` if it did not.
-    pub(crate) fn sweep_deliver(self: Pin<&mut Self>, group: &Shared<E>) -> Option<S::Delivered> {
+    pub(crate) fn sweep_deliver(
+        self: Pin<&mut Self>,
+        group: GroupRef<'_, E>,
+    ) -> Option<S::Delivered> {
         let this = self.project();
         if !this.member.sweep(&group.node) {
             return None;

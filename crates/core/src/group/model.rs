@@ -58,7 +58,7 @@ fn shuttle_group_cancel_versus_child_complete() {
 #[test]
 fn shuttle_spawn_versus_close() {
     explore(|| {
-        let shared = Shared::<()>::new();
+        let shared = Arc::new(Shared::<()>::new());
         let settled = Arc::new(AtomicBool::new(false));
         let (member, flag) = (Arc::clone(&shared), Arc::clone(&settled));
         let spawner = shuttle::thread::spawn(move || {
