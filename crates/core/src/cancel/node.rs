@@ -410,6 +410,59 @@ pub(crate) fn enter<R>(slot: &mut Option<Current>, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The region of a member that runs in a plain frame (no deadline, no shield) right below a
+/// node: that node, until something inside makes the frame's own node, then the frame's node
+/// (whose parent it is). [`enter`] with a `Current::Frame`, in two words instead of five.
+#[derive(Debug)]
+pub(crate) enum Below {
+    Frame(Arc<Node>),
+    Node(Arc<Node>),
+    /// Only while [`enter_below`] has the node in `CURRENT`.
+    Entered,
+}
+
+/// [`enter`] for a [`Below`] region.
+pub(crate) fn enter_below<R>(below: &mut Below, f: impl FnOnce() -> R) -> R {
+    /// Puts what was current back, and the region (its node, if made meanwhile) into `below`,
+    /// also on unwind.
+    struct Restore<'a> {
+        below: &'a mut Below,
+        top: Top,
+        node: Option<Arc<Node>>,
+    }
+    impl Drop for Restore<'_> {
+        #[inline]
+        fn drop(&mut self) {
+            let top = TOP.with(|cell| cell.replace(self.top));
+            let node = CURRENT.with(|cell| cell.replace(self.node.take()));
+            // `CURRENT` holds the region's node if it was made (the lazy frame is gone), or
+            // else its parent.
+            *self.below = match (node, top.lazy) {
+                (Some(parent), Some(_)) => Below::Frame(parent),
+                (Some(made), None) => Below::Node(made),
+                (None, _) => Below::Entered,
+            };
+        }
+    }
+    let (node, lazy) = match std::mem::replace(below, Below::Entered) {
+        Below::Frame(parent) => (
+            parent,
+            Some(Lazy {
+                deadline: Deadline::None,
+                shield: false,
+            }),
+        ),
+        Below::Node(made) => (made, None),
+        Below::Entered => unreachable!("a region entered twice"),
+    };
+    let _restore = Restore {
+        top: TOP.with(|cell| cell.replace(Top { node: true, lazy })),
+        node: CURRENT.with(|cell| cell.replace(Some(node))),
+        below,
+    };
+    f()
+}
+
 /// Runs `f` outside every scope, as [`enter`] with an empty slot would, but without moving
 /// the current node out of `CURRENT` and back: only `TOP` says there is no scope, which is all
 /// that [`current`], [`bare`] and [`current_cancelled`] read. (A spawned group spawns each child

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 
-use crate::cancel::node::{self, Current, Deadline, Frame, Lazy, Node};
+use crate::cancel::node::{self, Below, Current, Deadline, Lazy, Node};
 use crate::shim::AtomicUsize;
 
 pub(crate) type Payload = Box<dyn Any + Send + 'static>;
@@ -233,26 +233,22 @@ pub(crate) trait Region {
 /// waits, whatever drives it must make sure the group's cancellation reaches it: an in-task
 /// group's body is swept by the group, a spawned child registers its waker (see [`Child`]).
 /// A plain child costs no allocation here.
-pub(crate) struct Framed(Option<Current>);
+/// Two words, where a general frame (`Current`) takes five: a spawned child's region is
+/// moved with the child on every step of its spawn.
+pub(crate) struct Framed(Below);
 
 impl Framed {
     pub(crate) fn new(group: &Arc<Node>) -> Self {
-        Framed(Some(Current::Frame(Frame {
-            parent: Some(Arc::clone(group)),
-            deadline: Deadline::None,
-            shield: false,
-        })))
+        Framed(Below::Frame(Arc::clone(group)))
     }
-}
 
-impl Framed {
     /// The group's node: the frame's parent, or the parent of the node made from the frame.
     /// Still there after the member left the scope tree.
     pub(crate) fn group_node(&self) -> &Arc<Node> {
         let group = match &self.0 {
-            Some(Current::Frame(frame)) => frame.parent.as_ref(),
-            Some(Current::Node(made)) => made.parent(),
-            None => None,
+            Below::Frame(parent) => Some(parent),
+            Below::Node(made) => made.parent(),
+            Below::Entered => None,
         };
         let Some(group) = group else {
             unreachable!("a framed member runs below its group's node")
@@ -264,30 +260,27 @@ impl Framed {
 impl Region for Framed {
     fn cancelled(&self, _group: Option<&Node>) -> bool {
         match &self.0 {
-            Some(Current::Frame(frame)) => frame
-                .parent
-                .as_ref()
-                .is_some_and(|parent| parent.effectively_cancelled()),
-            Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
-            None => false,
+            Below::Frame(parent) => parent.effectively_cancelled(),
+            Below::Node(node) => node.effectively_cancelled() && node.shields_below() == 0,
+            Below::Entered => false,
         }
     }
 
     fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        node::enter(&mut self.0, f)
+        node::enter_below(&mut self.0, f)
     }
 
     fn node(&self) -> Option<&Arc<Node>> {
         match &self.0 {
-            Some(Current::Node(node)) => Some(node),
-            _ => None,
+            Below::Node(node) => Some(node),
+            Below::Frame(_) | Below::Entered => None,
         }
     }
 
     // Keeps the frame (or its node, unlinked), which holds the member's one reference to its
     // group: a spawned child still reports to its group after it left the tree.
     fn leave(&mut self) {
-        if let Some(Current::Node(node)) = &self.0 {
+        if let Below::Node(node) = &self.0 {
             node.exit();
         }
     }
