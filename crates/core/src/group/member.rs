@@ -648,7 +648,7 @@ where
         group: GroupRef<'_, E>,
     ) -> Option<S::Delivered> {
         let this = self.project();
-        if !this.member.sweep(&group.node) {
+        if !this.member.sweep(group.node) {
             return None;
         }
         let sink = this.sink.take()?;
