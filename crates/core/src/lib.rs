@@ -69,8 +69,8 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-// `unsafe` is denied everywhere but in `runtime::inline` and `combinators::pinned` (see their
-// SAFETY comments and miri-run tests).
+// `unsafe` is denied everywhere but in `runtime::inline`, `combinators::pinned` and
+// `group::cell` (see their SAFETY comments and miri-run tests).
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
