@@ -318,6 +318,10 @@ trait Children {
     fn try_close(&self, waker: &Waker) -> bool;
     /// Closes the group and drops every child still held (the group's future was dropped).
     fn clear(&self);
+    /// Runs `f`, one poll of the group's future.
+    fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
 }
 
 impl<E, D: ?Sized + Entry<E>> Children for InTask<'_, E, D> {
@@ -336,6 +340,10 @@ impl<E, D: ?Sized + Entry<E>> Children for InTask<'_, E, D> {
 
     fn clear(&self) {
         InTask::clear(self);
+    }
+
+    fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        InTask::enter(self, f)
     }
 }
 
@@ -750,45 +758,49 @@ where
                 node.shield_started();
             }
         }
-        loop {
-            if !*this.swept && node.effectively_cancelled() {
-                *this.swept = true;
-                if this.body_out.is_none() && this.body.as_mut().sweep(node) {
-                    *this.body_out = Some(None);
+        // One poll, with spawns on this thread going to the in-task group's lock-free list.
+        let children: &C = this.children;
+        children.enter(|| {
+            loop {
+                if !*this.swept && node.effectively_cancelled() {
+                    *this.swept = true;
+                    if this.body_out.is_none() && this.body.as_mut().sweep(node) {
+                        *this.body_out = Some(None);
+                    }
+                    children.sweep();
                 }
-                this.children.sweep();
-            }
-            if this.body_out.is_none() {
-                // The body is swept like an in-task child.
-                if let Poll::Ready(outcome) =
-                    this.body.as_mut().poll_outcome(cx, Some(node), |_, _| {})
-                {
-                    *this.body_out = Some(match outcome {
-                        Outcome::Done(Ok(output)) => Some(output),
-                        Outcome::Done(Err(error)) => {
-                            this.group.fail(Failure::Error(error));
-                            None
-                        }
-                        Outcome::Panicked(payload) => {
-                            this.group.fail(Failure::Panic(payload));
-                            None
-                        }
-                        Outcome::Cancelled => None,
-                    });
+                if this.body_out.is_none() {
+                    // The body is swept like an in-task child.
+                    if let Poll::Ready(outcome) =
+                        this.body.as_mut().poll_outcome(cx, Some(node), |_, _| {})
+                    {
+                        *this.body_out = Some(match outcome {
+                            Outcome::Done(Ok(output)) => Some(output),
+                            Outcome::Done(Err(error)) => {
+                                this.group.fail(Failure::Error(error));
+                                None
+                            }
+                            Outcome::Panicked(payload) => {
+                                this.group.fail(Failure::Panic(payload));
+                                None
+                            }
+                            Outcome::Cancelled => None,
+                        });
+                    }
+                }
+                children.poll_children(cx);
+                if this.body_out.is_some() && children.try_close(cx.waker()) {
+                    *this.exited = true;
+                    leave(node, *this.holds);
+                    return finish(*this.group, this.body_out.take().flatten());
+                }
+                node.register_waker(cx.waker());
+                // A cancellation made during that poll is swept now rather than missed.
+                if *this.swept || !node.effectively_cancelled() {
+                    return Poll::Pending;
                 }
             }
-            this.children.poll_children(cx);
-            if this.body_out.is_some() && this.children.try_close(cx.waker()) {
-                *this.exited = true;
-                leave(node, *this.holds);
-                return finish(*this.group, this.body_out.take().flatten());
-            }
-            node.register_waker(cx.waker());
-            // A cancellation made during that poll is swept now rather than missed.
-            if *this.swept || !node.effectively_cancelled() {
-                return Poll::Pending;
-            }
-        }
+        })
     }
 }
 

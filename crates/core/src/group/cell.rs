@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
 use super::member::{GroupRef, LocalChild, Sink};
-use crate::shim::AtomicUsize;
+use crate::shim::{AtomicBool, AtomicUsize};
 
 /// The result is in the slot (set by the group, after writing it).
 const COMPLETE: usize = 1;
@@ -463,6 +463,118 @@ impl<R> Drop for CellRef<R> {
     }
 }
 
+/// A list only the thread polling an in-task group's future touches, without a lock: the
+/// children its body (or a child) spawns during that poll go here, and the group takes them
+/// before the poll ends. Spawns from anywhere else take the group's locked list. The
+/// thread-local mark says which list, if any, this thread is polling; `entered` makes sure at
+/// most one thread holds that mark for a given list.
+pub(crate) struct Confined<T> {
+    entered: AtomicBool,
+    local: UnsafeCell<Local<T>>,
+}
+
+struct Local<T> {
+    /// One buffer, unlike the group's locked list: measured faster here than chunks (70 →
+    /// 65 ns a child), the children's blocks then lying together in memory.
+    items: Vec<T>,
+    /// The group finished (set by its own poll): nothing is pushed after.
+    closed: bool,
+}
+
+crate::shim::thread_local! {
+    /// The `Confined` list this thread is polling the owner of, if any.
+    static POLLING: std::cell::Cell<*const ()> = const { std::cell::Cell::new(ptr::null()) };
+}
+
+// SAFETY: the list is only touched by the thread that holds its mark (see `with`), and the mark
+// passes between threads through `entered` (acquire on entry, release on exit), so each access
+// happens after the previous holder's; the items move between threads, hence `T: Send`.
+unsafe impl<T: Send> Sync for Confined<T> {}
+
+impl<T> Confined<T> {
+    pub(crate) fn new() -> Self {
+        Confined {
+            entered: AtomicBool::new(false),
+            local: UnsafeCell::new(Local {
+                items: Vec::new(),
+                closed: false,
+            }),
+        }
+    }
+
+    fn addr(&self) -> *const () {
+        ptr::from_ref(self).cast()
+    }
+
+    /// Runs `f` with this thread holding the list's mark, unless another thread holds it (then
+    /// `f` runs without: every push takes the locked path).
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Exit<'a> {
+            entered: &'a AtomicBool,
+            previous: *const (),
+        }
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                POLLING.with(|mark| mark.set(self.previous));
+                self.entered.store(false, Ordering::Release);
+            }
+        }
+        if self.entered.swap(true, Ordering::Acquire) {
+            return f();
+        }
+        let _exit = Exit {
+            entered: &self.entered,
+            previous: POLLING.with(|mark| mark.replace(self.addr())),
+        };
+        f()
+    }
+
+    /// Runs `f` on the list if this thread holds its mark.
+    fn with<R>(&self, f: impl FnOnce(&mut Local<T>) -> R) -> Option<R> {
+        if POLLING.with(std::cell::Cell::get) != self.addr() {
+            return None;
+        }
+        // SAFETY: this thread holds the mark (only one thread can, see `enter`), so no other
+        // thread touches the list now; and no reference to it outlives this call, whose `f`
+        // runs no code that could come back here (a push, a take, a flag).
+        Some(f(unsafe { &mut *self.local.get() }))
+    }
+
+    /// Pushes `item` if this thread holds the mark and the list is open; otherwise gives it
+    /// back (`Err(Some(item))`), or `Err(None)` if the group finished (`item` is dropped).
+    pub(crate) fn push(&self, item: T) -> Result<(), Option<T>> {
+        let mut item = Some(item);
+        let pushed = self.with(|local| {
+            if !local.closed {
+                local.items.extend(item.take());
+            }
+            local.closed
+        });
+        match pushed {
+            Some(false) => Ok(()),
+            Some(true) => Err(None),
+            None => Err(item),
+        }
+    }
+
+    /// Takes every item (none if this thread does not hold the mark).
+    pub(crate) fn take(&self) -> Vec<T> {
+        self.with(|local| std::mem::take(&mut local.items))
+            .unwrap_or_default()
+    }
+
+    /// Closes the list if it is empty; `true` also if this thread does not hold the mark
+    /// (then nothing can be in it: only the mark's holder pushes, and it takes them all before
+    /// its poll ends).
+    pub(crate) fn close_if_empty(&self) -> bool {
+        self.with(|local| {
+            local.closed = local.items.is_empty();
+            local.closed
+        })
+        .unwrap_or(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Every path through a block's state: the handle before or after the result, with one
@@ -671,5 +783,77 @@ mod tests {
             Ok(handle.await.unwrap())
         }));
         assert_eq!(out, Ok("dog"));
+    }
+
+    #[test]
+    fn confined_spawns_from_another_thread_take_the_locked_list() {
+        let out = block_on(task_group(|tg| async move {
+            let from_thread = std::thread::scope(|scope| {
+                let tg = &tg;
+                scope
+                    .spawn(move || tg.spawn(async { Ok::<_, ()>(String::from("far")) }))
+                    .join()
+                    .unwrap()
+            });
+            let near = tg.spawn(async { Ok(String::from("near")) });
+            Ok(format!(
+                "{} {}",
+                near.await.unwrap(),
+                from_thread.await.unwrap()
+            ))
+        }));
+        assert_eq!(out.unwrap(), "near far");
+    }
+
+    #[test]
+    fn confined_children_spawn_siblings_and_nested_groups_spawn_outward() {
+        let out = block_on(task_group(|outer| async move {
+            let sibling_of = outer.clone();
+            let parent = outer.spawn(async move {
+                // Spawned while the group polls its children: the lock-free list.
+                let sibling = sibling_of.spawn(async { Ok::<_, ()>(2) });
+                yield_now().await;
+                Ok(sibling.await.unwrap() + 1)
+            });
+            // Spawned into the outer group while an inner group's future is polled: the
+            // inner group holds this thread's mark, so the outer group's locked list.
+            let outward = task_group(|_inner| {
+                let outer = outer.clone();
+                async move { Ok::<_, ()>(outer.spawn(async { Ok(10) })) }
+            })
+            .await
+            .unwrap();
+            Ok(parent.await.unwrap() + outward.await.unwrap())
+        }));
+        assert_eq!(out, Ok(13));
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "8,200 children: slow under miri, and no unsafe of its own"
+    )]
+    fn confined_children_spawned_past_the_budget_wait_in_the_locked_list() {
+        let done = Arc::new(AtomicUsize::new(0));
+        let out = block_on(task_group(|tg| {
+            let done = Arc::clone(&done);
+            async move {
+                for _ in 0..4100 {
+                    let (tg2, done) = (tg.clone(), Arc::clone(&done));
+                    tg.spawn(async move {
+                        let done2 = Arc::clone(&done);
+                        tg2.spawn(async move {
+                            done2.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, ()>(())
+                        });
+                        done.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    });
+                }
+                Ok(())
+            }
+        }));
+        assert_eq!(out, Ok(()));
+        assert_eq!(done.load(Ordering::SeqCst), 8200);
     }
 }

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 
-use super::cell::{Entry, Owned, Release};
+use super::cell::{Confined, Entry, Owned, Release};
 use super::member::{GroupRef, Shared};
 use crate::cancel::node::{self, Current};
 use crate::cancel::node::{Deadline, Node};
@@ -28,6 +28,9 @@ pub(crate) struct InTask<'env, E, D: ?Sized + Release> {
     /// whether the group has finished. The group closes under this lock once it holds no child
     /// and none is incoming, so no count of children is kept.
     incoming: Mutex<Incoming<D>>,
+    /// Children spawned on the thread polling the group's future, during that poll: no lock
+    /// (see [`Confined`]). The group takes them before its poll ends.
+    local: Confined<Owned<D>>,
     /// Only the group's future uses it; the mutex makes the group `Sync`.
     slab: Mutex<Slab<D>>,
     ready: Arc<ReadyList>,
@@ -74,6 +77,7 @@ impl<E, D: ?Sized + Release> InTask<'_, E, D> {
                 children: Vec::new(),
                 closed: false,
             }),
+            local: Confined::new(),
             slab: Mutex::new(Slab {
                 children: Vec::new(),
                 wakers: Vec::new(),
@@ -95,11 +99,19 @@ impl<E, D: ?Sized + Release> InTask<'_, E, D> {
     /// Adds the child `make` makes, unless the group has finished; the group polls it next
     /// time.
     pub(crate) fn try_push(&self, make: impl FnOnce() -> Owned<D>) -> bool {
+        let child = match self.local.push(make()) {
+            Ok(()) => return true,
+            Err(None) => return false,
+            Err(Some(child)) => child,
+        };
         let mut incoming = lock(&self.incoming);
         if incoming.closed {
+            drop(incoming);
+            // Dropped outside the lock: the child's destructor is the caller's code.
+            drop(child);
             return false;
         }
-        incoming.push(make());
+        incoming.push(child);
         // The group drains the whole list when it runs: wake it for the first one only.
         if incoming.children.len() == 1 && incoming.children[0].len() == 1 {
             drop(incoming);
@@ -109,17 +121,27 @@ impl<E, D: ?Sized + Release> InTask<'_, E, D> {
     }
 
     /// Closes the group if it holds no child and none is incoming: nothing joins it after.
+    /// Called by the group's future, inside [`InTask::enter`].
     pub(crate) fn try_close(&self) -> bool {
         let slab = lock(&self.slab);
         let mut incoming = lock(&self.incoming);
         if incoming.closed {
             return true;
         }
-        if !incoming.children.is_empty() || slab.children.len() != slab.free.len() {
+        if !incoming.children.is_empty()
+            || slab.children.len() != slab.free.len()
+            || !self.local.close_if_empty()
+        {
             return false;
         }
         incoming.closed = true;
         true
+    }
+
+    /// Runs `f` (a poll of the group's future) with spawns on this thread going to the
+    /// lock-free local list.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.local.enter(f)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -156,18 +178,26 @@ impl<E, D: ?Sized + Entry<E>> InTask<'_, E, D> {
         let mut polled = 0;
         loop {
             let incoming = std::mem::take(&mut lock(&self.incoming).children);
+            let local = self.local.take();
             self.ready.drain_into(&mut woken);
-            if incoming.is_empty() && woken.is_empty() {
+            if incoming.is_empty() && local.is_empty() && woken.is_empty() {
                 return;
             }
-            polled += incoming.iter().map(Vec::len).sum::<usize>() + woken.len();
-            for child in incoming.into_iter().flatten() {
+            polled += incoming.iter().map(Vec::len).sum::<usize>() + local.len() + woken.len();
+            for child in incoming.into_iter().flatten().chain(local) {
                 slab.poll_new(child, &self.ready, self.group());
             }
             for index in woken.drain(..) {
                 slab.poll(index, self.group());
             }
             if polled >= BUDGET {
+                // Children spawned meanwhile wait in the locked list, where a drop of the
+                // group's future (on any thread) finds them.
+                let spawned = self.local.take();
+                if !spawned.is_empty() {
+                    let mut incoming = lock(&self.incoming);
+                    spawned.into_iter().for_each(|child| incoming.push(child));
+                }
                 cx.waker().wake_by_ref();
                 return;
             }
