@@ -440,14 +440,26 @@ where
             return Poll::Ready(self.finish_with(Outcome::Cancelled));
         }
         let this = self.as_mut().project();
-        let Some(future) = this.future.as_pin_mut() else {
-            unreachable!("checked above")
-        };
-        let polled = this
-            .region
-            .enter(|| catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
+        let mut future = this.future;
+        // A future that finishes is dropped right there, in its region and under the same
+        // `catch_unwind`: a panic in its destructor becomes the outcome, as for `finish_with`.
+        let polled = this.region.enter(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let Some(running) = future.as_mut().as_pin_mut() else {
+                    unreachable!("checked above")
+                };
+                let polled = running.poll(cx);
+                if polled.is_ready() {
+                    future.set(None);
+                }
+                polled
+            }))
+        });
         let outcome = match polled {
-            Ok(Poll::Ready(output)) => Outcome::Done(output),
+            Ok(Poll::Ready(output)) => {
+                this.region.leave();
+                return Poll::Ready(Outcome::Done(output));
+            }
             Err(payload) => Outcome::Panicked(payload),
             Ok(Poll::Pending) => {
                 match this.region.node() {
