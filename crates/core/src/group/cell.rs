@@ -389,8 +389,9 @@ impl<R> CellRef<R> {
         self.header().state.load(Ordering::Acquire) & COMPLETE != 0
     }
 
-    /// The result once published, or `Pending` with `cx`'s waker left for the group.
-    pub(crate) fn poll_take(self, cx: &mut Context<'_>) -> Result<R, Self> {
+    /// The result once published (`None` if the group published none: it unwound while
+    /// delivering it), or `Err` with `cx`'s waker left for the group.
+    pub(crate) fn poll_take(self, cx: &mut Context<'_>) -> Result<Option<R>, Self> {
         let state = &self.header().state;
         let mut current = state.load(Ordering::Acquire);
         if current & COMPLETE == 0 && current & WAKER != 0 {
@@ -443,7 +444,7 @@ impl<R> CellRef<R> {
         } else {
             drop(self);
         }
-        Ok(result.expect("a published block holds its result"))
+        Ok(result)
     }
 }
 

@@ -110,7 +110,8 @@ impl<T> Future for TaskHandle<T> {
                     .expect("a TaskHandle was polled after it completed")
                     .poll_take(cx);
                 match taken {
-                    Ok(result) => Poll::Ready(result),
+                    // No result: the group unwound while delivering it, as if cancelled.
+                    Ok(result) => Poll::Ready(result.unwrap_or(Err(TaskError::Cancelled))),
                     Err(waiting) => {
                         *cell = Some(waiting);
                         Poll::Pending
