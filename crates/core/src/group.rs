@@ -45,15 +45,17 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use crate::cancel::node::{self, Node};
 use crate::cancel::CancelScope;
 use crate::runtime::{self, JoinHandle, Runtime, RuntimeHandle};
 
+mod cell;
 mod error;
 mod handle;
 mod in_task;
@@ -61,11 +63,12 @@ mod member;
 #[cfg(all(test, shuttle))]
 mod model;
 
+use cell::{Entry, Owned, Release};
 pub use error::{GroupClosed, GroupError, StartError, TaskError};
 use handle::StartSlot;
 pub use handle::{Started, TaskHandle};
 use in_task::InTask;
-use member::{Child, Entry, Failure, LocalChild, Member, Outcome, Shared};
+use member::{Child, Failure, Framed, GroupRef, LocalChild, Member, Outcome, Shared};
 
 /// Runs `body` with an in-task [`TaskGroup`] and returns its output once every child is done.
 ///
@@ -111,7 +114,7 @@ where
         core: Arc::new(InTask::new()),
     };
     let body = body(group.clone());
-    Driver::new(&group.core.shared, &*group.core, body).await
+    Driver::new(group.core.group(), &*group.core, body).await
 }
 
 /// Like [`task_group`], for children that are not `Send` (the group future is not `Send`
@@ -152,7 +155,7 @@ where
         core: Arc::new(InTask::new()),
     };
     let body = body(group.clone());
-    Driver::new(&group.core.shared, &*group.core, body).await
+    Driver::new(group.core.group(), &*group.core, body).await
 }
 
 /// Runs `body` with a [`SpawnGroup`] whose children are spawned on the ambient runtime
@@ -195,6 +198,7 @@ where
 /// ```
 pub async fn spawn_group<E, R, B, Fut>(body: B) -> Result<R, GroupError<E>>
 where
+    E: Send + 'static,
     B: FnOnce(SpawnGroup<E>) -> Fut,
     Fut: Future<Output = Result<R, E>>,
 {
@@ -240,15 +244,17 @@ where
 pub async fn spawn_group_on<S, E, R, B, Fut>(runtime: S, body: B) -> Result<R, GroupError<E>>
 where
     S: GroupRuntime,
+    E: Send + 'static,
     B: FnOnce(SpawnGroup<E, S>) -> Fut,
     Fut: Future<Output = Result<R, E>>,
 {
     let group = SpawnGroup {
-        shared: Shared::new(),
+        node: Node::with_group(Box::new(Shared::<E>::new())),
         runtime,
+        _errors: PhantomData,
     };
     let body = body(group.clone());
-    Driver::new(&group.shared, &Spawned(&group.shared.registry), body).await
+    Driver::new(group.group(), &Spawned(group.group().shared), body).await
 }
 
 /// A runtime a [`SpawnGroup`] can spawn its children on: any cloneable [`Runtime`] (its own
@@ -307,8 +313,15 @@ trait Children {
     fn poll_children(&self, cx: &mut Context<'_>);
     /// Cancels now every child that the group's cancellation reaches.
     fn sweep(&self);
-    /// Drops every child still held (the group's future was dropped).
+    /// Closes the group if every child is done (then nothing can join it); otherwise makes
+    /// sure the group's future is woken when the last one is.
+    fn try_close(&self, waker: &Waker) -> bool;
+    /// Closes the group and drops every child still held (the group's future was dropped).
     fn clear(&self);
+    /// Runs `f`, one poll of the group's future.
+    fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
 }
 
 impl<E, D: ?Sized + Entry<E>> Children for InTask<'_, E, D> {
@@ -320,24 +333,39 @@ impl<E, D: ?Sized + Entry<E>> Children for InTask<'_, E, D> {
         InTask::sweep(self);
     }
 
+    // The group's future polls its children: it is woken when one of them is.
+    fn try_close(&self, _: &Waker) -> bool {
+        InTask::try_close(self)
+    }
+
     fn clear(&self) {
         InTask::clear(self);
+    }
+
+    fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        InTask::enter(self, f)
     }
 }
 
 /// Spawned children drive themselves; the group's cancellation wakes those waiting (through
 /// their nodes, or the group's registry of wakers).
-struct Spawned<'a>(&'a member::Registry);
+struct Spawned<'a, E>(&'a Shared<E>);
 
-impl Children for Spawned<'_> {
+impl<E> Children for Spawned<'_, E> {
     fn poll_children(&self, _: &mut Context<'_>) {}
 
     fn sweep(&self) {
-        self.0.wake_all();
+        self.0.registry.wake_all();
+    }
+
+    fn try_close(&self, waker: &Waker) -> bool {
+        self.0.try_close(waker)
     }
 
     // Spawned children are dropped by their runtime once they see the cancellation.
-    fn clear(&self) {}
+    fn clear(&self) {
+        self.0.close_now();
+    }
 }
 
 /// The handle of an in-task group, lent to the body of [`task_group`].
@@ -470,8 +498,8 @@ macro_rules! spawn_methods {
 macro_rules! in_task_group {
     ($group:ident, $($send:tt)*) => {
         impl<'env, E: 'env $($send)*> $group<'env, E> {
-            fn shared(&self) -> &Shared<E> {
-                &self.core.shared
+            fn shared(&self) -> GroupRef<'_, E> {
+                self.core.group()
             }
 
             fn add<F, K>(&self, future: F, sink: K) -> Result<(), GroupClosed>
@@ -479,12 +507,12 @@ macro_rules! in_task_group {
                 F: Future<Output = Result<K::Output, E>> $($send)* + 'env,
                 K: member::Sink<E, Delivered = ()> $($send)* + 'env,
             {
-                if !self.core.shared.join() {
-                    return Err(GroupClosed);
+                let child = || Owned::without_handle(LocalChild::new(future, sink));
+                if self.core.try_push(child) {
+                    Ok(())
+                } else {
+                    Err(GroupClosed)
                 }
-                let child = LocalChild::new(future, sink);
-                self.core.push(Box::pin(child));
-                Ok(())
             }
 
             fn spawn_direct<F, T>(&self, future: F) -> Result<TaskHandle<T>, GroupClosed>
@@ -492,9 +520,17 @@ macro_rules! in_task_group {
                 F: Future<Output = Result<T, E>> $($send)* + 'env,
                 T: 'env $($send)*,
             {
-                let (handle, slot) = TaskHandle::new();
-                self.add(future, slot)?;
-                Ok(handle)
+                let mut handle = None;
+                let child = || {
+                    let (child, cell) =
+                        Owned::with_handle(LocalChild::new(future, handle::Direct::new()));
+                    handle = Some(TaskHandle::from_cell(cell));
+                    child
+                };
+                if !self.core.try_push(child) {
+                    return Err(GroupClosed);
+                }
+                handle.ok_or(GroupClosed)
             }
 
             spawn_methods!('env, $($send)*);
@@ -511,8 +547,8 @@ macro_rules! in_task_group {
         impl<E> fmt::Debug for $group<'_, E> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($group))
-                    .field("cancel_called", &self.core.shared.node.cancel_called())
-                    .field("closed", &self.core.shared.is_closed())
+                    .field("cancel_called", &self.core.node.cancel_called())
+                    .field("closed", &self.core.is_closed())
                     .finish_non_exhaustive()
             }
         }
@@ -546,31 +582,41 @@ in_task_group!(LocalTaskGroup,);
 /// # }
 /// ```
 pub struct SpawnGroup<E, S = RuntimeHandle> {
-    shared: Arc<Shared<E>>,
+    /// The group's scope, which holds its state (`Shared<E>`, see [`Node::with_group`]).
+    node: Arc<Node>,
     runtime: S,
+    _errors: PhantomData<fn(E)>,
 }
 
 impl<E, S: Clone> Clone for SpawnGroup<E, S> {
     fn clone(&self) -> Self {
         SpawnGroup {
-            shared: Arc::clone(&self.shared),
+            node: Arc::clone(&self.node),
             runtime: self.runtime.clone(),
+            _errors: PhantomData,
         }
     }
 }
 
-impl<E, S> fmt::Debug for SpawnGroup<E, S> {
+impl<E: 'static, S> fmt::Debug for SpawnGroup<E, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpawnGroup")
-            .field("cancel_called", &self.shared.node.cancel_called())
-            .field("closed", &self.shared.is_closed())
+            .field("cancel_called", &self.node.cancel_called())
+            .field("closed", &self.group().is_closed())
             .finish_non_exhaustive()
     }
 }
 
+impl<E: 'static, S> SpawnGroup<E, S> {
+    /// The group as its members see it (its state is in its node).
+    fn group(&self) -> GroupRef<'_, E> {
+        GroupRef::of_spawned(&self.node)
+    }
+}
+
 impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
-    fn shared(&self) -> &Shared<E> {
-        &self.shared
+    fn shared(&self) -> GroupRef<'_, E> {
+        self.group()
     }
 
     /// Spawns a counted-in child on the group's runtime, outside the caller's scope: the
@@ -581,11 +627,11 @@ impl<E: Send + 'static, S: GroupRuntime> SpawnGroup<E, S> {
         K: member::Sink<E> + Send + 'static,
         K::Delivered: Send + 'static,
     {
-        if !self.shared.join() {
+        if !self.group().join() {
             return Err(GroupClosed);
         }
-        let child = Child::new(future, sink, &self.shared);
-        Ok(node::enter(&mut None, || self.runtime.spawn_member(child)))
+        let child = Child::new(future, sink, &self.node);
+        Ok(node::outside(|| self.runtime.spawn_member(child)))
     }
 
     fn add<F, K>(&self, future: F, sink: K) -> Result<(), GroupClosed>
@@ -618,11 +664,11 @@ pin_project_lite::pin_project! {
         C: Children,
     {
         #[pin]
-        body: Member<B>,
+        body: Member<B, Framed>,
         // `Some(Some(output))` once the body returned its output, `Some(None)` once it
         // failed or was cancelled.
         body_out: Option<Option<R>>,
-        shared: &'a Arc<Shared<E>>,
+        group: GroupRef<'a, E>,
         children: &'a C,
         entered: bool,
         exited: bool,
@@ -642,11 +688,10 @@ pin_project_lite::pin_project! {
             if *this.entered && !*this.exited {
                 // Dropped early: cancel whatever still runs (spawned children stop at their
                 // next poll; in-task children are dropped with the group right after).
-                let node = &this.shared.node;
+                let node = this.group.node;
                 node.cancel();
-                this.shared.close_now();
-                this.shared.registry.wake_all();
                 this.children.clear();
+                this.group.registry.wake_all();
                 leave(node, *this.holds);
             }
         }
@@ -661,11 +706,11 @@ fn leave(node: &Node, holds: bool) {
 }
 
 impl<'a, B, R, E, C: ?Sized + Children> Driver<'a, B, R, E, C> {
-    fn new(shared: &'a Arc<Shared<E>>, children: &'a C, body: B) -> Self {
+    fn new(group: GroupRef<'a, E>, children: &'a C, body: B) -> Self {
         Driver {
-            body: Member::new(&shared.node, body),
+            body: Member::new(group.node, body),
             body_out: None,
-            shared,
+            group,
             children,
             entered: false,
             exited: false,
@@ -681,11 +726,11 @@ trait Holds {
     const HOLDS: bool;
 }
 
-impl<E, D: ?Sized> Holds for InTask<'_, E, D> {
+impl<E, D: ?Sized + Release> Holds for InTask<'_, E, D> {
     const HOLDS: bool = false;
 }
 
-impl Holds for Spawned<'_> {
+impl<E> Holds for Spawned<'_, E> {
     const HOLDS: bool = true;
 }
 
@@ -698,7 +743,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let node = &this.shared.node;
+        let node = this.group.node;
         if *this.exited {
             // Finished while an ancestor's cancellation was pending: that ancestor drops us.
             return Poll::Pending;
@@ -713,50 +758,56 @@ where
                 node.shield_started();
             }
         }
-        loop {
-            if !*this.swept && node.effectively_cancelled() {
-                *this.swept = true;
-                if this.body_out.is_none() && this.body.as_mut().sweep(node) {
-                    *this.body_out = Some(None);
+        // One poll, with spawns on this thread going to the in-task group's lock-free list.
+        let children: &C = this.children;
+        children.enter(|| {
+            loop {
+                if !*this.swept && node.effectively_cancelled() {
+                    *this.swept = true;
+                    if this.body_out.is_none() && this.body.as_mut().sweep(node) {
+                        *this.body_out = Some(None);
+                    }
+                    children.sweep();
                 }
-                this.children.sweep();
-            }
-            if this.body_out.is_none() {
-                // The body is swept like an in-task child.
-                if let Poll::Ready(outcome) = this.body.as_mut().poll_outcome(cx, node, |_| {}) {
-                    *this.body_out = Some(match outcome {
-                        Outcome::Done(Ok(output)) => Some(output),
-                        Outcome::Done(Err(error)) => {
-                            this.shared.fail(Failure::Error(error));
-                            None
-                        }
-                        Outcome::Panicked(payload) => {
-                            this.shared.fail(Failure::Panic(payload));
-                            None
-                        }
-                        Outcome::Cancelled => None,
-                    });
+                if this.body_out.is_none() {
+                    // The body is swept like an in-task child.
+                    if let Poll::Ready(outcome) =
+                        this.body.as_mut().poll_outcome(cx, Some(node), |_, _| {})
+                    {
+                        *this.body_out = Some(match outcome {
+                            Outcome::Done(Ok(output)) => Some(output),
+                            Outcome::Done(Err(error)) => {
+                                this.group.fail(Failure::Error(error));
+                                None
+                            }
+                            Outcome::Panicked(payload) => {
+                                this.group.fail(Failure::Panic(payload));
+                                None
+                            }
+                            Outcome::Cancelled => None,
+                        });
+                    }
+                }
+                children.poll_children(cx);
+                if this.body_out.is_some() && children.try_close(cx.waker()) {
+                    *this.exited = true;
+                    leave(node, *this.holds);
+                    return finish(*this.group, this.body_out.take().flatten());
+                }
+                node.register_waker(cx.waker());
+                // A cancellation made during that poll is swept now rather than missed.
+                if *this.swept || !node.effectively_cancelled() {
+                    return Poll::Pending;
                 }
             }
-            this.children.poll_children(cx);
-            if this.body_out.is_some() && this.shared.try_close(cx.waker()) {
-                *this.exited = true;
-                leave(node, *this.holds);
-                return finish(this.shared, this.body_out.take().flatten());
-            }
-            node.register_waker(cx.waker());
-            // A cancellation made during that poll is swept now rather than missed.
-            if *this.swept || !node.effectively_cancelled() {
-                return Poll::Pending;
-            }
-        }
+        })
     }
 }
 
 /// The group's result once everything is done.
-fn finish<R, E>(shared: &Shared<E>, output: Option<R>) -> Poll<Result<R, GroupError<E>>> {
+fn finish<R, E>(group: GroupRef<'_, E>, output: Option<R>) -> Poll<Result<R, GroupError<E>>> {
     let mut errors = Vec::new();
-    for failure in shared.take_failures() {
+    for failure in group.take_failures() {
         match failure {
             Failure::Error(error) => errors.push(error),
             Failure::Panic(payload) => resume_unwind(payload),
@@ -765,7 +816,7 @@ fn finish<R, E>(shared: &Shared<E>, output: Option<R>) -> Poll<Result<R, GroupEr
     if !errors.is_empty() {
         return Poll::Ready(Err(GroupError::from_failures(errors)));
     }
-    let node = &shared.node;
+    let node = group.node;
     if node.ancestor_cancelled() {
         // Leaving a group is a checkpoint (as in AnyIO): the cancelled ancestor catches, and
         // drops this future.

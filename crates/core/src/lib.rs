@@ -70,8 +70,8 @@
     unreachable_pub
 )]
 // `unsafe` is denied everywhere but in `runtime::inline`, `runtime::timer_slot`,
-// `cancel::lent`, `combinators::pinned` and `combinators::wakers` (see their SAFETY comments
-// and miri-run tests).
+// `cancel::lent`, `combinators::pinned`, `combinators::wakers` and `group::cell` (see their
+// SAFETY comments and miri-run tests).
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]

@@ -1,6 +1,7 @@
 //! The scope tree: one node per cancel scope (and per spawned task inside a scope), linked to
 //! its parent, with downward propagation of cancellation through wakers.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError, Weak};
@@ -99,6 +100,10 @@ pub(crate) struct Node {
     shields_below: AtomicUsize,
     parent: OnceLock<Option<Arc<Node>>>,
     state: Mutex<State>,
+    /// The state of the spawned task group whose scope this node is, if it is one: its
+    /// children hold this node (as their frames' parent) and reach the group's state through
+    /// it, one reference instead of two.
+    group: Option<Box<dyn Any + Send + Sync>>,
 }
 
 #[derive(Debug)]
@@ -116,6 +121,24 @@ struct State {
 
 impl Node {
     pub(crate) fn new(deadline: Deadline, shield: bool) -> Arc<Node> {
+        Self::make(deadline, shield, None)
+    }
+
+    /// The node of a spawned task group's scope, holding the group's state.
+    pub(crate) fn with_group(group: Box<dyn Any + Send + Sync>) -> Arc<Node> {
+        Self::make(Deadline::None, false, Some(group))
+    }
+
+    /// The state of the spawned task group whose scope this node is, if it is one of type `T`.
+    pub(crate) fn group<T: Any>(&self) -> Option<&T> {
+        self.group.as_deref()?.downcast_ref()
+    }
+
+    fn make(
+        deadline: Deadline,
+        shield: bool,
+        group: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Arc<Node> {
         Arc::new(Node {
             cancel_called: AtomicBool::new(false),
             shield: AtomicBool::new(shield),
@@ -129,6 +152,7 @@ impl Node {
                 free: Vec::new(),
                 slot: None,
             }),
+            group,
         })
     }
 
@@ -458,6 +482,80 @@ pub(crate) fn enter_node<R>(slot: &mut Option<Arc<Node>>, f: impl FnOnce() -> R)
     let node = slot.take();
     let saved = Saved::install(Top::of_node(node.is_some()), node);
     let _restore = Restore { slot, saved };
+    f()
+}
+
+/// The region of a member that runs in a plain frame (no deadline, no shield) right below a
+/// node: that node, until something inside makes the frame's own node, then the frame's node
+/// (whose parent it is). [`enter`] with a `Current::Frame`, in two words instead of five.
+#[derive(Debug)]
+pub(crate) enum Below {
+    Frame(Arc<Node>),
+    Node(Arc<Node>),
+    /// Only while [`enter_below`] has the node in `CURRENT`.
+    Entered,
+}
+
+/// [`enter`] for a [`Below`] region.
+pub(crate) fn enter_below<R>(below: &mut Below, f: impl FnOnce() -> R) -> R {
+    /// Puts what was current back, and the region (its node, if made meanwhile) into `below`,
+    /// also on unwind.
+    struct Restore<'a> {
+        below: &'a mut Below,
+        top: Top,
+        node: Option<Arc<Node>>,
+    }
+    impl Drop for Restore<'_> {
+        #[inline]
+        fn drop(&mut self) {
+            let top = TOP.with(|cell| cell.replace(self.top));
+            let node = CURRENT.with(|cell| cell.replace(self.node.take()));
+            // `CURRENT` holds the region's node if it was made (the lazy frame is gone), or
+            // else its parent.
+            *self.below = match (node, top.lazy) {
+                (Some(parent), Some(_)) => Below::Frame(parent),
+                (Some(made), None) => Below::Node(made),
+                (None, _) => Below::Entered,
+            };
+        }
+    }
+    let (node, lazy) = match std::mem::replace(below, Below::Entered) {
+        Below::Frame(parent) => (
+            parent,
+            Some(Lazy {
+                deadline: Deadline::None,
+                shield: false,
+            }),
+        ),
+        Below::Node(made) => (made, None),
+        Below::Entered => unreachable!("a region entered twice"),
+    };
+    let _restore = Restore {
+        top: TOP.with(|cell| cell.replace(Top { node: true, lazy })),
+        node: CURRENT.with(|cell| cell.replace(Some(node))),
+        below,
+    };
+    f()
+}
+
+/// Runs `f` outside every scope, as [`enter`] with an empty slot would, but without moving
+/// the current node out of `CURRENT` and back: only `TOP` says there is no scope, which is all
+/// that [`current`], [`bare`] and [`current_cancelled`] read. (A spawned group spawns each child
+/// this way, so the runtime's spawn does not bind the child to the spawner's scope.)
+pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Top);
+    impl Drop for Restore {
+        #[inline]
+        fn drop(&mut self) {
+            TOP.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(TOP.with(|cell| {
+        cell.replace(Top {
+            node: false,
+            lazy: None,
+        })
+    }));
     f()
 }
 

@@ -8,8 +8,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use super::cell::CellRef;
 use super::error::{StartError, TaskError};
-use super::member::{Failure, Outcome, Payload, Shared, Sink};
+use super::member::{Failure, GroupRef, Outcome, Payload, Sink};
 use crate::runtime::JoinHandle;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -49,8 +50,8 @@ pub struct TaskHandle<T> {
 }
 
 enum Repr<T> {
-    /// An in-task child delivers its result here.
-    Slot(Arc<HandleSlot<T>>),
+    /// An in-task child's result, in the child's own block. `None` once taken.
+    Cell(Option<CellRef<Result<T, TaskError>>>),
     /// A spawned child's result is its task's output. `None` once taken or let go.
     Join(Option<JoinHandle<Result<T, TaskError>>>),
 }
@@ -74,26 +75,12 @@ impl<T> fmt::Debug for TaskHandle<T> {
     }
 }
 
-pub(crate) struct HandleSlot<T> {
-    state: Mutex<HandleState<T>>,
-}
-
-enum HandleState<T> {
-    Waiting(Option<Waker>),
-    Done(Result<T, TaskError>),
-    Taken,
-}
-
 impl<T> TaskHandle<T> {
-    /// A handle and the sink its in-task child delivers to.
-    pub(crate) fn new() -> (Self, Arc<HandleSlot<T>>) {
-        let slot = Arc::new(HandleSlot {
-            state: Mutex::new(HandleState::Waiting(None)),
-        });
-        let handle = TaskHandle {
-            repr: Repr::Slot(Arc::clone(&slot)),
-        };
-        (handle, slot)
+    /// The handle of an in-task child, whose result is published in its block.
+    pub(crate) fn from_cell(cell: CellRef<Result<T, TaskError>>) -> Self {
+        TaskHandle {
+            repr: Repr::Cell(Some(cell)),
+        }
     }
 
     /// The handle of a spawned child, whose task returns its result.
@@ -106,7 +93,7 @@ impl<T> TaskHandle<T> {
     /// Whether the child has ended (its result is ready, or was already taken).
     pub fn is_finished(&self) -> bool {
         match &self.repr {
-            Repr::Slot(slot) => !matches!(*lock(&slot.state), HandleState::Waiting(_)),
+            Repr::Cell(cell) => cell.as_ref().is_none_or(CellRef::is_complete),
             Repr::Join(handle) => handle.as_ref().is_none_or(JoinHandle::is_finished),
         }
     }
@@ -116,8 +103,21 @@ impl<T> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, TaskError>> {
-        let slot = match &mut self.repr {
-            Repr::Slot(slot) => slot,
+        match &mut self.repr {
+            Repr::Cell(cell) => {
+                let taken = cell
+                    .take()
+                    .expect("a TaskHandle was polled after it completed")
+                    .poll_take(cx);
+                match taken {
+                    // No result: the group unwound while delivering it, as if cancelled.
+                    Ok(result) => Poll::Ready(result.unwrap_or(Err(TaskError::Cancelled))),
+                    Err(waiting) => {
+                        *cell = Some(waiting);
+                        Poll::Pending
+                    }
+                }
+            }
             Repr::Join(handle) => {
                 let join = handle
                     .as_mut()
@@ -126,32 +126,14 @@ impl<T> Future for TaskHandle<T> {
                 *handle = None;
                 // The child catches its own panics, so the task itself can only have been
                 // cancelled (its runtime shut down).
-                return Poll::Ready(result.unwrap_or(Err(TaskError::Cancelled)));
+                Poll::Ready(result.unwrap_or(Err(TaskError::Cancelled)))
             }
-        };
-        let mut state = lock(&slot.state);
-        match std::mem::replace(&mut *state, HandleState::Taken) {
-            HandleState::Done(result) => Poll::Ready(result),
-            HandleState::Waiting(_) => {
-                *state = HandleState::Waiting(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-            HandleState::Taken => panic!("a TaskHandle was polled after it completed"),
-        }
-    }
-}
-
-impl<T> HandleSlot<T> {
-    fn set(&self, result: Result<T, TaskError>) {
-        let previous = std::mem::replace(&mut *lock(&self.state), HandleState::Done(result));
-        if let HandleState::Waiting(Some(waker)) = previous {
-            waker.wake();
         }
     }
 }
 
 /// A child's result as its handle reports it; its failure goes to the group.
-fn result_of<T, E>(outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskError> {
+fn result_of<T, E>(outcome: Outcome<T, E>, group: GroupRef<'_, E>) -> Result<T, TaskError> {
     match outcome {
         Outcome::Done(Ok(output)) => Ok(output),
         Outcome::Done(Err(error)) => {
@@ -166,20 +148,8 @@ fn result_of<T, E>(outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskE
     }
 }
 
-impl<T, E> Sink<E> for Arc<HandleSlot<T>> {
-    type Output = T;
-    type Delivered = ();
-
-    fn deliver(self, outcome: Outcome<T, E>, group: &Shared<E>) {
-        self.set(result_of(outcome, group));
-    }
-
-    fn cancelled(self) {
-        self.set(Err(TaskError::Cancelled));
-    }
-}
-
-/// The sink of a spawned child: its result is its task's output.
+/// The sink of a child with a handle: its result is its task's output (a spawned child), or
+/// goes into its block (an in-task one).
 pub(crate) struct Direct<T>(PhantomData<fn() -> T>);
 
 impl<T> Direct<T> {
@@ -192,7 +162,7 @@ impl<T, E> Sink<E> for Direct<T> {
     type Output = T;
     type Delivered = Result<T, TaskError>;
 
-    fn deliver(self, outcome: Outcome<T, E>, group: &Shared<E>) -> Result<T, TaskError> {
+    fn deliver(self, outcome: Outcome<T, E>, group: GroupRef<'_, E>) -> Result<T, TaskError> {
         result_of(outcome, group)
     }
 
@@ -327,7 +297,7 @@ impl<V, E> Sink<E> for Arc<StartSlot<V, E>> {
     type Output = ();
     type Delivered = ();
 
-    fn deliver(self, outcome: Outcome<(), E>, group: &Shared<E>) {
+    fn deliver(self, outcome: Outcome<(), E>, group: GroupRef<'_, E>) {
         let state = lock(&self.state);
         if state.started {
             drop(state);

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 
-use crate::cancel::node::{self, Current, Deadline, Frame, Lazy, Node};
+use crate::cancel::node::{self, Below, Current, Deadline, Lazy, Node};
 use crate::shim::AtomicUsize;
 
 pub(crate) type Payload = Box<dyn Any + Send + 'static>;
@@ -33,10 +33,12 @@ pub(crate) enum Failure<E> {
 /// Set in [`Shared::state`] once the group has finished: nothing can join it any more.
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
-/// What a group and its members share.
+/// What a group and its members share, besides the group's cancel scope (see [`GroupRef`]).
+///
+/// A spawned group keeps it in its scope's node ([`Node::with_group`]), so that a child reaches
+/// both through the one reference its frame holds anyway; an in-task group keeps it next to its
+/// node.
 pub(crate) struct Shared<E> {
-    /// The group's cancel scope.
-    pub(crate) node: Arc<Node>,
     /// Members not settled yet (children only; the body is tracked by the group), plus
     /// [`CLOSED`].
     state: AtomicUsize,
@@ -48,14 +50,13 @@ pub(crate) struct Shared<E> {
 }
 
 impl<E> Shared<E> {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Shared {
-            node: Node::new(Deadline::None, false),
+    pub(crate) fn new() -> Self {
+        Shared {
             state: AtomicUsize::new(0),
             failures: Mutex::new(Vec::new()),
             waker: AtomicWaker::new(),
             registry: Registry::default(),
-        })
+        }
     }
 
     /// Counts a new member in, unless the group has finished.
@@ -105,17 +106,54 @@ impl<E> Shared<E> {
         }
     }
 
+    pub(crate) fn take_failures(&self) -> Vec<Failure<E>> {
+        std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A group as its members see it: its cancel scope and what they share.
+pub(crate) struct GroupRef<'a, E> {
+    /// The group's cancel scope.
+    pub(crate) node: &'a Arc<Node>,
+    pub(crate) shared: &'a Shared<E>,
+}
+
+impl<E> Clone for GroupRef<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for GroupRef<'_, E> {}
+
+impl<'a, E> GroupRef<'a, E> {
+    /// The group of a spawned group's scope node.
+    pub(crate) fn of_spawned(node: &'a Arc<Node>) -> Self
+    where
+        E: 'static,
+    {
+        let Some(shared) = node.group::<Shared<E>>() else {
+            unreachable!("a spawned group's node holds its state")
+        };
+        GroupRef { node, shared }
+    }
+
     /// Records a failure and cancels the group (the body and every member).
-    pub(crate) fn fail(&self, failure: Failure<E>) {
-        self.failures
+    pub(crate) fn fail(self, failure: Failure<E>) {
+        self.shared
+            .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(failure);
         self.node.cancel();
     }
+}
 
-    pub(crate) fn take_failures(&self) -> Vec<Failure<E>> {
-        std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
+impl<E> std::ops::Deref for GroupRef<'_, E> {
+    type Target = Shared<E>;
+
+    fn deref(&self) -> &Shared<E> {
+        self.shared
     }
 }
 
@@ -176,75 +214,175 @@ impl Registry {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A future running in the group's scope: polled in its own region (a lazy frame for
-    /// in-task members, a node for spawned ones), with panics caught and cancellation checked
-    /// before and after every poll.
-    pub(crate) struct Member<F> {
-        #[pin]
-        future: Option<F>,
-        slot: Option<Current>,
-        // An in-task child: it runs in a frame right below the group's node, which the group
-        // makes current once around all its children's polls, so the member holds no
-        // reference to it. `slot` is `None` until something inside makes the frame's node.
-        in_group: bool,
+/// The region a member runs in, as the member holds it.
+pub(crate) trait Region {
+    /// Whether the group's cancellation reaches the member now: its scope is effectively
+    /// cancelled and no shielded region inside it is still running. `group` is the group's
+    /// node.
+    fn cancelled(&self, group: Option<&Node>) -> bool;
+    /// Runs `f` (a poll of the member) with the region current.
+    fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R;
+    /// The region's node, if it has been made.
+    fn node(&self) -> Option<&Arc<Node>>;
+    /// Leaves the scope tree (the member ended). Idempotent.
+    fn leave(&mut self);
+}
+
+/// The region of a spawned child or a group's body: a frame below the group's node, made into
+/// a node only if something inside asks for it (a nested scope, a spawn). While the member
+/// waits, whatever drives it must make sure the group's cancellation reaches it: an in-task
+/// group's body is swept by the group, a spawned child registers its waker (see [`Child`]).
+/// A plain child costs no allocation here.
+/// Two words, where a general frame (`Current`) takes five: a spawned child's region is
+/// moved with the child on every step of its spawn.
+pub(crate) struct Framed(Below);
+
+impl Framed {
+    pub(crate) fn new(group: &Arc<Node>) -> Self {
+        Framed(Below::Frame(Arc::clone(group)))
     }
 
-    impl<F> PinnedDrop for Member<F> {
-        fn drop(this: Pin<&mut Self>) {
-            leave(this.project().slot);
+    /// The group's node: the frame's parent, or the parent of the node made from the frame.
+    /// Still there after the member left the scope tree.
+    pub(crate) fn group_node(&self) -> &Arc<Node> {
+        let group = match &self.0 {
+            Below::Frame(parent) => Some(parent),
+            Below::Node(made) => made.parent(),
+            Below::Entered => None,
+        };
+        let Some(group) = group else {
+            unreachable!("a framed member runs below its group's node")
+        };
+        group
+    }
+}
+
+impl Region for Framed {
+    fn cancelled(&self, _group: Option<&Node>) -> bool {
+        match &self.0 {
+            Below::Frame(parent) => parent.effectively_cancelled(),
+            Below::Node(node) => node.effectively_cancelled() && node.shields_below() == 0,
+            Below::Entered => false,
+        }
+    }
+
+    fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        node::enter_below(&mut self.0, f)
+    }
+
+    fn node(&self) -> Option<&Arc<Node>> {
+        match &self.0 {
+            Below::Node(node) => Some(node),
+            Below::Frame(_) | Below::Entered => None,
+        }
+    }
+
+    // Keeps the frame (or its node, unlinked), which holds the member's one reference to its
+    // group: a spawned child still reports to its group after it left the tree.
+    fn leave(&mut self) {
+        if let Below::Node(node) = &self.0 {
+            node.exit();
         }
     }
 }
 
-fn leave(slot: &mut Option<Current>) {
-    if let Some(Current::Node(node)) = slot.take() {
-        node.exit();
+/// The region of an in-task child: a frame right below the group's node, which the group
+/// makes current once around all its children's polls (see [`InTask`](super::in_task)), so the
+/// member holds no reference to it: no reference counting per child, and one word. `None`
+/// until something inside makes the frame's node.
+pub(crate) struct InGroup(Option<Arc<Node>>);
+
+impl Region for InGroup {
+    fn cancelled(&self, group: Option<&Node>) -> bool {
+        match &self.0 {
+            Some(node) => node.effectively_cancelled() && node.shields_below() == 0,
+            None => group.is_some_and(Node::effectively_cancelled),
+        }
+    }
+
+    fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        match self.0.take() {
+            // The group's node is current (the group entered it): the frame goes on top.
+            None => node::enter_lazy(
+                Lazy {
+                    deadline: Deadline::None,
+                    shield: false,
+                },
+                &mut self.0,
+                f,
+            ),
+            Some(made) => {
+                let mut slot = Some(Current::Node(made));
+                let out = node::enter(&mut slot, f);
+                if let Some(Current::Node(made)) = slot {
+                    self.0 = Some(made);
+                }
+                out
+            }
+        }
+    }
+
+    fn node(&self) -> Option<&Arc<Node>> {
+        self.0.as_ref()
+    }
+
+    fn leave(&mut self) {
+        if let Some(node) = self.0.take() {
+            node.exit();
+        }
     }
 }
 
-/// The region a member runs in: a frame below the group's node, made into a node only if
-/// something inside asks for it (a nested scope, a spawn).
-fn frame(group: &Arc<Node>) -> Option<Current> {
-    Some(Current::Frame(Frame {
-        parent: Some(Arc::clone(group)),
-        deadline: Deadline::None,
-        shield: false,
-    }))
+pin_project_lite::pin_project! {
+    /// A future running in the group's scope: polled in its own region, with panics caught
+    /// and cancellation checked before and after every poll.
+    pub(crate) struct Member<F, G: Region> {
+        #[pin]
+        future: Option<F>,
+        region: G,
+    }
+
+    impl<F, G: Region> PinnedDrop for Member<F, G> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().region.leave();
+        }
+    }
 }
 
-impl<F> Member<F> {
-    /// A member running in a frame below the group's node. While it waits, whatever drives
-    /// it must make sure the group's cancellation reaches it: an in-task group sweeps its
-    /// children, a spawned child registers its waker (see [`Child`]). A plain child costs no
-    /// allocation here.
+impl<F> Member<F, Framed> {
+    /// A member running in a frame below the group's node (see [`Framed`]).
     pub(crate) fn new(group: &Arc<Node>, future: F) -> Self {
         Member {
             future: Some(future),
-            slot: frame(group),
-            in_group: false,
+            region: Framed::new(group),
         }
     }
+}
 
-    /// A member polled only inside its group's node (see [`InTask`](super::in_task)): no
-    /// reference counting per child.
+impl<F> Member<F, Framed> {
+    /// The group's node (see [`Framed::group_node`]).
+    pub(crate) fn group_node(self: Pin<&Self>) -> &Arc<Node> {
+        self.project_ref().region.group_node()
+    }
+}
+
+impl<F> Member<F, InGroup> {
+    /// A member polled only inside its group's node (see [`InGroup`]).
     pub(crate) fn in_group(future: F) -> Self {
         Member {
             future: Some(future),
-            slot: None,
-            in_group: true,
+            region: InGroup(None),
         }
     }
+}
 
-    /// Whether the group's cancellation reaches this member now: its scope is effectively
-    /// cancelled and no shielded region inside it is still running. `group` is the group's
-    /// node.
+impl<F, G: Region> Member<F, G> {
+    /// Whether the group's cancellation reaches this member now (see [`Region::cancelled`]).
     ///
     /// Takes the pinned member and reads its fields through the projection: a `&Self` would
     /// cover the future too, whose state (an `async fn`'s) may hold references into itself.
-    fn cancelled(self: Pin<&mut Self>, group: &Node) -> bool {
-        let this = self.project();
-        slot_cancelled(this.slot, *this.in_group, group)
+    fn cancelled(self: Pin<&mut Self>, group: Option<&Node>) -> bool {
+        self.project().region.cancelled(group)
     }
 
     /// Whether the member's future is still there (it has not ended).
@@ -256,12 +394,12 @@ impl<F> Member<F> {
     fn finish(self: Pin<&mut Self>) {
         let mut this = self.project();
         this.future.set(None);
-        leave(this.slot);
+        this.region.leave();
     }
 
     /// Cancels the member now if the group's cancellation reaches it. Returns whether it did.
     pub(crate) fn sweep(mut self: Pin<&mut Self>, group: &Node) -> bool {
-        if !self.as_mut().running() || !self.as_mut().cancelled(group) {
+        if !self.as_mut().running() || !self.as_mut().cancelled(Some(group)) {
             return false;
         }
         self.finish();
@@ -278,30 +416,21 @@ impl<F> Member<F> {
     }
 }
 
-/// [`Member::cancelled`], from the member's fields.
-fn slot_cancelled(slot: &Option<Current>, in_group: bool, group: &Node) -> bool {
-    match slot {
-        Some(Current::Frame(frame)) => frame
-            .parent
-            .as_ref()
-            .is_some_and(|parent| parent.effectively_cancelled()),
-        Some(Current::Node(node)) => node.effectively_cancelled() && node.shields_below() == 0,
-        None => in_group && group.effectively_cancelled(),
-    }
-}
-
-impl<F, T, E> Member<F>
+impl<F, G, T, E> Member<F, G>
 where
     F: Future<Output = Result<T, E>>,
+    G: Region,
 {
     /// Polls the member; `Ready` exactly once, with how it ended. When it waits, its node (if
     /// something inside made one) or else `wait_in_frame` gets the waker the group's
     /// cancellation must wake.
+    ///
+    /// `group` is the group's node, for a region that does not hold it ([`InGroup`]).
     pub(crate) fn poll_outcome(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        group: &Node,
-        wait_in_frame: impl FnOnce(&Waker),
+        group: Option<&Node>,
+        wait_in_frame: impl FnOnce(&Waker, &G),
     ) -> Poll<Outcome<T, E>> {
         assert!(
             self.as_mut().running(),
@@ -311,36 +440,34 @@ where
             return Poll::Ready(self.finish_with(Outcome::Cancelled));
         }
         let this = self.as_mut().project();
-        let Some(future) = this.future.as_pin_mut() else {
-            unreachable!("checked above")
-        };
-        let poll = || catch_unwind(AssertUnwindSafe(|| future.poll(cx)));
-        let polled = if *this.in_group && this.slot.is_none() {
-            // The group's node is current (the group entered it): the frame goes on top.
-            let mut made = None;
-            let polled = node::enter_lazy(
-                Lazy {
-                    deadline: Deadline::None,
-                    shield: false,
-                },
-                &mut made,
-                poll,
-            );
-            *this.slot = made.map(Current::Node);
-            polled
-        } else {
-            node::enter(this.slot, poll)
-        };
+        let mut future = this.future;
+        // A future that finishes is dropped right there, in its region and under the same
+        // `catch_unwind`: a panic in its destructor becomes the outcome, as for `finish_with`.
+        let polled = this.region.enter(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let Some(running) = future.as_mut().as_pin_mut() else {
+                    unreachable!("checked above")
+                };
+                let polled = running.poll(cx);
+                if polled.is_ready() {
+                    future.set(None);
+                }
+                polled
+            }))
+        });
         let outcome = match polled {
-            Ok(Poll::Ready(output)) => Outcome::Done(output),
+            Ok(Poll::Ready(output)) => {
+                this.region.leave();
+                return Poll::Ready(Outcome::Done(output));
+            }
             Err(payload) => Outcome::Panicked(payload),
             Ok(Poll::Pending) => {
-                match &*this.slot {
-                    Some(Current::Node(node)) => node.register_waker(cx.waker()),
-                    _ => wait_in_frame(cx.waker()),
+                match this.region.node() {
+                    Some(node) => node.register_waker(cx.waker()),
+                    None => wait_in_frame(cx.waker(), this.region),
                 }
                 // A cancellation made during that poll is handled now rather than missed.
-                if !slot_cancelled(this.slot, *this.in_group, group) {
+                if !this.region.cancelled(group) {
                     return Poll::Pending;
                 }
                 Outcome::Cancelled
@@ -367,7 +494,7 @@ pub(crate) trait Sink<E> {
     /// What the child's future returns once the outcome is delivered.
     type Delivered;
 
-    fn deliver(self, outcome: Outcome<Self::Output, E>, group: &Shared<E>) -> Self::Delivered;
+    fn deliver(self, outcome: Outcome<Self::Output, E>, group: GroupRef<'_, E>) -> Self::Delivered;
 
     /// Delivers a cancellation (the child was dropped before it ended).
     fn cancelled(self) -> Self::Delivered;
@@ -379,15 +506,15 @@ pub(crate) trait Sink<E> {
     }
 }
 
-/// Polls a child's member and delivers its outcome once it ends: the part of a child's poll
-/// both kinds of group share. `sink` is `None` once the outcome was delivered.
-fn poll_child<F, S, E>(
-    member: Pin<&mut Member<F>>,
+/// Polls a child's member until it ends: the part of a child's poll both kinds of group
+/// share. Gives the sink back with the outcome to deliver; `sink` is `None` from then on.
+fn poll_child<F, G: Region, S, E>(
+    member: Pin<&mut Member<F, G>>,
     sink: &mut Option<S>,
     cx: &mut Context<'_>,
-    group: &Shared<E>,
-    wait_in_frame: impl FnOnce(&Waker),
-) -> Poll<S::Delivered>
+    group: Option<&Node>,
+    wait_in_frame: impl FnOnce(&Waker, &G),
+) -> Poll<(S, Outcome<S::Output, E>)>
 where
     F: Future<Output = Result<S::Output, E>>,
     S: Sink<E>,
@@ -400,62 +527,55 @@ where
     let outcome = if waiting.abandoned(cx) && member.as_mut().abandon() {
         Outcome::Cancelled
     } else {
-        std::task::ready!(member.poll_outcome(cx, &group.node, wait_in_frame))
+        std::task::ready!(member.poll_outcome(cx, group, wait_in_frame))
     };
     let Some(sink) = sink.take() else {
         unreachable!("checked above")
     };
-    Poll::Ready(settle(sink, outcome, group))
-}
-
-/// Delivers an outcome and counts the child out.
-fn settle<E, S: Sink<E>>(
-    sink: S,
-    outcome: Outcome<S::Output, E>,
-    group: &Shared<E>,
-) -> S::Delivered {
-    let delivered = sink.deliver(outcome, group);
-    group.settled();
-    delivered
+    Poll::Ready((sink, outcome))
 }
 
 pin_project_lite::pin_project! {
     /// A child spawned on a runtime: a member plus where its outcome goes. Settles (counts out
-    /// of the group) exactly once: when it ends, or when its runtime drops it unfinished.
-    pub(crate) struct Child<F, S: Sink<E>, E> {
+    /// of the group) exactly once: when it ends, or when its runtime drops it unfinished. Its
+    /// one reference to the group is its frame's parent, the group's node, which holds the
+    /// group's state.
+    pub(crate) struct Child<F, S: Sink<E>, E: 'static> {
         #[pin]
-        member: Member<F>,
+        member: Member<F, Framed>,
         sink: Option<S>,
-        group: Arc<Shared<E>>,
         // Its place in the group's registry while it waits in a frame.
         registered: Option<usize>,
+        group: PhantomData<fn(E)>,
     }
 
-    impl<F, S: Sink<E>, E> PinnedDrop for Child<F, S, E> {
+    impl<F, S: Sink<E>, E: 'static> PinnedDrop for Child<F, S, E> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(sink) = this.sink.take() {
-                this.group.registry.unregister(this.registered);
+                let group = GroupRef::<E>::of_spawned(this.member.as_ref().group_node());
+                group.registry.unregister(this.registered);
                 sink.cancelled();
-                this.group.settled();
+                group.settled();
             }
         }
     }
 }
 
-impl<F, S: Sink<E>, E> Child<F, S, E> {
-    /// A child already counted in with [`Shared::join`].
-    pub(crate) fn new(future: F, sink: S, group: &Arc<Shared<E>>) -> Self {
+impl<F, S: Sink<E>, E: 'static> Child<F, S, E> {
+    /// A child already counted in with [`Shared::join`], of the spawned group whose node is
+    /// `group`.
+    pub(crate) fn new(future: F, sink: S, group: &Arc<Node>) -> Self {
         Child {
-            member: Member::new(&group.node, future),
+            member: Member::new(group, future),
             sink: Some(sink),
-            group: Arc::clone(group),
             registered: None,
+            group: PhantomData,
         }
     }
 }
 
-impl<F, S, E> Future for Child<F, S, E>
+impl<F, S, E: 'static> Future for Child<F, S, E>
 where
     F: Future<Output = Result<S::Output, E>>,
     S: Sink<E>,
@@ -463,12 +583,23 @@ where
     type Output = S::Delivered;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<S::Delivered> {
-        let this = self.project();
-        let (group, registered) = (&**this.group, this.registered);
-        let wait_in_frame = |waker: &Waker| group.registry.register(registered, waker);
-        let delivered =
-            std::task::ready!(poll_child(this.member, this.sink, cx, group, wait_in_frame));
-        group.registry.unregister(registered);
+        let mut this = self.project();
+        let registered = &mut *this.registered;
+        let wait_in_frame = |waker: &Waker, region: &Framed| {
+            let group = GroupRef::<E>::of_spawned(region.group_node());
+            group.registry.register(registered, waker);
+        };
+        let (sink, outcome) = std::task::ready!(poll_child(
+            this.member.as_mut(),
+            this.sink,
+            cx,
+            None,
+            wait_in_frame
+        ));
+        let group = GroupRef::<E>::of_spawned(this.member.as_ref().group_node());
+        let delivered = sink.deliver(outcome, group);
+        group.registry.unregister(this.registered);
+        group.settled();
         Poll::Ready(delivered)
     }
 }
@@ -478,15 +609,14 @@ pin_project_lite::pin_project! {
     /// the group's state at every poll.
     pub(crate) struct LocalChild<F, S: Sink<E>, E> {
         #[pin]
-        member: Member<F>,
+        member: Member<F, InGroup>,
         sink: Option<S>,
         group: PhantomData<fn(E)>,
     }
 
     impl<F, S: Sink<E>, E> PinnedDrop for LocalChild<F, S, E> {
         fn drop(this: Pin<&mut Self>) {
-            // Only dropped unsettled when the whole group is torn down, which closes it: no
-            // count to keep.
+            // Only dropped unsettled when the whole group is torn down.
             if let Some(sink) = this.project().sink.take() {
                 sink.cancelled();
             }
@@ -505,34 +635,43 @@ impl<F, S: Sink<E>, E> LocalChild<F, S, E> {
     }
 }
 
-/// What an in-task group does with a child it holds behind a pointer.
-pub(crate) trait Entry<E> {
-    /// Polls the child; `Ready` once it has ended and its outcome was delivered.
-    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()>;
-
-    /// Cancels the child now if the group's cancellation reaches it; returns whether it did.
-    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool;
-}
-
-impl<F, S, E> Entry<E> for LocalChild<F, S, E>
+impl<F, S, E> LocalChild<F, S, E>
 where
     F: Future<Output = Result<S::Output, E>>,
-    S: Sink<E, Delivered = ()>,
+    S: Sink<E>,
 {
-    fn poll_entry(self: Pin<&mut Self>, cx: &mut Context<'_>, group: &Shared<E>) -> Poll<()> {
+    /// Polls the child; once it ends, its outcome is delivered and what the sink made of it
+    /// returned. The group sweeps its in-task children when it is cancelled: no registration.
+    pub(crate) fn poll_deliver(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        group: GroupRef<'_, E>,
+    ) -> Poll<S::Delivered> {
         let this = self.project();
-        // The group sweeps its in-task children when it is cancelled: no registration.
-        poll_child(this.member, this.sink, cx, group, |_| {})
+        let polled = poll_child(this.member, this.sink, cx, Some(group.node), |_, _| {});
+        let (sink, outcome) = std::task::ready!(polled);
+        Poll::Ready(sink.deliver(outcome, group))
     }
 
-    fn sweep(self: Pin<&mut Self>, group: &Shared<E>) -> bool {
+    /// Cancels the child now if the group's cancellation reaches it, delivering the
+    /// cancellation; `None` if it did not.
+    pub(crate) fn sweep_deliver(
+        self: Pin<&mut Self>,
+        group: GroupRef<'_, E>,
+    ) -> Option<S::Delivered> {
         let this = self.project();
-        if !this.member.sweep(&group.node) {
-            return false;
+        if !this.member.sweep(group.node) {
+            return None;
         }
-        if let Some(sink) = this.sink.take() {
-            settle(sink, Outcome::Cancelled, group);
-        }
-        true
+        let sink = this.sink.take()?;
+        Some(sink.deliver(Outcome::Cancelled, group))
+    }
+}
+
+impl<F, S: Sink<E>, E> LocalChild<F, S, E> {
+    /// Delivers a cancellation if the child has not delivered its outcome yet (the group is
+    /// being torn down, so it is not counted out).
+    pub(crate) fn cancel_now(self: Pin<&mut Self>) -> Option<S::Delivered> {
+        self.project().sink.take().map(Sink::cancelled)
     }
 }

@@ -2,6 +2,7 @@
 //! --lib shuttle`): a group's cancellation against a child's completion, and a spawn racing
 //! the group's close. Each asserts that both outcomes were explored.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
@@ -58,7 +59,7 @@ fn shuttle_group_cancel_versus_child_complete() {
 #[test]
 fn shuttle_spawn_versus_close() {
     explore(|| {
-        let shared = Shared::<()>::new();
+        let shared = Arc::new(Shared::<()>::new());
         let settled = Arc::new(AtomicBool::new(false));
         let (member, flag) = (Arc::clone(&shared), Arc::clone(&settled));
         let spawner = shuttle::thread::spawn(move || {
@@ -79,5 +80,46 @@ fn shuttle_spawn_versus_close() {
         assert!(!joined || settled_at_close, "closed with a member inside");
         assert!(!shared.join(), "a closed group takes no member");
         joined
+    });
+}
+
+/// An in-task child's handle awaited on another thread while the group publishes the result
+/// (`group::cell`): the handle gets the result exactly once, whether it found it published at
+/// its first poll or left its waker and was woken, and the block is freed once (a double free
+/// or a lost wake-up would fail or hang the model).
+#[test]
+fn shuttle_handle_versus_publish() {
+    explore(|| {
+        let out = shuttle::future::block_on(task_group(|tg| async move {
+            let handle = tg.spawn(async {
+                crate::runtime::yield_now().await;
+                Ok::<_, ()>(String::from("done"))
+            });
+            let finished = Arc::new(shuttle::sync::atomic::AtomicBool::new(false));
+            let flag = Arc::clone(&finished);
+            let waiter = shuttle::thread::spawn(move || {
+                yield_randomly();
+                let mut handle = handle;
+                let out = shuttle::future::block_on(std::future::poll_fn(|cx| {
+                    let first = std::pin::Pin::new(&mut handle).poll(cx);
+                    std::task::Poll::Ready(first)
+                }));
+                let (result, at_once) = match out {
+                    std::task::Poll::Ready(result) => (result, true),
+                    std::task::Poll::Pending => (shuttle::future::block_on(handle), false),
+                };
+                flag.store(true, Ordering::SeqCst);
+                (result, at_once)
+            });
+            // Keep the group polling its child until the other thread has the result.
+            while !finished.load(Ordering::SeqCst) {
+                crate::runtime::yield_now().await;
+                shuttle::thread::yield_now();
+            }
+            let (result, at_once) = waiter.join().unwrap();
+            assert_eq!(result.as_deref(), Ok("done"));
+            Ok::<_, ()>(at_once)
+        }));
+        out.expect("the group finished")
     });
 }
