@@ -1,5 +1,5 @@
-//! The ready list behind sheepdog's in-task drivers (the combinators' in-flight set and the
-//! in-task task group): futures held in numbered slots, each polled with its own waker, whose
+//! The ready list behind the in-task task group (the combinators have their own shared waker
+//! block, `combinators::wakers`): futures held in numbered slots, each polled with its own waker, whose
 //! wake queues the slot's number and wakes the driver's task. A wake costs O(1), and the
 //! driver polls exactly the slots that were woken.
 
@@ -60,11 +60,6 @@ impl SlotWaker {
     /// The slot is about to be polled: a wake from now on queues it again.
     pub(crate) fn polling(&self) {
         self.queued.store(false, Ordering::Release);
-    }
-
-    /// The driver will poll the slot without a wake (a new future in it).
-    pub(crate) fn scheduled(&self) {
-        self.queued.store(true, Ordering::Release);
     }
 }
 

@@ -512,30 +512,32 @@ pub(crate) fn enter_below<R>(below: &mut Below, f: impl FnOnce() -> R) -> R {
             let node = CURRENT.with(|cell| cell.replace(self.node.take()));
             // `CURRENT` holds the region's node if it was made (the lazy frame is gone), or
             // else its parent.
-            *self.below = match (node, top.lazy) {
-                (Some(parent), Some(_)) => Below::Frame(parent),
-                (Some(made), None) => Below::Node(made),
+            *self.below = match (node, top.lazy()) {
+                (Some(parent), true) => Below::Frame(parent),
+                (Some(made), false) => Below::Node(made),
                 (None, _) => Below::Entered,
             };
         }
     }
-    let (node, lazy) = match std::mem::replace(below, Below::Entered) {
-        Below::Frame(parent) => (
-            parent,
-            Some(Lazy {
-                deadline: Deadline::None,
-                shield: false,
-            }),
-        ),
-        Below::Node(made) => (made, None),
+    /// A plain frame's deadline: none. It is lent like any lazy frame's, so a frame made into
+    /// a node inside never takes the deadline an enclosing region lent.
+    static NO_DEADLINE: Deadline = Deadline::None;
+    let (node, frame) = match std::mem::replace(below, Below::Entered) {
+        Below::Frame(parent) => (parent, true),
+        Below::Node(made) => (made, false),
         Below::Entered => unreachable!("a region entered twice"),
     };
+    let top = Top::of_node(true);
     let _restore = Restore {
-        top: TOP.with(|cell| cell.replace(Top { node: true, lazy })),
+        top: TOP.with(|cell| cell.replace(if frame { top.with_lazy(false) } else { top })),
         node: CURRENT.with(|cell| cell.replace(Some(node))),
         below,
     };
-    f()
+    if frame {
+        super::lent::lend(&NO_DEADLINE, f)
+    } else {
+        f()
+    }
 }
 
 /// Runs `f` outside every scope, as [`enter`] with an empty slot would, but without moving
@@ -550,12 +552,7 @@ pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
             TOP.with(|cell| cell.set(self.0));
         }
     }
-    let _restore = Restore(TOP.with(|cell| {
-        cell.replace(Top {
-            node: false,
-            lazy: None,
-        })
-    }));
+    let _restore = Restore(TOP.with(|cell| cell.replace(Top::BARE)));
     f()
 }
 
