@@ -16,7 +16,8 @@ use futures::FutureExt;
 use proptest::prelude::*;
 use sheepdog_core::cancel::{fail_after, move_on_at};
 use sheepdog_core::rate::{
-    Permit, RateLimitConfigError, RateLimitError, RateLimiter, Replenishment, ShutdownMode,
+    OwnedPermit, Permit, RateLimitConfigError, RateLimitError, RateLimiter, Replenishment,
+    ShutdownMode,
 };
 use sheepdog_core::runtime::{self, yield_now, Runtime};
 use sheepdog_core::sync::Event;
@@ -362,17 +363,20 @@ conformance! {
     /// A long-lived stream holds its permit, and with it a concurrency slot, for its whole
     /// life, and costs a request like any job (lionagi defect 7: streams skipped admission).
     async fn stream_holds_its_slot(cx) {
-        let limiter = RateLimiter::builder()
-            .limit_requests(10)
-            .limit_tokens(1_000)
-            .concurrency_limit(1)
-            .build()
-            .unwrap();
-        let permit = limiter.acquire(200).await.unwrap();
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(10)
+                .limit_tokens(1_000)
+                .concurrency_limit(1)
+                .build()
+                .unwrap(),
+        );
+        // The stream runs in a task of its own: its permit holds the limiter.
+        let permit = Arc::clone(&limiter).acquire_owned(200).await.unwrap();
         let finish = Arc::new(Event::new());
         let f = Arc::clone(&finish);
         let stream = cx.spawn(async move {
-            let mut permit: Permit = permit;
+            let mut permit: OwnedPermit = permit;
             let usage = permit.usage();
             for _ in 0..10 {
                 usage.add(15);
@@ -866,7 +870,7 @@ proptest! {
                 .unwrap(),
         ));
         let mut pending: Vec<(usize, Waiting)> = Vec::new();
-        let mut live: Vec<(Permit, u64)> = Vec::new();
+        let mut live: Vec<(Permit<'static>, u64)> = Vec::new();
         let mut arrivals = 0usize;
         let mut admitted = 0u64;
         // Tokens charged for every admitted job (dropped ones included): their settled figure.

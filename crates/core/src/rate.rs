@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`RateLimiter`] (alias [`RateLimitedExecutor`]) | the executor: [`submit`](RateLimiter::submit) a job with its estimated token cost; it waits in line for room, budget and a slot, then runs |
 //! | [`RateLimiterBuilder`] | the seed's knobs: `limit_requests`, `limit_tokens`, `capacity_refresh_time`, `queue_capacity`, `concurrency_limit`, plus [`Replenishment`] and overtaking |
-//! | [`Permit`] | an admission held by the caller (streams, long-lived work): a concurrency slot and a reservation, settled with the real usage |
+//! | [`Permit`], [`OwnedPermit`] | an admission held by the caller (streams, long-lived work): a concurrency slot and a reservation, settled with the real usage; a `Permit` borrows the limiter, an `OwnedPermit` (from [`try_acquire_owned`](RateLimiter::try_acquire_owned) / [`acquire_owned`](RateLimiter::acquire_owned) on an `Arc<RateLimiter>`) holds it |
 //! | [`Usage`] | the handle a job reports its real token usage through |
 //! | [`RateLimiterStatistics`] | queued, running, budgets left, admitted, rejected, completed |
 //! | [`RateLimitError`], [`RateLimitConfigError`] | what can go wrong, typed |
@@ -1258,12 +1258,90 @@ impl RateLimiter {
     /// drop(first); // the request stays spent until the interval has passed
     /// assert_eq!(limiter.try_acquire(0).unwrap_err(), RateLimitError::WouldWait);
     /// ```
-    pub fn try_acquire(&self, tokens: u64) -> Result<Permit, RateLimitError> {
+    #[inline]
+    pub fn try_acquire(&self, tokens: u64) -> Result<Permit<'_>, RateLimitError> {
+        self.try_admit(tokens)
+            .map(|mark| Permit::new(&self.shared, mark, tokens))
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for a limiter in an [`Arc`]: the [`OwnedPermit`]
+    /// holds a reference count to it instead of borrowing it, so it can be moved into a
+    /// spawned task or stored anywhere (as tokio's `Semaphore::try_acquire_owned`).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().concurrency_limit(1).build().unwrap());
+    /// let permit = Arc::clone(&limiter).try_acquire_owned(5).unwrap();
+    /// let worker = std::thread::spawn(move || {
+    ///     // The work runs holding the slot; dropping the permit releases it.
+    ///     assert_eq!(permit.tokens(), 5);
+    /// });
+    /// worker.join().unwrap();
+    /// assert!(limiter.try_acquire(0).is_ok());
+    /// ```
+    pub fn try_acquire_owned(self: Arc<Self>, tokens: u64) -> Result<OwnedPermit, RateLimitError> {
+        let mark = self.try_admit(tokens)?;
+        Ok(OwnedPermit::new(self, mark, tokens))
+    }
+
+    /// [`acquire`](Self::acquire) for a limiter in an [`Arc`]: waits in line the same way and
+    /// returns an [`OwnedPermit`], which holds a reference count to the limiter instead of
+    /// borrowing it (as tokio's `Semaphore::acquire_owned`).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::{OwnedPermit, RateLimiter};
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+    /// let permit: OwnedPermit =
+    ///     futures::executor::block_on(Arc::clone(&limiter).acquire_owned(300)).unwrap();
+    /// assert_eq!(limiter.statistics().tokens_left, Some(700));
+    /// drop(permit);
+    /// ```
+    pub async fn acquire_owned(
+        self: Arc<Self>,
+        tokens: u64,
+    ) -> Result<OwnedPermit, RateLimitError> {
+        let mark = self.admit_mark(tokens, false).await?;
+        Ok(OwnedPermit::new(self, mark, tokens))
+    }
+
+    /// Waits in line for an admission of `tokens`: the mark of its reservation, whose slot was
+    /// taken and the admission counted.
+    fn admit_mark(
+        &self,
+        tokens: u64,
+        no_room_wait: bool,
+    ) -> impl Future<Output = Result<Mark, RateLimitError>> + '_ {
+        let mut acquire = Acquire::new(self, tokens, no_room_wait);
+        std::future::poll_fn(move |cx| acquire.poll_mark(cx))
+    }
+
+    /// The admission of [`try_acquire`](Self::try_acquire): the mark of its reservation.
+    fn try_admit(&self, tokens: u64) -> Result<Mark, RateLimitError> {
         let shared = &self.shared;
         let config = &shared.config;
         let coarse = config.coarse.then(time::coarse_now).flatten();
         if let Some(mark) = shared.admit_on_credit(tokens, coarse) {
-            return Ok(Permit::new(shared, mark, tokens));
+            return Ok(mark);
         }
         if let Some(coarse) = coarse {
             let fits_window = config.limits[TOKENS].is_none_or(|limit| tokens <= limit);
@@ -1287,10 +1365,7 @@ impl RateLimiter {
         };
         state.issue(config, read.and_then(|read| read.epoch));
         drop(state);
-        match mark {
-            Some(mark) => Ok(Permit::new(shared, mark, tokens)),
-            None => Err(RateLimitError::WouldWait),
-        }
+        mark.ok_or(RateLimitError::WouldWait)
     }
 
     /// Pauses admission until `until` (for an HTTP 429 with `Retry-After`). A pause only ever
@@ -1628,14 +1703,14 @@ impl<'a> Acquire<'a> {
     }
 }
 
-impl Future for Acquire<'_> {
-    type Output = Result<Permit, RateLimitError>;
+impl<'a> Future for Acquire<'a> {
+    type Output = Result<Permit<'a>, RateLimitError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let (shared, tokens) = (&this.limiter.shared, this.tokens);
+        let (limiter, tokens): (&'a RateLimiter, u64) = (this.limiter, this.tokens);
         this.poll_mark(cx)
-            .map(|admitted| admitted.map(|mark| Permit::new(shared, mark, tokens)))
+            .map(|admitted| admitted.map(|mark| Permit::new(&limiter.shared, mark, tokens)))
     }
 }
 
@@ -1778,8 +1853,11 @@ impl Acquire<'_> {
 }
 
 /// An admission: a concurrency slot and a reservation of one request and the estimated
-/// tokens, held until dropped. Returned by [`RateLimiter::acquire`]; [`submit`](
-/// RateLimiter::submit) holds one while its job runs.
+/// tokens, held until dropped. Returned by [`RateLimiter::acquire`] and
+/// [`RateLimiter::try_acquire`]; it borrows the limiter (as tokio's `SemaphorePermit` borrows
+/// its semaphore), so taking and dropping it touches nothing but the limiter's own word.
+/// [`OwnedPermit`] is the form that holds a reference count instead, for work that outlives
+/// the borrow (a spawned task).
 ///
 /// Keep it for the whole life of a stream or other long-lived work, so the work counts
 /// against the concurrency limit the whole time. [`settle`](Self::settle) (or a [`Usage`]
@@ -1796,12 +1874,43 @@ impl Acquire<'_> {
 /// permit.settle(100); // 300 tokens refunded
 /// assert_eq!(limiter.statistics().tokens_left, Some(900));
 /// ```
-pub struct Permit {
-    held: Held<Arc<Shared>>,
+pub struct Permit<'a> {
+    held: Held<&'a Shared>,
 }
 
-/// An admission held through `S`: a [`Permit`] holds a reference count to the limiter; the
-/// `submit` family, which borrows the limiter anyway, a reference.
+/// An admission that holds a reference count to its limiter instead of borrowing it, from
+/// [`RateLimiter::try_acquire_owned`] and [`RateLimiter::acquire_owned`] (tokio's
+/// `OwnedSemaphorePermit`). It behaves as a [`Permit`] in every other way.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use sheepdog_core::rate::RateLimiter;
+///
+/// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+/// let mut permit = Arc::clone(&limiter).try_acquire_owned(400).unwrap();
+/// permit.settle(100); // 300 tokens refunded
+/// assert_eq!(limiter.statistics().tokens_left, Some(900));
+/// ```
+pub struct OwnedPermit {
+    held: Held<Owned>,
+}
+
+/// The limiter an [`OwnedPermit`] holds.
+struct Owned(Arc<RateLimiter>);
+
+impl Deref for Owned {
+    type Target = Shared;
+
+    #[inline]
+    fn deref(&self) -> &Shared {
+        &self.0.shared
+    }
+}
+
+/// An admission held through `S`: a [`Permit`] and the `submit` family hold a reference to
+/// the limiter's shared state, an [`OwnedPermit`] a reference count to the limiter.
 struct Held<S: Deref<Target = Shared>> {
     shared: S,
     mark: Mark,
@@ -1812,9 +1921,18 @@ struct Held<S: Deref<Target = Shared>> {
     usage: Option<Arc<AtomicU64>>,
 }
 
-impl fmt::Debug for Permit {
+impl fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
+            .field("tokens", &self.held.tokens)
+            .field("accounted", &self.held.accounted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for OwnedPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPermit")
             .field("tokens", &self.held.tokens)
             .field("accounted", &self.held.accounted)
             .finish_non_exhaustive()
@@ -1851,11 +1969,11 @@ impl<S: Deref<Target = Shared>> Held<S> {
     }
 }
 
-impl Permit {
+impl<'a> Permit<'a> {
     #[inline]
-    fn new(shared: &Arc<Shared>, mark: Mark, tokens: u64) -> Self {
+    fn new(shared: &'a Shared, mark: Mark, tokens: u64) -> Self {
         Permit {
-            held: Held::new(Arc::clone(shared), mark, tokens),
+            held: Held::new(shared, mark, tokens),
         }
     }
 
@@ -1903,6 +2021,81 @@ impl Permit {
     ///
     /// let limiter = RateLimiter::builder().limit_tokens(1_000).build().unwrap();
     /// let mut permit = limiter.try_acquire(100).unwrap();
+    /// permit.usage().report(40);
+    /// drop(permit);
+    /// assert_eq!(limiter.statistics().tokens_left, Some(960));
+    /// ```
+    pub fn usage(&mut self) -> Usage {
+        self.held.usage()
+    }
+}
+
+impl OwnedPermit {
+    #[inline]
+    fn new(limiter: Arc<RateLimiter>, mark: Mark, tokens: u64) -> Self {
+        OwnedPermit {
+            held: Held::new(Owned(limiter), mark, tokens),
+        }
+    }
+
+    /// The limiter it was admitted by.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().build().unwrap());
+    /// let permit = Arc::clone(&limiter).try_acquire_owned(1).unwrap();
+    /// assert!(Arc::ptr_eq(permit.limiter(), &limiter));
+    /// ```
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.held.shared.0
+    }
+
+    /// The estimated token cost it was admitted with (as [`Permit::tokens`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let limiter = Arc::new(sheepdog_core::rate::RateLimiter::builder().build().unwrap());
+    /// assert_eq!(limiter.try_acquire_owned(7).unwrap().tokens(), 7);
+    /// ```
+    pub fn tokens(&self) -> u64 {
+        self.held.tokens
+    }
+
+    /// Settles the real token usage so far (as [`Permit::settle`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+    /// let mut permit = Arc::clone(&limiter).try_acquire_owned(100).unwrap();
+    /// permit.settle(250); // 150 more charged
+    /// assert_eq!(limiter.statistics().tokens_left, Some(750));
+    /// ```
+    pub fn settle(&mut self, tokens: u64) {
+        self.held.settle(tokens);
+    }
+
+    /// A handle through which the job reports its real usage, settled when the permit is
+    /// dropped (as [`Permit::usage`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+    /// let mut permit = Arc::clone(&limiter).try_acquire_owned(100).unwrap();
     /// permit.usage().report(40);
     /// drop(permit);
     /// assert_eq!(limiter.statistics().tokens_left, Some(960));
