@@ -1717,23 +1717,37 @@ impl<'a> Future for Acquire<'a> {
 impl Acquire<'_> {
     /// Polls for the admission: the mark of its reservation, whose slot was taken and the
     /// admission counted.
+    #[inline]
     fn poll_mark(&mut self, cx: &mut Context<'_>) -> Poll<Result<Mark, RateLimitError>> {
         if crate::cancel::is_cancelled() {
             // The catching scope was woken and will drop this wait.
             return Poll::Pending;
         }
+        let mut coarse = None;
+        if self.state == AcquireState::Start {
+            let shared = &self.limiter.shared;
+            coarse = shared.config.coarse.then(time::coarse_now).flatten();
+            if let Some(mark) = shared.admit_on_credit(self.tokens, coarse) {
+                self.state = AcquireState::Done;
+                return Poll::Ready(Ok(mark));
+            }
+        }
+        self.poll_locked(cx, coarse)
+    }
+
+    /// [`poll_mark`](Self::poll_mark) past the lock-free admission: under the lock. `coarse`
+    /// is the coarse reading the first poll took, if it took one.
+    #[inline(never)]
+    fn poll_locked(
+        &mut self,
+        cx: &mut Context<'_>,
+        coarse: Option<Coarse>,
+    ) -> Poll<Result<Mark, RateLimitError>> {
         let this = self;
         let shared = &this.limiter.shared;
         let config = &shared.config;
-        let mut read = None;
-        if this.state == AcquireState::Start {
-            let coarse = config.coarse.then(time::coarse_now).flatten();
-            if let Some(mark) = shared.admit_on_credit(this.tokens, coarse) {
-                this.state = AcquireState::Done;
-                return Poll::Ready(Ok(mark));
-            }
-            read = config.reads_clock.then(|| read_bounds(config, coarse));
-        }
+        let read = (this.state == AcquireState::Start && config.reads_clock)
+            .then(|| read_bounds(config, coarse));
         let mut wakers = Wakers::default();
         let wake_at = {
             let mut state = shared.lock();
