@@ -444,6 +444,60 @@ conformance! {
         let stats = limiter.statistics();
         assert_eq!((stats.rejected, stats.running, stats.queued), (3, 0, 0));
     }
+
+    /// Inside a runtime whose clock is the system's (every runtime here but virtual time),
+    /// admissions read the coarse clock and may go on credit, as outside any runtime; on
+    /// virtual time the runtime's clock is read precisely. Either way no interval-long window
+    /// holds more than the budget, refunds settle, and the books balance.
+    async fn in_runtime_no_window_over_budget(cx) {
+        const REQUESTS: u64 = 40;
+        const TOKENS: u64 = 2_000;
+        let rt = runtime::current().expect("inside the runtime");
+        assert_eq!(rt.system_clock(), !cx.flavor.is_virtual());
+        let interval = Duration::from_millis(60);
+        let limiter = RateLimiter::builder()
+            .limit_requests(REQUESTS)
+            .limit_tokens(TOKENS)
+            .capacity_refresh_time(interval)
+            .build()
+            .unwrap();
+        // (called at, returned at, tokens), on the runtime's clock.
+        let mut log: Vec<(Instant, Instant, u64)> = Vec::new();
+        let start = time::now();
+        let mut i = 0u64;
+        while time::now() - start < interval * 10 {
+            let tokens = 10 + (i * 37) % 60;
+            i += 1;
+            let called = time::now();
+            let admitted = if i % 2 == 0 {
+                limiter.try_acquire(tokens)
+            } else {
+                limiter.acquire(tokens).now_or_never().unwrap_or(Err(RateLimitError::WouldWait))
+            };
+            let returned = time::now();
+            if let Ok(mut permit) = admitted {
+                let used = if i % 4 == 0 { tokens / 2 } else { tokens };
+                permit.settle(used);
+                log.push((called, returned, used));
+            }
+            if i % 16 == 0 {
+                // Lets virtual time move (and real time on a loaded machine, harmlessly).
+                time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for (k, &(first_called, ..)) in log.iter().enumerate() {
+            let within = log[k..]
+                .iter()
+                .take_while(|&&(_, returned, _)| returned - first_called < interval);
+            let (count, tokens) = within.fold((0, 0), |(n, t), &(.., used)| (n + 1, t + used));
+            assert!(count <= REQUESTS, "{count} admissions within one interval");
+            assert!(tokens <= TOKENS, "{tokens} tokens within one interval");
+        }
+        assert!(log.len() as u64 > REQUESTS, "only {} admissions", log.len());
+        let stats = limiter.statistics();
+        assert_eq!(stats.admitted, log.len() as u64);
+        assert_eq!((stats.completed, stats.running), (stats.admitted, 0));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -67,6 +67,18 @@ fn run(name: &str, n: usize) -> usize {
                 ));
             }
         }
+        "check_in_tokio" => {
+            use sheepdog_core::runtime::Runtime;
+            let rt = sheepdog_tokio::TokioRuntime::new_current_thread().unwrap();
+            let limiter = roomy(Replenishment::Continuous);
+            rt.block_on(async {
+                for _ in 0..n {
+                    drop(black_box(
+                        black_box(&limiter).try_acquire(black_box(3)).unwrap(),
+                    ));
+                }
+            });
+        }
         "check_fixed" => {
             let limiter = roomy(Replenishment::FixedWindow);
             for _ in 0..n {

@@ -260,6 +260,11 @@ impl Runtime for TokioRuntime {
         self.handle.timer(deadline)
     }
 
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now` (not tokio's clock, which test-util can pause).
+        true
+    }
+
     fn handle(&self) -> RuntimeHandle {
         RuntimeHandle::from_arc(Arc::clone(&self.handle) as Arc<dyn Runtime>)
     }
@@ -318,6 +323,11 @@ impl Runtime for TokioHandle {
         Box::pin(TokioTimer {
             sleep: tokio::time::sleep_until(deadline.into()),
         })
+    }
+
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now` (not tokio's clock, which test-util can pause).
+        true
     }
 
     fn handle(&self) -> RuntimeHandle {
@@ -379,6 +389,11 @@ impl Runtime for InContext {
         Box::pin(TokioTimer {
             sleep: tokio::time::sleep_until(deadline.into()),
         })
+    }
+
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now` (not tokio's clock, which test-util can pause).
+        true
     }
 
     fn handle(&self) -> RuntimeHandle {
