@@ -897,10 +897,16 @@ impl State {
             self.sync_slow();
             return None;
         }
-        let mut now = self.clock_bounded(config);
-        if let Some(n) = now {
-            if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
-                now = self.clock();
+        // While the line is not empty `SLOW` is up, so the slots change only under the lock:
+        // with none free, nobody can be admitted, and the clock is not needed.
+        let mut now = None;
+        if self.slots.free() {
+            now = self.clock_bounded(config);
+            if let Some(n) = now {
+                if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some())
+                {
+                    now = self.clock();
+                }
             }
         }
         let mut admitted = false;
@@ -1746,8 +1752,6 @@ impl Acquire<'_> {
         let this = self;
         let shared = &this.limiter.shared;
         let config = &shared.config;
-        let read = (this.state == AcquireState::Start && config.reads_clock)
-            .then(|| read_bounds(config, coarse));
         let mut wakers = Wakers::default();
         let wake_at = {
             let mut state = shared.lock();
@@ -1758,16 +1762,28 @@ impl Acquire<'_> {
                         this.state = AcquireState::Done;
                         return Poll::Ready(Err(refused));
                     }
-                    let budget_ok;
-                    (now, budget_ok) = state.admission_clock(read, this.tokens);
-                    let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
                     let full = this.no_room_wait
                         && config
                             .queue_capacity
                             .is_some_and(|capacity| state.waiters.len() >= capacity);
-                    // Takes a slot, or raises `SLOW` before queueing: a release meanwhile
-                    // then serves this waiter instead of being lost.
-                    if shared.slots.take_or_flag(ok, !full) {
+                    let mut read = None;
+                    // Every slot taken: the job waits (or is refused) whatever the budgets
+                    // say, so the clock is not read. Otherwise it takes a slot if it may.
+                    // Either way `SLOW` goes up before it queues, in the compare-and-swap that
+                    // saw no slot it could take: a release meanwhile then serves this waiter
+                    // instead of being lost.
+                    let took = if shared.slots.full_then_flag(!full) {
+                        now = None;
+                        false
+                    } else {
+                        read = config.reads_clock.then(|| read_bounds(config, coarse));
+                        let budget_ok;
+                        (now, budget_ok) = state.admission_clock(read, this.tokens);
+                        let ok =
+                            (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
+                        shared.slots.take_or_flag(ok, !full)
+                    };
+                    if took {
                         this.state = AcquireState::Done;
                         state.admitted += 1;
                         let mark = state.reserve(now, this.tokens);
@@ -1803,7 +1819,8 @@ impl Acquire<'_> {
                 }
                 AcquireState::Done => panic!("`Acquire` polled after it completed"),
             };
-            if state.waiters.front_key() == Some(key) {
+            // A head that waits for a slot needs no timer (a release serves it), nor the clock.
+            if state.waiters.front_key() == Some(key) && state.slots.free() {
                 let now = now.or_else(|| state.clock());
                 state.next_wake(config, now)
             } else {

@@ -182,6 +182,19 @@ impl Slots {
         took
     }
 
+    /// Under the lock: whether every slot is taken; if so and `wait` (the caller is about to
+    /// queue), sets the flag in the same compare-and-swap that saw them taken.
+    pub(crate) fn full_then_flag(&self, wait: bool) -> bool {
+        let limit = self.limit;
+        let mut full = false;
+        self.update(|w| {
+            full = running_of(w) >= limit;
+            // With the flag up already, releases go through the lock this caller holds.
+            (full && wait && w & SLOW == 0).then_some(w | SLOW)
+        });
+        full
+    }
+
     /// The lock-free release: gives the slot back if the flag is clear.
     #[inline]
     pub(crate) fn release_fast(&self) -> bool {
