@@ -893,14 +893,30 @@ impl State {
     ///
     /// Returns the instant it read, if it read the clock.
     fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Now> {
+        self.serve_with(config, wakers, nudge, false)
+    }
+
+    /// [`serve`](Self::serve) with a slot in hand if `in_hand`: one the caller holds and
+    /// releases, which goes straight to the first waiter admitted (no release and retake of
+    /// the slot word), or else back to the word.
+    fn serve_with(
+        &mut self,
+        config: &Config,
+        wakers: &mut Wakers,
+        nudge: bool,
+        mut in_hand: bool,
+    ) -> Option<Now> {
         if self.waiters.is_empty() {
+            if in_hand {
+                self.slots.release_locked();
+            }
             self.sync_slow();
             return None;
         }
         // While the line is not empty `SLOW` is up, so the slots change only under the lock:
         // with none free, nobody can be admitted, and the clock is not needed.
         let mut now = None;
-        if self.slots.free() {
+        if in_hand || self.slots.free() {
             now = self.clock_bounded(config);
             if let Some(n) = now {
                 if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some())
@@ -911,13 +927,18 @@ impl State {
         }
         let mut admitted = false;
         while let Some((key, tokens)) = self.next_admissible(config) {
-            if !self.slots.take_or_flag(true, false) {
+            if in_hand {
+                in_hand = false;
+            } else if !self.slots.take_or_flag(true, false) {
                 break;
             }
             self.admitted += 1;
             let mark = self.reserve(now, tokens);
             wakers.push(self.waiters.grant(key, |_| Ok(mark)));
             admitted = true;
+        }
+        if in_hand {
+            self.slots.release_locked();
         }
         // Only a head that may sleep on a timer (budgets or a pause) needs the nudge: without
         // them, whatever frees its way admits it right here.
@@ -1645,13 +1666,14 @@ impl Shared {
     }
 
     /// Runs `f` under the lock, serves the line, wakes whoever was admitted and marks the
-    /// limiter drained if it is.
-    fn update(&self, f: impl FnOnce(&mut State)) {
+    /// limiter drained if it is. `release`: the caller also releases its slot, which goes
+    /// to the first waiter admitted if any ([`State::serve_with`]).
+    fn update(&self, release: bool, f: impl FnOnce(&mut State)) {
         let mut wakers = Wakers::default();
         let drained = {
             let mut state = self.lock();
             f(&mut state);
-            state.serve(&self.config, &mut wakers, true);
+            state.serve_with(&self.config, &mut wakers, true, release);
             state.drained()
         };
         wakers.wake_all();
@@ -1986,7 +2008,7 @@ impl<S: Deref<Target = Shared>> Held<S> {
         let accounted = self.accounted;
         let mark = &mut self.mark;
         self.shared
-            .update(|state| settle(state, mark, accounted, tokens));
+            .update(false, |state| settle(state, mark, accounted, tokens));
         self.accounted = tokens;
     }
 
@@ -2161,11 +2183,10 @@ impl<S: Deref<Target = Shared>> Held<S> {
             return;
         }
         let mark = &mut self.mark;
-        self.shared.update(|state| {
+        self.shared.update(true, |state| {
             if let Some(tokens) = reported {
                 settle(state, mark, accounted, tokens);
             }
-            state.slots.release_locked();
         });
     }
 }
