@@ -156,6 +156,12 @@ fn run(name: &str, n: usize) -> usize {
                 total += futures::executor::block_on(all).len();
             }
         }
+        "sizes" => {
+            let limiter = unlimited();
+            let job = async move { black_box(1_usize) };
+            println!("job {}", std::mem::size_of_val(&job));
+            println!("submit {}", std::mem::size_of_val(&limiter.submit(0, job)));
+        }
         other => panic!("unknown scenario {other}"),
     }
     total

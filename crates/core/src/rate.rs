@@ -919,8 +919,7 @@ impl State {
         if in_hand || self.slots.free() {
             now = self.clock_bounded(config);
             if let Some(n) = now {
-                if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some())
-                {
+                if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
                     now = self.clock();
                 }
             }
@@ -1039,19 +1038,18 @@ impl RateLimiter {
         self.shared.lock()
     }
 
-    /// [`acquire`](Self::acquire) for the `submit` family: the admission borrows the limiter
-    /// instead of holding a reference count to it (two atomic operations less per job).
-    fn admit(
-        &self,
-        tokens: u64,
-        no_room_wait: bool,
-    ) -> impl Future<Output = Result<Held<&Shared>, RateLimitError>> + '_ {
-        let mut acquire = Acquire::new(self, tokens, no_room_wait);
+    /// The `submit` family's admission when it can be had at once, on credit, as the first
+    /// poll of an [`Acquire`] would have it (and not inside a cancelled scope), without
+    /// making an `Acquire`. The family holds its admission as a `Held` that borrows the
+    /// limiter (no reference count per job), made from the mark.
+    #[inline]
+    fn admit_now(&self, tokens: u64) -> Option<Mark> {
+        if crate::cancel::is_cancelled() {
+            return None;
+        }
         let shared = &*self.shared;
-        std::future::poll_fn(move |cx| {
-            let admitted = acquire.poll_mark(cx);
-            admitted.map(|admitted| admitted.map(|mark| Held::new(shared, mark, tokens)))
-        })
+        let coarse = shared.config.coarse.then(time::coarse_now).flatten();
+        shared.admit_on_credit(tokens, coarse)
     }
 
     /// Waits in line until the job can be admitted, then runs `job` and returns its output.
@@ -1087,7 +1085,11 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let held = self.admit(tokens, false).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, false).await?,
+        };
+        let held = Held::new(&*self.shared, mark, tokens);
         let output = job.await;
         drop(held);
         Ok(output)
@@ -1129,7 +1131,11 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut held = self.admit(tokens, false).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, false).await?,
+        };
+        let mut held = Held::new(&*self.shared, mark, tokens);
         let output = job(held.usage()).await;
         drop(held);
         Ok(output)
@@ -1167,7 +1173,11 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let held = self.admit(tokens, true).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, true).await?,
+        };
+        let held = Held::new(&*self.shared, mark, tokens);
         let output = job.await;
         drop(held);
         Ok(output)
@@ -1205,7 +1215,11 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut held = self.admit(tokens, true).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, true).await?,
+        };
+        let mut held = Held::new(&*self.shared, mark, tokens);
         let output = job(held.usage()).await;
         drop(held);
         Ok(output)
@@ -1801,8 +1815,7 @@ impl Acquire<'_> {
                         read = config.reads_clock.then(|| read_bounds(config, coarse));
                         let budget_ok;
                         (now, budget_ok) = state.admission_clock(read, this.tokens);
-                        let ok =
-                            (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
+                        let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
                         shared.slots.take_or_flag(ok, !full)
                     };
                     if took {
