@@ -1713,7 +1713,25 @@ pub struct Acquire<'a> {
     state: AcquireState,
     /// The head of the line's timer: the instant its cost fits or a pause ends. Boxed: few
     /// waits need one, and every `submit` future carries the field.
-    timer: Option<Box<Sleep>>,
+    timer: HeadTimer,
+}
+
+/// [`Acquire`]'s timer, dropped out of line: most `Acquire`s never had one.
+#[derive(Default)]
+struct HeadTimer(Option<Box<Sleep>>);
+
+impl Drop for HeadTimer {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(timer) = self.0.take() {
+            drop_timer(timer);
+        }
+    }
+}
+
+#[cold]
+fn drop_timer(timer: Box<Sleep>) {
+    drop(timer);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1740,7 +1758,7 @@ impl<'a> Acquire<'a> {
             tokens,
             no_room_wait,
             state: AcquireState::Start,
-            timer: None,
+            timer: HeadTimer::default(),
         }
     }
 }
@@ -1866,6 +1884,7 @@ impl Acquire<'_> {
         if let Some(at) = wake_at {
             let timer = this
                 .timer
+                .0
                 .get_or_insert_with(|| Box::new(time::sleep_until(at)));
             if timer.deadline() != at {
                 timer.reset(at);
