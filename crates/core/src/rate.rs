@@ -32,7 +32,9 @@
 //! [`FixedWindow`](Replenishment::FixedWindow) (lionagi's: everything comes back at each
 //! multiple of the interval). No background task is involved: budgets are brought up to date
 //! from [`time::now`] whenever the limiter is used, and the job at the head
-//! of the line sleeps until the instant its cost fits. (Outside any runtime, admissions read
+//! of the line sleeps until the instant its cost fits. (On the system's clock — outside any
+//! runtime, or inside one whose [`system_clock`](crate::runtime::Runtime::system_clock) says
+//! so, as smol's, async-std's and tokio's do — admissions read
 //! the kernel's coarse clock instead, a few nanoseconds instead of some twenty, and record
 //! uses at most a few milliseconds late, never early; `docs/rate.md` has the details.)
 //!
@@ -598,7 +600,7 @@ struct Config {
     reads_clock: bool,
     /// The budgets per interval (as the ledger's).
     limits: [Option<u64>; 2],
-    /// Whether admissions outside runtimes read the coarse clock ([`time::coarse_now`]).
+    /// Whether admissions on the system's clock read the coarse clock ([`time::coarse_now`]).
     coarse: bool,
 }
 
@@ -677,7 +679,8 @@ impl State {
     }
 
     /// [`clock`](Self::clock) from [`time::now_bounds`] if the limiter uses the coarse clock
-    /// (outside runtimes, a cheap reading within a few clock ticks instead of a precise one).
+    /// (on the system's clock, a cheap reading within a few clock ticks instead of a precise
+    /// one).
     fn clock_bounded(&mut self, config: &Config) -> Option<Now> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
