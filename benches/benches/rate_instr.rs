@@ -5,7 +5,8 @@
 //! difference of the totals by the difference of the counts: what is left is the cost of one
 //! operation, without the start-up. `benches/rate_instr.sh` does that for every scenario; see
 //! docs/performance.md, "Rate limiter (T8)". Each `jobs_*` iteration is one job of a
-//! 1,000-job `bounded_map` (limit 64), so its figure is per job, the map's setup included.
+//! 1,000-job `bounded_map` (limit 64; `jobs_yield_bu_*`: `buffer_unordered(64)`), so its
+//! figure is per job, the map's setup included.
 //!
 //! valgrind has no vDSO: every clock read is a system call whose kernel part callgrind does
 //! not count, so the clock is cheaper here than it is.
@@ -17,6 +18,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures::stream::{self, StreamExt};
 use governor::{Quota, RateLimiter as Governor};
 use sheepdog_benches::{poll_ready, Yields};
 use sheepdog_core::combinators::bounded_map;
@@ -154,6 +156,20 @@ fn run(name: &str, n: usize) -> usize {
             for _ in 0..n {
                 let all = bounded_map(0..JOBS, LIMIT, |i| limiter.submit(0, Yields(1, i))).unwrap();
                 total += futures::executor::block_on(all).len();
+            }
+        }
+        "jobs_yield_bu_reference" => {
+            for _ in 0..n {
+                let all = stream::iter((0..JOBS).map(|i| Yields(1, i))).buffer_unordered(LIMIT);
+                total += futures::executor::block_on(all.count());
+            }
+        }
+        "jobs_yield_bu_submit" => {
+            let limiter = unlimited();
+            for _ in 0..n {
+                let jobs = (0..JOBS).map(|i| limiter.submit(0, Yields(1, i)));
+                let all = stream::iter(jobs).buffer_unordered(LIMIT);
+                total += futures::executor::block_on(all.count());
             }
         }
         "sizes" => {
