@@ -2387,6 +2387,46 @@ mod tests {
         assert_eq!((stats.rejected, stats.queued), (3, 0));
     }
 
+    /// With budgets: a waiter behind the only slot queues (without reading the clock), and the
+    /// release hands it the slot and reserves its cost in one step; the books balance.
+    #[test]
+    fn hand_off_with_budgets_reserves_and_balances() {
+        let limiter = RateLimiter::builder()
+            .limit_requests(10)
+            .limit_tokens(100)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(10).unwrap();
+        let mut waiter = pin!(limiter.acquire(20));
+        assert!(poll(waiter.as_mut()).is_pending());
+        let stats = limiter.statistics();
+        assert_eq!((stats.queued, stats.tokens_left), (1, Some(90)));
+        drop(held); // straight to the waiter: the slot never comes free
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.admitted, stats.queued), (1, 2, 0));
+        assert_eq!(
+            (stats.requests_left, stats.tokens_left),
+            (Some(8), Some(70))
+        );
+        assert_eq!(
+            limiter.try_acquire(0).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+        let Poll::Ready(Ok(permit)) = poll(waiter.as_mut()) else {
+            panic!("handed off")
+        };
+        assert_eq!(permit.tokens(), 20);
+        drop(permit);
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.completed, stats.rejected), (0, 2, 1));
+        // Nobody waits: the fast path is open again, and the budgets are what was charged.
+        let again = limiter.try_acquire(70).unwrap();
+        assert_eq!(limiter.statistics().tokens_left, Some(0));
+        drop(again);
+    }
+
     /// The lock-free paths (unlimited budgets) and the queue agree on the slot count.
     #[test]
     fn fast_paths_defer_to_waiters() {
