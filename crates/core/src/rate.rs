@@ -2427,6 +2427,26 @@ mod tests {
         drop(again);
     }
 
+    /// Permits and the futures that wait for them can move to other threads (tasks).
+    #[test]
+    fn permits_and_waits_are_send() {
+        fn send<T: Send>(value: T) -> T {
+            value
+        }
+        let limiter = Arc::new(RateLimiter::builder().build().unwrap());
+        drop(send(limiter.try_acquire(1).unwrap()));
+        drop(send(limiter.acquire(1)));
+        drop(send(limiter.submit(1, async {})));
+        drop(send(Arc::clone(&limiter).try_acquire_owned(1).unwrap()));
+        let owned = send(Arc::clone(&limiter).acquire_owned(1));
+        let Poll::Ready(Ok(permit)) = poll(pin!(owned)) else {
+            panic!("admitted at once")
+        };
+        assert!(Arc::ptr_eq(permit.limiter(), &limiter));
+        drop(permit);
+        assert_eq!(limiter.statistics().running, 0);
+    }
+
     /// The lock-free paths (unlimited budgets) and the queue agree on the slot count.
     #[test]
     fn fast_paths_defer_to_waiters() {

@@ -87,10 +87,9 @@ pub fn now() -> std::time::Instant {
 ///
 /// With an ambient runtime whose clock is not the system's, its clock is read and both bounds
 /// are that reading (virtual time stays exact). Otherwise, on Linux and FreeBSD, the kernel's
-/// coarse monotonic clock is read
-/// instead of the precise one ([`coarse_now`]): a few nanoseconds through the vDSO instead of
-/// about twenty, at the price of bounds about three clock ticks apart (some 13 ms at the
-/// common 250 Hz). Elsewhere the precise clock is read.
+/// coarse monotonic clock is read instead of the precise one ([`coarse_now`]): a few
+/// nanoseconds through the vDSO instead of about twenty, at the price of bounds about three
+/// clock ticks apart (some 13 ms at the common 250 Hz). Elsewhere the precise clock is read.
 pub(crate) fn now_bounds() -> Bounds {
     coarse_now().map_or_else(|| Bounds::exact(now()), |c| c.bounds())
 }
