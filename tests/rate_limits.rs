@@ -16,7 +16,8 @@ use futures::FutureExt;
 use proptest::prelude::*;
 use sheepdog_core::cancel::{fail_after, move_on_at};
 use sheepdog_core::rate::{
-    Permit, RateLimitConfigError, RateLimitError, RateLimiter, Replenishment, ShutdownMode,
+    OwnedPermit, Permit, RateLimitConfigError, RateLimitError, RateLimiter, Replenishment,
+    ShutdownMode,
 };
 use sheepdog_core::runtime::{self, yield_now, Runtime};
 use sheepdog_core::sync::Event;
@@ -362,17 +363,20 @@ conformance! {
     /// A long-lived stream holds its permit, and with it a concurrency slot, for its whole
     /// life, and costs a request like any job (lionagi defect 7: streams skipped admission).
     async fn stream_holds_its_slot(cx) {
-        let limiter = RateLimiter::builder()
-            .limit_requests(10)
-            .limit_tokens(1_000)
-            .concurrency_limit(1)
-            .build()
-            .unwrap();
-        let permit = limiter.acquire(200).await.unwrap();
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(10)
+                .limit_tokens(1_000)
+                .concurrency_limit(1)
+                .build()
+                .unwrap(),
+        );
+        // The stream runs in a task of its own: its permit holds the limiter.
+        let permit = Arc::clone(&limiter).acquire_owned(200).await.unwrap();
         let finish = Arc::new(Event::new());
         let f = Arc::clone(&finish);
         let stream = cx.spawn(async move {
-            let mut permit: Permit = permit;
+            let mut permit: OwnedPermit = permit;
             let usage = permit.usage();
             for _ in 0..10 {
                 usage.add(15);
@@ -439,6 +443,60 @@ conformance! {
         assert_eq!(ran.load(Ordering::SeqCst), 0);
         let stats = limiter.statistics();
         assert_eq!((stats.rejected, stats.running, stats.queued), (3, 0, 0));
+    }
+
+    /// Inside a runtime whose clock is the system's (every runtime here but virtual time),
+    /// admissions read the coarse clock and may go on credit, as outside any runtime; on
+    /// virtual time the runtime's clock is read precisely. Either way no interval-long window
+    /// holds more than the budget, refunds settle, and the books balance.
+    async fn in_runtime_no_window_over_budget(cx) {
+        const REQUESTS: u64 = 40;
+        const TOKENS: u64 = 2_000;
+        let rt = runtime::current().expect("inside the runtime");
+        assert_eq!(rt.system_clock(), !cx.flavor.is_virtual());
+        let interval = Duration::from_millis(60);
+        let limiter = RateLimiter::builder()
+            .limit_requests(REQUESTS)
+            .limit_tokens(TOKENS)
+            .capacity_refresh_time(interval)
+            .build()
+            .unwrap();
+        // (called at, returned at, tokens), on the runtime's clock.
+        let mut log: Vec<(Instant, Instant, u64)> = Vec::new();
+        let start = time::now();
+        let mut i = 0u64;
+        while time::now() - start < interval * 10 {
+            let tokens = 10 + (i * 37) % 60;
+            i += 1;
+            let called = time::now();
+            let admitted = if i % 2 == 0 {
+                limiter.try_acquire(tokens)
+            } else {
+                limiter.acquire(tokens).now_or_never().unwrap_or(Err(RateLimitError::WouldWait))
+            };
+            let returned = time::now();
+            if let Ok(mut permit) = admitted {
+                let used = if i % 4 == 0 { tokens / 2 } else { tokens };
+                permit.settle(used);
+                log.push((called, returned, used));
+            }
+            if i % 16 == 0 {
+                // Lets virtual time move (and real time on a loaded machine, harmlessly).
+                time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for (k, &(first_called, ..)) in log.iter().enumerate() {
+            let within = log[k..]
+                .iter()
+                .take_while(|&&(_, returned, _)| returned - first_called < interval);
+            let (count, tokens) = within.fold((0, 0), |(n, t), &(.., used)| (n + 1, t + used));
+            assert!(count <= REQUESTS, "{count} admissions within one interval");
+            assert!(tokens <= TOKENS, "{tokens} tokens within one interval");
+        }
+        assert!(log.len() as u64 > REQUESTS, "only {} admissions", log.len());
+        let stats = limiter.statistics();
+        assert_eq!(stats.admitted, log.len() as u64);
+        assert_eq!((stats.completed, stats.running), (stats.admitted, 0));
     }
 }
 
@@ -866,7 +924,7 @@ proptest! {
                 .unwrap(),
         ));
         let mut pending: Vec<(usize, Waiting)> = Vec::new();
-        let mut live: Vec<(Permit, u64)> = Vec::new();
+        let mut live: Vec<(Permit<'static>, u64)> = Vec::new();
         let mut arrivals = 0usize;
         let mut admitted = 0u64;
         // Tokens charged for every admitted job (dropped ones included): their settled figure.

@@ -5,6 +5,7 @@
 //!   both budgets (requests and tokens) and takes a permit, which is then dropped (the release
 //!   is part of every admission); governor checks one limiter (`check`) or two (`check` +
 //!   `check_n`, the same two budgets). Budgets are large enough never to refuse.
+//! - `check_in_runtime`: the same admission inside a sheepdog tokio runtime's `block_on`.
 //! - `reject`: an admission refused because the budget is spent.
 //! - `two_threads`: two threads each run 100,000 admissions on one shared limiter; the figure
 //!   per item is per op per thread.
@@ -111,6 +112,30 @@ mod check {
                     .unwrap()
                     .unwrap();
             }
+        });
+    }
+}
+
+/// An admission that succeeds inside a runtime: `try_acquire(3)` with both budgets, in a
+/// sheepdog tokio runtime's `block_on` (its clock is the system's, so the limiter may read the
+/// coarse clock and admit on credit there too).
+#[divan::bench_group(sample_count = 100)]
+mod check_in_runtime {
+    use super::*;
+    use sheepdog_core::runtime::Runtime;
+
+    #[divan::bench]
+    fn sheepdog_tokio(bencher: Bencher<'_, '_>) {
+        let rt = sheepdog_tokio::TokioRuntime::new_current_thread().unwrap();
+        let limiter = roomy(Replenishment::Continuous);
+        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
+            rt.block_on(async {
+                for _ in 0..OPS {
+                    drop(black_box(
+                        black_box(&limiter).try_acquire(black_box(3)).unwrap(),
+                    ));
+                }
+            });
         });
     }
 }

@@ -176,7 +176,7 @@ pub fn check_rate_limiter(input: &LimiterInput) {
         }
     };
     rt.block_on(async {
-        let mut kept: Vec<Permit> = Vec::new();
+        let mut kept: Vec<Permit<'_>> = Vec::new();
         for op in input.ops.iter().take(64) {
             match *op {
                 LimiterOp::TryAcquire(tokens) => {

@@ -63,6 +63,11 @@ impl Runtime for AsyncStdRuntime {
         true
     }
 
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now`.
+        true
+    }
+
     fn handle(&self) -> RuntimeHandle {
         RuntimeHandle::from_static(&AsyncStdRuntime)
     }

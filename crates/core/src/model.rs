@@ -150,13 +150,18 @@ fn shuttle_spawned_group_first_failure() {
 #[test]
 fn shuttle_rate_settlement_versus_waiter_cancel() {
     explore_outcomes(&["admitted", "cancelled"], || {
-        let limiter = RateLimiter::builder()
-            .limit_tokens(10)
-            // Long enough that nothing refills while the model runs on the real clock.
-            .capacity_refresh_time(Duration::from_secs(3_600))
-            .build()
-            .expect("a valid limiter");
-        let mut held = limiter.try_acquire(8).expect("8 of 10 tokens are free");
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_tokens(10)
+                // Long enough that nothing refills while the model runs on the real clock.
+                .capacity_refresh_time(Duration::from_secs(3_600))
+                .build()
+                .expect("a valid limiter"),
+        );
+        // Owned: the permit moves to the settling thread.
+        let mut held = Arc::clone(&limiter)
+            .try_acquire_owned(8)
+            .expect("8 of 10 tokens are free");
         let settler = shuttle::thread::spawn(move || {
             yield_randomly(24);
             held.settle(2);

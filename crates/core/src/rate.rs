@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`RateLimiter`] (alias [`RateLimitedExecutor`]) | the executor: [`submit`](RateLimiter::submit) a job with its estimated token cost; it waits in line for room, budget and a slot, then runs |
 //! | [`RateLimiterBuilder`] | the seed's knobs: `limit_requests`, `limit_tokens`, `capacity_refresh_time`, `queue_capacity`, `concurrency_limit`, plus [`Replenishment`] and overtaking |
-//! | [`Permit`] | an admission held by the caller (streams, long-lived work): a concurrency slot and a reservation, settled with the real usage |
+//! | [`Permit`], [`OwnedPermit`] | an admission held by the caller (streams, long-lived work): a concurrency slot and a reservation, settled with the real usage; a `Permit` borrows the limiter, an `OwnedPermit` (from [`try_acquire_owned`](RateLimiter::try_acquire_owned) / [`acquire_owned`](RateLimiter::acquire_owned) on an `Arc<RateLimiter>`) holds it |
 //! | [`Usage`] | the handle a job reports its real token usage through |
 //! | [`RateLimiterStatistics`] | queued, running, budgets left, admitted, rejected, completed |
 //! | [`RateLimitError`], [`RateLimitConfigError`] | what can go wrong, typed |
@@ -32,7 +32,9 @@
 //! [`FixedWindow`](Replenishment::FixedWindow) (lionagi's: everything comes back at each
 //! multiple of the interval). No background task is involved: budgets are brought up to date
 //! from [`time::now`] whenever the limiter is used, and the job at the head
-//! of the line sleeps until the instant its cost fits. (Outside any runtime, admissions read
+//! of the line sleeps until the instant its cost fits. (On the system's clock — outside any
+//! runtime, or inside one whose [`system_clock`](crate::runtime::Runtime::system_clock) says
+//! so, as smol's, async-std's and tokio's do — admissions read
 //! the kernel's coarse clock instead, a few nanoseconds instead of some twenty, and record
 //! uses at most a few milliseconds late, never early; `docs/rate.md` has the details.)
 //!
@@ -598,7 +600,7 @@ struct Config {
     reads_clock: bool,
     /// The budgets per interval (as the ledger's).
     limits: [Option<u64>; 2],
-    /// Whether admissions outside runtimes read the coarse clock ([`time::coarse_now`]).
+    /// Whether admissions on the system's clock read the coarse clock ([`time::coarse_now`]).
     coarse: bool,
 }
 
@@ -677,7 +679,8 @@ impl State {
     }
 
     /// [`clock`](Self::clock) from [`time::now_bounds`] if the limiter uses the coarse clock
-    /// (outside runtimes, a cheap reading within a few clock ticks instead of a precise one).
+    /// (on the system's clock, a cheap reading within a few clock ticks instead of a precise
+    /// one).
     fn clock_bounded(&mut self, config: &Config) -> Option<Now> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
@@ -893,25 +896,51 @@ impl State {
     ///
     /// Returns the instant it read, if it read the clock.
     fn serve(&mut self, config: &Config, wakers: &mut Wakers, nudge: bool) -> Option<Now> {
+        self.serve_with(config, wakers, nudge, false)
+    }
+
+    /// [`serve`](Self::serve) with a slot in hand if `in_hand`: one the caller holds and
+    /// releases, which goes straight to the first waiter admitted (no release and retake of
+    /// the slot word), or else back to the word.
+    fn serve_with(
+        &mut self,
+        config: &Config,
+        wakers: &mut Wakers,
+        nudge: bool,
+        mut in_hand: bool,
+    ) -> Option<Now> {
         if self.waiters.is_empty() {
+            if in_hand {
+                self.slots.release_locked();
+            }
             self.sync_slow();
             return None;
         }
-        let mut now = self.clock_bounded(config);
-        if let Some(n) = now {
-            if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
-                now = self.clock();
+        // While the line is not empty `SLOW` is up, so the slots change only under the lock:
+        // with none free, nobody can be admitted, and the clock is not needed.
+        let mut now = None;
+        if in_hand || self.slots.free() {
+            now = self.clock_bounded(config);
+            if let Some(n) = now {
+                if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
+                    now = self.clock();
+                }
             }
         }
         let mut admitted = false;
         while let Some((key, tokens)) = self.next_admissible(config) {
-            if !self.slots.take_or_flag(true, false) {
+            if in_hand {
+                in_hand = false;
+            } else if !self.slots.take_or_flag(true, false) {
                 break;
             }
             self.admitted += 1;
             let mark = self.reserve(now, tokens);
             wakers.push(self.waiters.grant(key, |_| Ok(mark)));
             admitted = true;
+        }
+        if in_hand {
+            self.slots.release_locked();
         }
         // Only a head that may sleep on a timer (budgets or a pause) needs the nudge: without
         // them, whatever frees its way admits it right here.
@@ -1012,19 +1041,18 @@ impl RateLimiter {
         self.shared.lock()
     }
 
-    /// [`acquire`](Self::acquire) for the `submit` family: the admission borrows the limiter
-    /// instead of holding a reference count to it (two atomic operations less per job).
-    fn admit(
-        &self,
-        tokens: u64,
-        no_room_wait: bool,
-    ) -> impl Future<Output = Result<Held<&Shared>, RateLimitError>> + '_ {
-        let mut acquire = Acquire::new(self, tokens, no_room_wait);
+    /// The `submit` family's admission when it can be had at once, on credit, as the first
+    /// poll of an [`Acquire`] would have it (and not inside a cancelled scope), without
+    /// making an `Acquire`. The family holds its admission as a `Held` that borrows the
+    /// limiter (no reference count per job), made from the mark.
+    #[inline]
+    fn admit_now(&self, tokens: u64) -> Option<Mark> {
+        if crate::cancel::is_cancelled() {
+            return None;
+        }
         let shared = &*self.shared;
-        std::future::poll_fn(move |cx| {
-            let admitted = acquire.poll_mark(cx);
-            admitted.map(|admitted| admitted.map(|mark| Held::new(shared, mark, tokens)))
-        })
+        let coarse = shared.config.coarse.then(time::coarse_now).flatten();
+        shared.admit_on_credit(tokens, coarse)
     }
 
     /// Waits in line until the job can be admitted, then runs `job` and returns its output.
@@ -1060,7 +1088,11 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let held = self.admit(tokens, false).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, false).await?,
+        };
+        let held = Held::new(&*self.shared, mark, tokens);
         let output = job.await;
         drop(held);
         Ok(output)
@@ -1102,7 +1134,11 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut held = self.admit(tokens, false).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, false).await?,
+        };
+        let mut held = Held::new(&*self.shared, mark, tokens);
         let output = job(held.usage()).await;
         drop(held);
         Ok(output)
@@ -1140,7 +1176,11 @@ impl RateLimiter {
         tokens: u64,
         job: F,
     ) -> Result<F::Output, RateLimitError> {
-        let held = self.admit(tokens, true).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, true).await?,
+        };
+        let held = Held::new(&*self.shared, mark, tokens);
         let output = job.await;
         drop(held);
         Ok(output)
@@ -1178,7 +1218,11 @@ impl RateLimiter {
         J: FnOnce(Usage) -> F,
         F: Future,
     {
-        let mut held = self.admit(tokens, true).await?;
+        let mark = match self.admit_now(tokens) {
+            Some(mark) => mark,
+            None => self.admit_mark(tokens, true).await?,
+        };
+        let mut held = Held::new(&*self.shared, mark, tokens);
         let output = job(held.usage()).await;
         drop(held);
         Ok(output)
@@ -1258,12 +1302,90 @@ impl RateLimiter {
     /// drop(first); // the request stays spent until the interval has passed
     /// assert_eq!(limiter.try_acquire(0).unwrap_err(), RateLimitError::WouldWait);
     /// ```
-    pub fn try_acquire(&self, tokens: u64) -> Result<Permit, RateLimitError> {
+    #[inline]
+    pub fn try_acquire(&self, tokens: u64) -> Result<Permit<'_>, RateLimitError> {
+        self.try_admit(tokens)
+            .map(|mark| Permit::new(&self.shared, mark, tokens))
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for a limiter in an [`Arc`]: the [`OwnedPermit`]
+    /// holds a reference count to it instead of borrowing it, so it can be moved into a
+    /// spawned task or stored anywhere (as tokio's `Semaphore::try_acquire_owned`).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().concurrency_limit(1).build().unwrap());
+    /// let permit = Arc::clone(&limiter).try_acquire_owned(5).unwrap();
+    /// let worker = std::thread::spawn(move || {
+    ///     // The work runs holding the slot; dropping the permit releases it.
+    ///     assert_eq!(permit.tokens(), 5);
+    /// });
+    /// worker.join().unwrap();
+    /// assert!(limiter.try_acquire(0).is_ok());
+    /// ```
+    pub fn try_acquire_owned(self: Arc<Self>, tokens: u64) -> Result<OwnedPermit, RateLimitError> {
+        let mark = self.try_admit(tokens)?;
+        Ok(OwnedPermit::new(self, mark, tokens))
+    }
+
+    /// [`acquire`](Self::acquire) for a limiter in an [`Arc`]: waits in line the same way and
+    /// returns an [`OwnedPermit`], which holds a reference count to the limiter instead of
+    /// borrowing it (as tokio's `Semaphore::acquire_owned`).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::{OwnedPermit, RateLimiter};
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+    /// let permit: OwnedPermit =
+    ///     futures::executor::block_on(Arc::clone(&limiter).acquire_owned(300)).unwrap();
+    /// assert_eq!(limiter.statistics().tokens_left, Some(700));
+    /// drop(permit);
+    /// ```
+    pub async fn acquire_owned(
+        self: Arc<Self>,
+        tokens: u64,
+    ) -> Result<OwnedPermit, RateLimitError> {
+        let mark = self.admit_mark(tokens, false).await?;
+        Ok(OwnedPermit::new(self, mark, tokens))
+    }
+
+    /// Waits in line for an admission of `tokens`: the mark of its reservation, whose slot was
+    /// taken and the admission counted.
+    fn admit_mark(
+        &self,
+        tokens: u64,
+        no_room_wait: bool,
+    ) -> impl Future<Output = Result<Mark, RateLimitError>> + '_ {
+        let mut acquire = Acquire::new(self, tokens, no_room_wait);
+        std::future::poll_fn(move |cx| acquire.poll_mark(cx))
+    }
+
+    /// The admission of [`try_acquire`](Self::try_acquire): the mark of its reservation.
+    fn try_admit(&self, tokens: u64) -> Result<Mark, RateLimitError> {
         let shared = &self.shared;
         let config = &shared.config;
         let coarse = config.coarse.then(time::coarse_now).flatten();
         if let Some(mark) = shared.admit_on_credit(tokens, coarse) {
-            return Ok(Permit::new(shared, mark, tokens));
+            return Ok(mark);
         }
         if let Some(coarse) = coarse {
             let fits_window = config.limits[TOKENS].is_none_or(|limit| tokens <= limit);
@@ -1287,10 +1409,7 @@ impl RateLimiter {
         };
         state.issue(config, read.and_then(|read| read.epoch));
         drop(state);
-        match mark {
-            Some(mark) => Ok(Permit::new(shared, mark, tokens)),
-            None => Err(RateLimitError::WouldWait),
-        }
+        mark.ok_or(RateLimitError::WouldWait)
     }
 
     /// Pauses admission until `until` (for an HTTP 429 with `Retry-After`). A pause only ever
@@ -1564,13 +1683,14 @@ impl Shared {
     }
 
     /// Runs `f` under the lock, serves the line, wakes whoever was admitted and marks the
-    /// limiter drained if it is.
-    fn update(&self, f: impl FnOnce(&mut State)) {
+    /// limiter drained if it is. `release`: the caller also releases its slot, which goes
+    /// to the first waiter admitted if any ([`State::serve_with`]).
+    fn update(&self, release: bool, f: impl FnOnce(&mut State)) {
         let mut wakers = Wakers::default();
         let drained = {
             let mut state = self.lock();
             f(&mut state);
-            state.serve(&self.config, &mut wakers, true);
+            state.serve_with(&self.config, &mut wakers, true, release);
             state.drained()
         };
         wakers.wake_all();
@@ -1596,7 +1716,25 @@ pub struct Acquire<'a> {
     state: AcquireState,
     /// The head of the line's timer: the instant its cost fits or a pause ends. Boxed: few
     /// waits need one, and every `submit` future carries the field.
-    timer: Option<Box<Sleep>>,
+    timer: HeadTimer,
+}
+
+/// [`Acquire`]'s timer, dropped out of line: most `Acquire`s never had one.
+#[derive(Default)]
+struct HeadTimer(Option<Box<Sleep>>);
+
+impl Drop for HeadTimer {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(timer) = self.0.take() {
+            drop_timer(timer);
+        }
+    }
+}
+
+#[cold]
+fn drop_timer(timer: Box<Sleep>) {
+    drop(timer);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1623,42 +1761,54 @@ impl<'a> Acquire<'a> {
             tokens,
             no_room_wait,
             state: AcquireState::Start,
-            timer: None,
+            timer: HeadTimer::default(),
         }
     }
 }
 
-impl Future for Acquire<'_> {
-    type Output = Result<Permit, RateLimitError>;
+impl<'a> Future for Acquire<'a> {
+    type Output = Result<Permit<'a>, RateLimitError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let (shared, tokens) = (&this.limiter.shared, this.tokens);
+        let (limiter, tokens): (&'a RateLimiter, u64) = (this.limiter, this.tokens);
         this.poll_mark(cx)
-            .map(|admitted| admitted.map(|mark| Permit::new(shared, mark, tokens)))
+            .map(|admitted| admitted.map(|mark| Permit::new(&limiter.shared, mark, tokens)))
     }
 }
 
 impl Acquire<'_> {
     /// Polls for the admission: the mark of its reservation, whose slot was taken and the
     /// admission counted.
+    #[inline]
     fn poll_mark(&mut self, cx: &mut Context<'_>) -> Poll<Result<Mark, RateLimitError>> {
         if crate::cancel::is_cancelled() {
             // The catching scope was woken and will drop this wait.
             return Poll::Pending;
         }
+        let mut coarse = None;
+        if self.state == AcquireState::Start {
+            let shared = &self.limiter.shared;
+            coarse = shared.config.coarse.then(time::coarse_now).flatten();
+            if let Some(mark) = shared.admit_on_credit(self.tokens, coarse) {
+                self.state = AcquireState::Done;
+                return Poll::Ready(Ok(mark));
+            }
+        }
+        self.poll_locked(cx, coarse)
+    }
+
+    /// [`poll_mark`](Self::poll_mark) past the lock-free admission: under the lock. `coarse`
+    /// is the coarse reading the first poll took, if it took one.
+    #[inline(never)]
+    fn poll_locked(
+        &mut self,
+        cx: &mut Context<'_>,
+        coarse: Option<Coarse>,
+    ) -> Poll<Result<Mark, RateLimitError>> {
         let this = self;
         let shared = &this.limiter.shared;
         let config = &shared.config;
-        let mut read = None;
-        if this.state == AcquireState::Start {
-            let coarse = config.coarse.then(time::coarse_now).flatten();
-            if let Some(mark) = shared.admit_on_credit(this.tokens, coarse) {
-                this.state = AcquireState::Done;
-                return Poll::Ready(Ok(mark));
-            }
-            read = config.reads_clock.then(|| read_bounds(config, coarse));
-        }
         let mut wakers = Wakers::default();
         let wake_at = {
             let mut state = shared.lock();
@@ -1669,16 +1819,27 @@ impl Acquire<'_> {
                         this.state = AcquireState::Done;
                         return Poll::Ready(Err(refused));
                     }
-                    let budget_ok;
-                    (now, budget_ok) = state.admission_clock(read, this.tokens);
-                    let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
                     let full = this.no_room_wait
                         && config
                             .queue_capacity
                             .is_some_and(|capacity| state.waiters.len() >= capacity);
-                    // Takes a slot, or raises `SLOW` before queueing: a release meanwhile
-                    // then serves this waiter instead of being lost.
-                    if shared.slots.take_or_flag(ok, !full) {
+                    let mut read = None;
+                    // Every slot taken: the job waits (or is refused) whatever the budgets
+                    // say, so the clock is not read. Otherwise it takes a slot if it may.
+                    // Either way `SLOW` goes up before it queues, in the compare-and-swap that
+                    // saw no slot it could take: a release meanwhile then serves this waiter
+                    // instead of being lost.
+                    let took = if shared.slots.full_then_flag(!full) {
+                        now = None;
+                        false
+                    } else {
+                        read = config.reads_clock.then(|| read_bounds(config, coarse));
+                        let budget_ok;
+                        (now, budget_ok) = state.admission_clock(read, this.tokens);
+                        let ok = (state.waiters.is_empty() || config.allow_overtaking) && budget_ok;
+                        shared.slots.take_or_flag(ok, !full)
+                    };
+                    if took {
                         this.state = AcquireState::Done;
                         state.admitted += 1;
                         let mark = state.reserve(now, this.tokens);
@@ -1714,7 +1875,8 @@ impl Acquire<'_> {
                 }
                 AcquireState::Done => panic!("`Acquire` polled after it completed"),
             };
-            if state.waiters.front_key() == Some(key) {
+            // A head that waits for a slot needs no timer (a release serves it), nor the clock.
+            if state.waiters.front_key() == Some(key) && state.slots.free() {
                 let now = now.or_else(|| state.clock());
                 state.next_wake(config, now)
             } else {
@@ -1725,6 +1887,7 @@ impl Acquire<'_> {
         if let Some(at) = wake_at {
             let timer = this
                 .timer
+                .0
                 .get_or_insert_with(|| Box::new(time::sleep_until(at)));
             if timer.deadline() != at {
                 timer.reset(at);
@@ -1778,8 +1941,11 @@ impl Acquire<'_> {
 }
 
 /// An admission: a concurrency slot and a reservation of one request and the estimated
-/// tokens, held until dropped. Returned by [`RateLimiter::acquire`]; [`submit`](
-/// RateLimiter::submit) holds one while its job runs.
+/// tokens, held until dropped. Returned by [`RateLimiter::acquire`] and
+/// [`RateLimiter::try_acquire`]; it borrows the limiter (as tokio's `SemaphorePermit` borrows
+/// its semaphore), so taking and dropping it touches nothing but the limiter's own word.
+/// [`OwnedPermit`] is the form that holds a reference count instead, for work that outlives
+/// the borrow (a spawned task).
 ///
 /// Keep it for the whole life of a stream or other long-lived work, so the work counts
 /// against the concurrency limit the whole time. [`settle`](Self::settle) (or a [`Usage`]
@@ -1796,12 +1962,43 @@ impl Acquire<'_> {
 /// permit.settle(100); // 300 tokens refunded
 /// assert_eq!(limiter.statistics().tokens_left, Some(900));
 /// ```
-pub struct Permit {
-    held: Held<Arc<Shared>>,
+pub struct Permit<'a> {
+    held: Held<&'a Shared>,
 }
 
-/// An admission held through `S`: a [`Permit`] holds a reference count to the limiter; the
-/// `submit` family, which borrows the limiter anyway, a reference.
+/// An admission that holds a reference count to its limiter instead of borrowing it, from
+/// [`RateLimiter::try_acquire_owned`] and [`RateLimiter::acquire_owned`] (tokio's
+/// `OwnedSemaphorePermit`). It behaves as a [`Permit`] in every other way.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use sheepdog_core::rate::RateLimiter;
+///
+/// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+/// let mut permit = Arc::clone(&limiter).try_acquire_owned(400).unwrap();
+/// permit.settle(100); // 300 tokens refunded
+/// assert_eq!(limiter.statistics().tokens_left, Some(900));
+/// ```
+pub struct OwnedPermit {
+    held: Held<Owned>,
+}
+
+/// The limiter an [`OwnedPermit`] holds.
+struct Owned(Arc<RateLimiter>);
+
+impl Deref for Owned {
+    type Target = Shared;
+
+    #[inline]
+    fn deref(&self) -> &Shared {
+        &self.0.shared
+    }
+}
+
+/// An admission held through `S`: a [`Permit`] and the `submit` family hold a reference to
+/// the limiter's shared state, an [`OwnedPermit`] a reference count to the limiter.
 struct Held<S: Deref<Target = Shared>> {
     shared: S,
     mark: Mark,
@@ -1812,9 +2009,18 @@ struct Held<S: Deref<Target = Shared>> {
     usage: Option<Arc<AtomicU64>>,
 }
 
-impl fmt::Debug for Permit {
+impl fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
+            .field("tokens", &self.held.tokens)
+            .field("accounted", &self.held.accounted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for OwnedPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPermit")
             .field("tokens", &self.held.tokens)
             .field("accounted", &self.held.accounted)
             .finish_non_exhaustive()
@@ -1837,7 +2043,7 @@ impl<S: Deref<Target = Shared>> Held<S> {
         let accounted = self.accounted;
         let mark = &mut self.mark;
         self.shared
-            .update(|state| settle(state, mark, accounted, tokens));
+            .update(false, |state| settle(state, mark, accounted, tokens));
         self.accounted = tokens;
     }
 
@@ -1851,11 +2057,11 @@ impl<S: Deref<Target = Shared>> Held<S> {
     }
 }
 
-impl Permit {
+impl<'a> Permit<'a> {
     #[inline]
-    fn new(shared: &Arc<Shared>, mark: Mark, tokens: u64) -> Self {
+    fn new(shared: &'a Shared, mark: Mark, tokens: u64) -> Self {
         Permit {
-            held: Held::new(Arc::clone(shared), mark, tokens),
+            held: Held::new(shared, mark, tokens),
         }
     }
 
@@ -1912,6 +2118,81 @@ impl Permit {
     }
 }
 
+impl OwnedPermit {
+    #[inline]
+    fn new(limiter: Arc<RateLimiter>, mark: Mark, tokens: u64) -> Self {
+        OwnedPermit {
+            held: Held::new(Owned(limiter), mark, tokens),
+        }
+    }
+
+    /// The limiter it was admitted by.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().build().unwrap());
+    /// let permit = Arc::clone(&limiter).try_acquire_owned(1).unwrap();
+    /// assert!(Arc::ptr_eq(permit.limiter(), &limiter));
+    /// ```
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.held.shared.0
+    }
+
+    /// The estimated token cost it was admitted with (as [`Permit::tokens`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let limiter = Arc::new(sheepdog_core::rate::RateLimiter::builder().build().unwrap());
+    /// assert_eq!(limiter.try_acquire_owned(7).unwrap().tokens(), 7);
+    /// ```
+    pub fn tokens(&self) -> u64 {
+        self.held.tokens
+    }
+
+    /// Settles the real token usage so far (as [`Permit::settle`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+    /// let mut permit = Arc::clone(&limiter).try_acquire_owned(100).unwrap();
+    /// permit.settle(250); // 150 more charged
+    /// assert_eq!(limiter.statistics().tokens_left, Some(750));
+    /// ```
+    pub fn settle(&mut self, tokens: u64) {
+        self.held.settle(tokens);
+    }
+
+    /// A handle through which the job reports its real usage, settled when the permit is
+    /// dropped (as [`Permit::usage`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sheepdog_core::rate::RateLimiter;
+    ///
+    /// let limiter = Arc::new(RateLimiter::builder().limit_tokens(1_000).build().unwrap());
+    /// let mut permit = Arc::clone(&limiter).try_acquire_owned(100).unwrap();
+    /// permit.usage().report(40);
+    /// drop(permit);
+    /// assert_eq!(limiter.statistics().tokens_left, Some(960));
+    /// ```
+    pub fn usage(&mut self) -> Usage {
+        self.held.usage()
+    }
+}
+
 impl<S: Deref<Target = Shared>> Drop for Held<S> {
     #[inline]
     fn drop(&mut self) {
@@ -1937,11 +2218,10 @@ impl<S: Deref<Target = Shared>> Held<S> {
             return;
         }
         let mark = &mut self.mark;
-        self.shared.update(|state| {
+        self.shared.update(true, |state| {
             if let Some(tokens) = reported {
                 settle(state, mark, accounted, tokens);
             }
-            state.slots.release_locked();
         });
     }
 }
@@ -2105,6 +2385,66 @@ mod tests {
         let stats = limiter.statistics();
         assert_eq!((stats.admitted, stats.completed, stats.running), (2, 2, 0));
         assert_eq!((stats.rejected, stats.queued), (3, 0));
+    }
+
+    /// With budgets: a waiter behind the only slot queues (without reading the clock), and the
+    /// release hands it the slot and reserves its cost in one step; the books balance.
+    #[test]
+    fn hand_off_with_budgets_reserves_and_balances() {
+        let limiter = RateLimiter::builder()
+            .limit_requests(10)
+            .limit_tokens(100)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(10).unwrap();
+        let mut waiter = pin!(limiter.acquire(20));
+        assert!(poll(waiter.as_mut()).is_pending());
+        let stats = limiter.statistics();
+        assert_eq!((stats.queued, stats.tokens_left), (1, Some(90)));
+        drop(held); // straight to the waiter: the slot never comes free
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.admitted, stats.queued), (1, 2, 0));
+        assert_eq!(
+            (stats.requests_left, stats.tokens_left),
+            (Some(8), Some(70))
+        );
+        assert_eq!(
+            limiter.try_acquire(0).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+        let Poll::Ready(Ok(permit)) = poll(waiter.as_mut()) else {
+            panic!("handed off")
+        };
+        assert_eq!(permit.tokens(), 20);
+        drop(permit);
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.completed, stats.rejected), (0, 2, 1));
+        // Nobody waits: the fast path is open again, and the budgets are what was charged.
+        let again = limiter.try_acquire(70).unwrap();
+        assert_eq!(limiter.statistics().tokens_left, Some(0));
+        drop(again);
+    }
+
+    /// Permits and the futures that wait for them can move to other threads (tasks).
+    #[test]
+    fn permits_and_waits_are_send() {
+        fn send<T: Send>(value: T) -> T {
+            value
+        }
+        let limiter = Arc::new(RateLimiter::builder().build().unwrap());
+        drop(send(limiter.try_acquire(1).unwrap()));
+        drop(send(limiter.acquire(1)));
+        drop(send(limiter.submit(1, async {})));
+        drop(send(Arc::clone(&limiter).try_acquire_owned(1).unwrap()));
+        let owned = send(Arc::clone(&limiter).acquire_owned(1));
+        let Poll::Ready(Ok(permit)) = poll(pin!(owned)) else {
+            panic!("admitted at once")
+        };
+        assert!(Arc::ptr_eq(permit.limiter(), &limiter));
+        drop(permit);
+        assert_eq!(limiter.statistics().running, 0);
     }
 
     /// The lock-free paths (unlimited budgets) and the queue agree on the slot count.

@@ -205,6 +205,32 @@ pub trait Runtime: Send + Sync + 'static {
         Instant::now()
     }
 
+    /// Whether [`now`](Runtime::now) reads the system's monotonic clock (what `Instant::now`
+    /// returns), so that sheepdog may read that clock by cheaper means where the precision of
+    /// `now` is not needed.
+    ///
+    /// The rate limiter uses it: where the clock is the system's, an admission reads the
+    /// kernel's coarse clock (a few nanoseconds, bounds a few milliseconds wide) and may be
+    /// admitted without the limiter's lock, as it is outside any runtime; elsewhere it reads
+    /// [`now`](Runtime::now) precisely, so virtual time stays exact. Return `true` only if
+    /// `now` is `Instant::now` (smol, async-std, tokio: sheepdog's tokio adapter reads the
+    /// system clock, not tokio's pausable one). The default is `false`, which is always safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")] {
+    /// use sheepdog_core::runtime::Runtime;
+    /// use sheepdog_core::testing::VirtualRuntime;
+    ///
+    /// // Virtual time is not the system's clock.
+    /// assert!(!VirtualRuntime::new().system_clock());
+    /// # }
+    /// ```
+    fn system_clock(&self) -> bool {
+        false
+    }
+
     /// Returns a handle to this runtime that does not keep the runtime alive and that works
     /// from any thread.
     ///

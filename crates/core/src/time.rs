@@ -87,20 +87,18 @@ pub fn now() -> std::time::Instant {
 /// Bounds on the current instant: the true reading of the clock [`now`] follows lies in
 /// `[lower, upper]`.
 ///
-/// With an ambient runtime, its clock is read and both bounds are that reading (virtual time
-/// stays exact). Without one, on Linux and FreeBSD, the kernel's coarse monotonic clock is read
-/// instead of the precise one ([`coarse_now`]): a few nanoseconds through the vDSO instead of
-/// about twenty, at the price of bounds about three clock ticks apart (some 13 ms at the
-/// common 250 Hz). Elsewhere the precise clock is read.
+/// With an ambient runtime whose clock is not the system's, its clock is read and both bounds
+/// are that reading (virtual time stays exact). Otherwise, on Linux and FreeBSD, the kernel's
+/// coarse monotonic clock is read instead of the precise one ([`coarse_now`]): a few
+/// nanoseconds through the vDSO instead of about twenty, at the price of bounds about three
+/// clock ticks apart (some 13 ms at the common 250 Hz). Elsewhere the precise clock is read.
 pub(crate) fn now_bounds() -> Bounds {
-    match runtime::context::installed() {
-        Some(rt) => Bounds::exact(rt.now()),
-        None => coarse::now().map_or_else(|| Bounds::exact(Instant::now()), |c| c.bounds()),
-    }
+    coarse_now().map_or_else(|| Bounds::exact(now()), |c| c.bounds())
 }
 
-/// A reading of the coarse clock: `None` inside an ambient runtime (its clock rules) or where
-/// there is no coarse clock.
+/// A reading of the coarse clock: `None` inside an ambient runtime whose clock is not the
+/// system's ([`Runtime::system_clock`](crate::runtime::Runtime::system_clock): virtual time,
+/// whose clock rules), or where there is no coarse clock.
 ///
 /// The coarse clock is the precise one as of the kernel's last tick, so it trails it by less
 /// than one tick (its resolution); everything derived from it assumes that. A reading names
@@ -109,7 +107,7 @@ pub(crate) fn now_bounds() -> Bounds {
 /// which the epoch is `e` lies before [`epoch_end(e)`](epoch_end).
 #[inline]
 pub(crate) fn coarse_now() -> Option<Coarse> {
-    if runtime::context::installed().is_some() {
+    if !runtime::context::system_clock() {
         return None;
     }
     coarse::now()

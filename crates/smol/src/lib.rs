@@ -180,6 +180,11 @@ impl Runtime for SmolRuntime {
         true
     }
 
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now`.
+        true
+    }
+
     fn handle(&self) -> RuntimeHandle {
         self.handle.clone()
     }
@@ -386,6 +391,11 @@ impl Runtime for SmolHandle {
     }
 
     fn async_io_timers(&self) -> bool {
+        true
+    }
+
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now`.
         true
     }
 

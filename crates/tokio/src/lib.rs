@@ -264,6 +264,11 @@ impl Runtime for TokioRuntime {
         self.handle.timer_in(deadline, slot);
     }
 
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now` (not tokio's clock, which test-util can pause).
+        true
+    }
+
     fn handle(&self) -> RuntimeHandle {
         RuntimeHandle::from_arc(Arc::clone(&self.handle) as Arc<dyn Runtime>)
     }
@@ -325,6 +330,11 @@ impl Runtime for TokioHandle {
     fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
         let _entered = self.handle.enter();
         slot.set_with(|| TokioTimer::at(deadline));
+    }
+
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now` (not tokio's clock, which test-util can pause).
+        true
     }
 
     fn handle(&self) -> RuntimeHandle {
@@ -389,6 +399,11 @@ impl Runtime for InContext {
     /// tokio's `Sleep`, stored inline in the slot (a cancel scope's), without an allocation.
     fn timer_in(&self, deadline: Instant, slot: Pin<&mut TimerSlot>) {
         slot.set_with(|| TokioTimer::at(deadline));
+    }
+
+    fn system_clock(&self) -> bool {
+        // `now` is the default, `Instant::now` (not tokio's clock, which test-util can pause).
+        true
     }
 
     fn handle(&self) -> RuntimeHandle {

@@ -4,6 +4,8 @@
 //! lock-free admissions on credit racing the lock holder that collects the credit (every
 //! admission counted exactly once).
 
+use std::sync::Arc;
+
 use crate::cancel::model::explore;
 use crate::cancel::CancelScope;
 
@@ -22,11 +24,16 @@ fn yield_randomly() {
 #[test]
 fn shuttle_slot_release_versus_waiter_cancel() {
     explore(|| {
-        let limiter = RateLimiter::builder()
-            .concurrency_limit(1)
-            .build()
-            .expect("a valid limiter");
-        let held = limiter.try_acquire(0).expect("the slot is free");
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        // Owned: the permit moves to the releasing thread.
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(0)
+            .expect("the slot is free");
         let releaser = shuttle::thread::spawn(move || {
             yield_randomly();
             drop(held);

@@ -182,6 +182,19 @@ impl Slots {
         took
     }
 
+    /// Under the lock: whether every slot is taken; if so and `wait` (the caller is about to
+    /// queue), sets the flag in the same compare-and-swap that saw them taken.
+    pub(crate) fn full_then_flag(&self, wait: bool) -> bool {
+        let limit = self.limit;
+        let mut full = false;
+        self.update(|w| {
+            full = running_of(w) >= limit;
+            // With the flag up already, releases go through the lock this caller holds.
+            (full && wait && w & SLOW == 0).then_some(w | SLOW)
+        });
+        full
+    }
+
     /// The lock-free release: gives the slot back if the flag is clear.
     #[inline]
     pub(crate) fn release_fast(&self) -> bool {
@@ -235,6 +248,31 @@ mod tests {
             }
         );
         assert_eq!(slots.running(), 1, "collecting leaves the slots alone");
+    }
+
+    /// A waiter that finds every slot taken raises the flag in the compare-and-swap that saw
+    /// them taken (so the release that follows goes through the lock), and only then; a caller
+    /// that will not wait leaves the flag alone.
+    #[test]
+    fn full_slots_raise_the_flag_for_a_waiter() {
+        let slots = Slots::new(Some(1));
+        assert!(!slots.full_then_flag(true), "a slot is free");
+        assert!(slots.take_or_flag(true, false));
+        assert!(
+            slots.full_then_flag(false),
+            "full, but the caller does not wait"
+        );
+        assert!(slots.release_fast(), "the flag stayed down");
+        assert!(slots.take_or_flag(true, false));
+        assert!(slots.full_then_flag(true));
+        assert!(slots.full_then_flag(true), "already raised: still full");
+        assert!(!slots.release_fast(), "the release must serve the waiter");
+        assert_eq!(slots.running(), 1);
+        slots.release_locked();
+        slots.set_slow(false);
+        assert!(!slots.full_then_flag(true), "the slot came back");
+        assert!(slots.take_or_flag(true, false));
+        assert!(slots.release_fast());
     }
 
     /// Credit is spent in whole admissions and tokens, only in its own epoch, and collecting

@@ -56,6 +56,24 @@ pub(crate) fn installed() -> Option<RuntimeHandle> {
     }
 }
 
+/// Whether [`time::now`](crate::time::now) reads the system's monotonic clock here: no ambient
+/// runtime is installed (runtimes found through a detector read the system clock), or the
+/// installed one says its clock is the system's ([`Runtime::system_clock`]).
+#[inline]
+pub(crate) fn system_clock() -> bool {
+    match KIND.with(Cell::get) {
+        Kind::None => true,
+        Kind::Static(runtime) => runtime.system_clock(),
+        // Looked at in place: no reference count is taken.
+        Kind::Shared => SHARED.with(|cell| {
+            let handle = cell.take();
+            let system = handle.as_ref().is_none_or(|rt| rt.system_clock());
+            cell.set(handle);
+            system
+        }),
+    }
+}
+
 /// The ambient handle exactly as installed (it may be tied to the polling context), or else
 /// what a registered detector reports.
 #[inline]
