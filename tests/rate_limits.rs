@@ -485,18 +485,7 @@ conformance! {
                 time::sleep(Duration::from_millis(1)).await;
             }
         }
-        for (k, &(first_called, ..)) in log.iter().enumerate() {
-            let within = log[k..]
-                .iter()
-                .take_while(|&&(_, returned, _)| returned - first_called < interval);
-            let (count, tokens) = within.fold((0, 0), |(n, t), &(.., used)| (n + 1, t + used));
-            assert!(count <= REQUESTS, "{count} admissions within one interval");
-            assert!(tokens <= TOKENS, "{tokens} tokens within one interval");
-        }
-        assert!(log.len() as u64 > REQUESTS, "only {} admissions", log.len());
-        let stats = limiter.statistics();
-        assert_eq!(stats.admitted, log.len() as u64);
-        assert_eq!((stats.completed, stats.running), (stats.admitted, 0));
+        assert_bracketed_log(&limiter, &log, interval, (REQUESTS, TOKENS));
     }
 }
 
@@ -1139,17 +1128,30 @@ fn outside_a_runtime_no_window_over_budget_on_the_real_clock() {
             log.push((called, returned, used));
         }
     }
+    // (How much of the rate is used is measured on virtual time, not here: on the real clock
+    // a loaded machine decides it.)
+    assert_bracketed_log(&limiter, &log, interval, (REQUESTS, TOKENS));
+}
+
+/// Checks a log of admissions, each as (called at, returned at, tokens settled), made back to
+/// back over ten intervals and all released: no run of them that certainly fell within one
+/// interval (from just before the first call to just after the last returned) holds more than
+/// the `(requests, tokens)` budgets, the budget came back at least once, and the books balance.
+fn assert_bracketed_log(
+    limiter: &RateLimiter,
+    log: &[(Instant, Instant, u64)],
+    interval: Duration,
+    (requests, tokens): (u64, u64),
+) {
     for (k, &(first_called, ..)) in log.iter().enumerate() {
         let within = log[k..]
             .iter()
             .take_while(|&&(_, returned, _)| returned - first_called < interval);
-        let (count, tokens) = within.fold((0, 0), |(n, t), &(.., used)| (n + 1, t + used));
-        assert!(count <= REQUESTS, "{count} admissions within one interval");
-        assert!(tokens <= TOKENS, "{tokens} tokens within one interval");
+        let (count, used) = within.fold((0, 0), |(n, t), &(.., used)| (n + 1, t + used));
+        assert!(count <= requests, "{count} admissions within one interval");
+        assert!(used <= tokens, "{used} tokens within one interval");
     }
-    // The budget came back at least once over the ten intervals. (How much of the rate is used
-    // is measured on virtual time, not here: on the real clock a loaded machine decides it.)
-    assert!(log.len() as u64 > REQUESTS, "only {} admissions", log.len());
+    assert!(log.len() as u64 > requests, "only {} admissions", log.len());
     let stats = limiter.statistics();
     assert_eq!(stats.admitted, log.len() as u64);
     assert_eq!((stats.completed, stats.running), (stats.admitted, 0));
