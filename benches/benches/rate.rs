@@ -24,16 +24,18 @@
 
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use futures::stream::{self, StreamExt};
 use governor::{Quota, RateLimiter as Governor};
 use sheepdog_benches::{on_two_threads, poll_ready};
-use sheepdog_core::rate::{RateLimiter, Replenishment};
+use sheepdog_core::rate::Replenishment;
+
+mod shared {
+    pub(crate) mod rate;
+}
+use shared::rate::{one_slot, queued_round_trips, roomy, spent, unlimited};
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -43,18 +45,6 @@ const OPS: usize = 10_000;
 
 fn main() {
     divan::main();
-}
-
-/// A sheepdog limiter with both budgets so large it never refuses. The interval is short so
-/// that the sliding log stays small (what came in more than 10 ms ago has left it).
-fn roomy(replenishment: Replenishment) -> RateLimiter {
-    RateLimiter::builder()
-        .limit_requests(1 << 40)
-        .limit_tokens(1 << 50)
-        .capacity_refresh_time(Duration::from_millis(10))
-        .replenishment(replenishment)
-        .build()
-        .unwrap()
 }
 
 fn roomy_governor() -> governor::DefaultDirectRateLimiter {
@@ -147,13 +137,7 @@ mod reject {
 
     #[divan::bench]
     fn sheepdog(bencher: Bencher<'_, '_>) {
-        let limiter = RateLimiter::builder()
-            .limit_requests(1)
-            .limit_tokens(1_000)
-            .capacity_refresh_time(Duration::from_secs(3_600))
-            .build()
-            .unwrap();
-        drop(limiter.try_acquire(1).unwrap());
+        let limiter = spent();
         bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
             for _ in 0..OPS {
                 black_box(black_box(&limiter).try_acquire(black_box(3))).unwrap_err();
@@ -249,26 +233,10 @@ mod queued_round_trip {
 
     #[divan::bench]
     fn sheepdog(bencher: Bencher<'_, '_>) {
-        let limiter = RateLimiter::builder()
-            .limit_requests(1 << 40)
-            .limit_tokens(1 << 50)
-            .capacity_refresh_time(Duration::from_millis(10))
-            .concurrency_limit(1)
-            .build()
-            .unwrap();
-        let cx = &mut Context::from_waker(Waker::noop());
-        bencher.counter(ItemsCount::new(OPS)).bench_local(|| {
-            let mut held = limiter.try_acquire(1).unwrap();
-            for _ in 0..OPS {
-                let mut waiter = pin!(limiter.acquire(1));
-                assert!(waiter.as_mut().poll(cx).is_pending());
-                drop(held);
-                let Poll::Ready(Ok(permit)) = waiter.as_mut().poll(cx) else {
-                    panic!("handed off")
-                };
-                held = black_box(permit);
-            }
-        });
+        let limiter = one_slot();
+        bencher
+            .counter(ItemsCount::new(OPS))
+            .bench_local(|| queued_round_trips(&limiter, OPS));
     }
 }
 
@@ -283,14 +251,6 @@ mod jobs_100k {
 
     const JOBS: usize = 100_000;
     const LIMIT: usize = 64;
-
-    fn unlimited() -> RateLimiter {
-        RateLimiter::builder()
-            .concurrency_limit(LIMIT)
-            .queue_capacity(None)
-            .build()
-            .unwrap()
-    }
 
     /// Runs every job of `jobs` with at most `at_once` polled together.
     fn run<F: Future>(jobs: impl Iterator<Item = F>, at_once: usize) {
@@ -316,7 +276,7 @@ mod jobs_100k {
 
     #[divan::bench]
     fn ready_sheepdog_submit_bounded_map(bencher: Bencher<'_, '_>) {
-        let limiter = unlimited();
+        let limiter = unlimited(LIMIT);
         bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
             run_bounded((0..JOBS).map(|i| limiter.submit(0, async move { black_box(i) })));
         });
@@ -334,7 +294,7 @@ mod jobs_100k {
 
     #[divan::bench]
     fn yield_once_sheepdog_submit_bounded_map(bencher: Bencher<'_, '_>) {
-        let limiter = unlimited();
+        let limiter = unlimited(LIMIT);
         bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
             run_bounded((0..JOBS).map(|i| {
                 limiter.submit(0, async move {
@@ -354,7 +314,7 @@ mod jobs_100k {
 
     #[divan::bench]
     fn ready_sheepdog_submit(bencher: Bencher<'_, '_>) {
-        let limiter = unlimited();
+        let limiter = unlimited(LIMIT);
         bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
             run(
                 (0..JOBS).map(|i| limiter.submit(0, async move { black_box(i) })),
@@ -378,7 +338,7 @@ mod jobs_100k {
 
     /// `JOBS` yield-once jobs submitted to an unlimited limiter, `in_flight` polled at once.
     fn yield_once_submits(bencher: Bencher<'_, '_>, in_flight: usize) {
-        let limiter = unlimited();
+        let limiter = unlimited(LIMIT);
         bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
             run(
                 (0..JOBS).map(|i| {

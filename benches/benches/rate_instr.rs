@@ -11,50 +11,22 @@
 //! valgrind has no vDSO: every clock read is a system call whose kernel part callgrind does
 //! not count, so the clock is cheaper here than it is.
 
-use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use governor::{Quota, RateLimiter as Governor};
 use sheepdog_benches::{poll_ready, Yields};
 use sheepdog_core::combinators::bounded_map;
-use sheepdog_core::rate::{RateLimiter, Replenishment};
+use sheepdog_core::rate::Replenishment;
+
+mod shared {
+    pub(crate) mod rate;
+}
+use shared::rate::{one_slot, queued_round_trips, roomy, spent, unlimited};
 
 const LIMIT: usize = 64;
 const JOBS: usize = 1_000;
-
-fn roomy(replenishment: Replenishment) -> RateLimiter {
-    RateLimiter::builder()
-        .limit_requests(1 << 40)
-        .limit_tokens(1 << 50)
-        .capacity_refresh_time(Duration::from_millis(10))
-        .replenishment(replenishment)
-        .build()
-        .unwrap()
-}
-
-fn unlimited() -> RateLimiter {
-    RateLimiter::builder()
-        .concurrency_limit(LIMIT)
-        .queue_capacity(None)
-        .build()
-        .unwrap()
-}
-
-fn spent() -> RateLimiter {
-    let limiter = RateLimiter::builder()
-        .limit_requests(1)
-        .limit_tokens(1_000)
-        .capacity_refresh_time(Duration::from_secs(3_600))
-        .build()
-        .unwrap();
-    drop(limiter.try_acquire(1).unwrap());
-    limiter
-}
 
 /// Runs `n` rounds of the scenario called `name` (a round of a `jobs_*` scenario is `JOBS`
 /// jobs; the caller divides).
@@ -110,24 +82,7 @@ fn run(name: &str, n: usize) -> usize {
             }
         }
         "queued_round_trip" => {
-            let limiter = RateLimiter::builder()
-                .limit_requests(1 << 40)
-                .limit_tokens(1 << 50)
-                .capacity_refresh_time(Duration::from_millis(10))
-                .concurrency_limit(1)
-                .build()
-                .unwrap();
-            let cx = &mut Context::from_waker(Waker::noop());
-            let mut held = limiter.try_acquire(1).unwrap();
-            for _ in 0..n {
-                let mut waiter = pin!(limiter.acquire(1));
-                assert!(waiter.as_mut().poll(cx).is_pending());
-                drop(held);
-                let Poll::Ready(Ok(permit)) = waiter.as_mut().poll(cx) else {
-                    panic!("handed off")
-                };
-                held = black_box(permit);
-            }
+            queued_round_trips(&one_slot(), n);
         }
         "jobs_ready_reference" => {
             for _ in 0..n {
@@ -136,7 +91,7 @@ fn run(name: &str, n: usize) -> usize {
             }
         }
         "jobs_ready_submit" => {
-            let limiter = unlimited();
+            let limiter = unlimited(LIMIT);
             for _ in 0..n {
                 let all = bounded_map(0..JOBS, LIMIT, |i| {
                     limiter.submit(0, async move { black_box(i) })
@@ -152,7 +107,7 @@ fn run(name: &str, n: usize) -> usize {
             }
         }
         "jobs_yield_submit" => {
-            let limiter = unlimited();
+            let limiter = unlimited(LIMIT);
             for _ in 0..n {
                 let all = bounded_map(0..JOBS, LIMIT, |i| limiter.submit(0, Yields(1, i))).unwrap();
                 total += futures::executor::block_on(all).len();
@@ -165,7 +120,7 @@ fn run(name: &str, n: usize) -> usize {
             }
         }
         "jobs_yield_bu_submit" => {
-            let limiter = unlimited();
+            let limiter = unlimited(LIMIT);
             for _ in 0..n {
                 let jobs = (0..JOBS).map(|i| limiter.submit(0, Yields(1, i)));
                 let all = stream::iter(jobs).buffer_unordered(LIMIT);
@@ -173,7 +128,7 @@ fn run(name: &str, n: usize) -> usize {
             }
         }
         "sizes" => {
-            let limiter = unlimited();
+            let limiter = unlimited(LIMIT);
             let job = async move { black_box(1_usize) };
             println!("job {}", std::mem::size_of_val(&job));
             println!("submit {}", std::mem::size_of_val(&limiter.submit(0, job)));
