@@ -448,3 +448,60 @@ mod timers {
         }
     }
 }
+
+/// In plain tokio code (no sheepdog wrapper) a deadline runs on tokio's timer wherever the
+/// tokio detector has to find the runtime: a current-thread `block_on`, a multi-thread
+/// runtime's `block_on` thread and its workers, a blocking thread, and a thread that only
+/// entered the runtime. It fires (not early), and a region that completes first is not cut.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "real time on tokio's worker and blocking threads; no unsafe code on these paths"
+)]
+fn fail_after_in_plain_tokio_code_wherever_the_runtime_is_found() {
+    use sheepdog_core::cancel::fail_after;
+    use std::time::Instant;
+
+    async fn check(place: &str) {
+        assert!(
+            runtime::current().is_some(),
+            "{place}: the detector finds tokio"
+        );
+        let start = Instant::now();
+        let out = fail_after(Duration::from_millis(5), pending::<()>()).await;
+        assert!(out.is_err(), "{place}: the deadline fires");
+        assert!(
+            start.elapsed() >= Duration::from_millis(5),
+            "{place}: not early"
+        );
+        let out = fail_after(Duration::from_secs(3600), runtime::yield_now()).await;
+        assert!(out.is_ok(), "{place}: a region that completes is not cut");
+    }
+
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    // Any `TokioRuntime` registers the detector.
+    let _registers_the_detector = sheepdog_tokio::TokioRuntime::from_handle(multi.handle().clone());
+
+    current.block_on(check("current-thread block_on"));
+    multi.block_on(check("multi-thread block_on"));
+    multi
+        .block_on(multi.spawn(check("multi-thread worker")))
+        .unwrap();
+    multi
+        .block_on(multi.spawn_blocking(|| futures::executor::block_on(check("blocking thread"))))
+        .unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _entered = multi.enter();
+            futures::executor::block_on(check("entered thread"));
+        });
+    });
+}

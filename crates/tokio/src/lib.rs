@@ -371,10 +371,15 @@ fn register_tokio_detector() {
     REGISTERED.call_once(|| {
         register_detector(|| {
             // Inside a tokio task, the usual place, tokio's context is set and a thread-local
-            // read says so; elsewhere (`block_on`, `Runtime::enter`) ask for the handle, which
-            // clones (and drops) tokio's reference-counted handle.
-            (tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok())
-                .then(in_context)
+            // read says so; on a thread that drives a runtime (`block_on`, a worker) its
+            // scheduler's context is set, another thread-local read (`worker_index`: such a
+            // thread has entered the runtime, so a handle is current). Only elsewhere
+            // (`Runtime::enter`, a blocking thread) ask for the handle, which clones (and
+            // drops) tokio's reference-counted handle.
+            (tokio::task::try_id().is_some()
+                || tokio::runtime::worker_index().is_some()
+                || tokio::runtime::Handle::try_current().is_ok())
+            .then(in_context)
         });
     });
 }

@@ -178,7 +178,15 @@ fn take_spare() -> Pin<Box<ScopeTimer>> {
                 .ok()
                 .flatten()
         })
-        .unwrap_or_else(|| Box::pin(ScopeTimer::new()))
+        .unwrap_or_else(new_spare)
+}
+
+/// A new timer box, when this thread has no spare (out of line: it builds the timer on the
+/// stack, which gave the hot path of [`take_spare`] a large frame).
+#[cold]
+#[inline(never)]
+fn new_spare() -> Pin<Box<ScopeTimer>> {
+    Box::pin(ScopeTimer::new())
 }
 
 #[inline(never)]

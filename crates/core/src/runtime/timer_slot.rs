@@ -161,7 +161,10 @@ impl TimerSlot {
     #[inline]
     pub fn set_with<T: Timer + 'static>(mut self: Pin<&mut Self>, make: impl FnOnce() -> T) {
         if Self::fits_inline::<T>() {
-            self.as_mut().clear();
+            // A scope's slot is always empty here: no call for nothing.
+            if !self.is_empty() {
+                self.as_mut().clear();
+            }
             // SAFETY: nothing here moves the slot or its contents: the fields are written in
             // place.
             let this = unsafe { self.get_unchecked_mut() };
@@ -199,6 +202,7 @@ impl TimerSlot {
     }
 
     /// Drops the timer the slot holds (deregistering it), if any.
+    #[inline]
     pub fn clear(self: Pin<&mut Self>) {
         // SAFETY: only the `vtable` field is replaced; the storage is dropped in place.
         let this = unsafe { self.get_unchecked_mut() };
