@@ -59,7 +59,6 @@ impl<T> PinnedSlots<T> {
     }
 
     /// Slot `index`, shared.
-    #[cfg(test)]
     pub(crate) fn get(&self, index: usize) -> &T {
         &self.slots[index]
     }
