@@ -112,18 +112,46 @@ impl Bits {
     }
 }
 
+/// A pinned block of slots, with its slot wakers once one of its slots needs one.
+type Block<F> = (PinnedSlots<Slot<F>>, Option<SlotWakers>);
+
 /// The futures' storage: pinned blocks, the first of `first` slots, each next one as large as
-/// all before it; each block with its slot wakers once one of its slots needs one.
+/// all before it. The first block is held apart from the others (empty, without an
+/// allocation, until the first slot is needed), so a slot in it is reached with one bounds
+/// check and no indirection through the vector.
 struct Blocks<F> {
-    blocks: Vec<(PinnedSlots<Slot<F>>, Option<SlotWakers>)>,
+    head: Block<F>,
+    more: Vec<Block<F>>,
     first: usize,
 }
 
 impl<F> Blocks<F> {
+    /// No block yet (the first one is made by [`grow`](Self::grow)).
+    fn new(first: usize) -> Self {
+        Blocks {
+            head: (PinnedSlots::new(Vec::new()), None),
+            more: Vec::new(),
+            first,
+        }
+    }
+
+    /// How many blocks have been made.
+    fn count(&self) -> usize {
+        if self.head.0.len() == 0 {
+            0
+        } else {
+            1 + self.more.len()
+        }
+    }
+
+    /// Every block, the first one first (an unmade first block is empty).
+    fn iter(&self) -> impl Iterator<Item = &Block<F>> {
+        std::iter::once(&self.head).chain(&self.more)
+    }
+
     fn capacity(&self) -> usize {
         // first + 2 first + 4 first + ... = first * (2^blocks - 1)
-        self.blocks
-            .len()
+        self.count()
             .checked_sub(1)
             .map_or(0, |last| self.first * ((2 << last) - 1))
     }
@@ -131,8 +159,9 @@ impl<F> Blocks<F> {
     /// Adds a block of empty slots.
     fn grow(&mut self) {
         self.first = self.first.max(1);
-        let len = self.first << self.blocks.len();
-        self.blocks.push((
+        let count = self.count();
+        let len = self.first << count;
+        let block = (
             PinnedSlots::new(
                 (0..len)
                     .map(|_| Slot {
@@ -143,7 +172,12 @@ impl<F> Blocks<F> {
                     .collect(),
             ),
             None,
-        ));
+        );
+        if count == 0 {
+            self.head = block;
+        } else {
+            self.more.push(block);
+        }
     }
 
     /// The cell of `slot`, pinned, its block's slot wakers, its place in the block and the
@@ -151,12 +185,11 @@ impl<F> Blocks<F> {
     /// check (the bounded forms never have another block).
     #[inline(always)]
     fn cell(&mut self, slot: usize) -> (Pin<&mut Slot<F>>, &mut Option<SlotWakers>, usize, usize) {
-        let k = match self.blocks.first() {
-            Some((futures, _)) if slot < futures.len() => 0,
-            _ => return self.cell_beyond_first(slot),
-        };
-        let (futures, wakers) = &mut self.blocks[k];
-        let len = futures.len();
+        let len = self.head.0.len();
+        if slot >= len {
+            return self.cell_beyond_first(slot);
+        }
+        let (futures, wakers) = &mut self.head;
         (futures.get_mut(slot), wakers, slot, len)
     }
 
@@ -167,7 +200,10 @@ impl<F> Blocks<F> {
         slot: usize,
     ) -> (Pin<&mut Slot<F>>, &mut Option<SlotWakers>, usize, usize) {
         let (k, at) = self.locate(slot);
-        let (futures, wakers) = &mut self.blocks[k];
+        let (futures, wakers) = match k.checked_sub(1) {
+            None => &mut self.head,
+            Some(k) => &mut self.more[k],
+        };
         let len = futures.len();
         (futures.get_mut(at), wakers, at, len)
     }
@@ -212,10 +248,7 @@ impl<F> InFlight<F> {
     /// An empty set whose first block of slots will hold `first` (at least one).
     pub(crate) fn with_first_block(first: usize) -> Self {
         InFlight {
-            futures: Blocks {
-                blocks: Vec::new(),
-                first,
-            },
+            futures: Blocks::new(first),
             slots: 0,
             free: Vec::new(),
             round: Bits::default(),
@@ -232,7 +265,7 @@ impl<F> InFlight<F> {
 
     /// Sizes the first block of slots, if it has not been made yet.
     pub(crate) fn size_first_block(&mut self, first: usize) {
-        if self.futures.blocks.is_empty() {
+        if self.futures.count() == 0 {
             self.futures.first = first;
         }
     }
@@ -281,7 +314,7 @@ impl<F> InFlight<F> {
     fn take_woken(&mut self) -> bool {
         let mut any = false;
         let mut start = 0;
-        for (futures, wakers) in &self.futures.blocks {
+        for (futures, wakers) in self.futures.iter() {
             if let Some(wakers) = wakers {
                 wakers.take_woken(&mut self.woken);
                 for &at in &self.woken {
@@ -302,7 +335,7 @@ impl<F> InFlight<F> {
     /// call, which the caller's task is woken for at once).
     fn register(&mut self, cx: &Context<'_>) {
         let mut any = false;
-        for (_, wakers) in &self.futures.blocks {
+        for (_, wakers) in self.futures.iter() {
             if let Some(wakers) = wakers {
                 wakers.register(cx.waker());
                 any = true;
@@ -675,7 +708,7 @@ mod tests {
             flight.slots, 2,
             "the slot of a future ready at once is reused"
         );
-        assert_eq!(flight.futures.blocks.len(), 1);
+        assert_eq!(flight.futures.count(), 1);
         assert!(flight.is_empty());
         let again = vec![Box::pin(yields(1, 70)), Box::pin(yields(1, 71))];
         assert_eq!(run(&mut flight, again), vec![(0, 70), (1, 71)]);
