@@ -254,6 +254,14 @@ impl<F: Future> Join<F> {
         self.cells.get_mut(index).take_output()
     }
 
+    /// Every output in input order, once all futures have finished and none was taken; the
+    /// vector reuses the futures' block when the output's layout allows.
+    pub(crate) fn into_outputs(self) -> Vec<F::Output> {
+        self.cells
+            .into_outputs()
+            .expect("every future has finished")
+    }
+
     /// Every output in input order, once all futures have finished.
     pub(crate) fn take_all(&mut self) -> impl ExactSizeIterator<Item = F::Output> + '_ {
         (0..self.cells.len()).map(|index| self.take(index).expect("every future has finished"))
