@@ -98,7 +98,7 @@ where
 {
     let mut join = Join::new(futures.into_iter());
     poll_fn(|cx| join.poll(cx, |_| false)).await;
-    join.take_all().collect()
+    join.into_outputs()
 }
 
 /// Runs every future concurrently and returns their values in input order, or the first

@@ -51,12 +51,16 @@ enum Mode {
     Own,
 }
 
-/// The driver's bookkeeping for one slot (kept apart from the pinned futures).
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    /// The caller's key for the future in the slot (its input index).
-    key: usize,
-    mode: Mode,
+pin_project_lite::pin_project! {
+    /// One slot: the future and the driver's bookkeeping for it, side by side in the pinned
+    /// block (one bounds check reaches both).
+    struct Slot<F> {
+        // The caller's key for the future in the slot (its input index).
+        key: usize,
+        mode: Mode,
+        #[pin]
+        future: Option<F>,
+    }
 }
 
 /// A set of slot numbers, one bit each.
@@ -108,18 +112,46 @@ impl Bits {
     }
 }
 
+/// A pinned block of slots, with its slot wakers once one of its slots needs one.
+type Block<F> = (PinnedSlots<Slot<F>>, Option<SlotWakers>);
+
 /// The futures' storage: pinned blocks, the first of `first` slots, each next one as large as
-/// all before it; each block with its slot wakers once one of its slots needs one.
+/// all before it. The first block is held apart from the others (empty, without an
+/// allocation, until the first slot is needed), so a slot in it is reached with one bounds
+/// check and no indirection through the vector.
 struct Blocks<F> {
-    blocks: Vec<(PinnedSlots<Option<F>>, Option<SlotWakers>)>,
+    head: Block<F>,
+    more: Vec<Block<F>>,
     first: usize,
 }
 
 impl<F> Blocks<F> {
+    /// No block yet (the first one is made by [`grow`](Self::grow)).
+    fn new(first: usize) -> Self {
+        Blocks {
+            head: (PinnedSlots::new(Vec::new()), None),
+            more: Vec::new(),
+            first,
+        }
+    }
+
+    /// How many blocks have been made.
+    fn count(&self) -> usize {
+        if self.head.0.len() == 0 {
+            0
+        } else {
+            1 + self.more.len()
+        }
+    }
+
+    /// Every block, the first one first (an unmade first block is empty).
+    fn iter(&self) -> impl Iterator<Item = &Block<F>> {
+        std::iter::once(&self.head).chain(&self.more)
+    }
+
     fn capacity(&self) -> usize {
         // first + 2 first + 4 first + ... = first * (2^blocks - 1)
-        self.blocks
-            .len()
+        self.count()
             .checked_sub(1)
             .map_or(0, |last| self.first * ((2 << last) - 1))
     }
@@ -127,9 +159,53 @@ impl<F> Blocks<F> {
     /// Adds a block of empty slots.
     fn grow(&mut self) {
         self.first = self.first.max(1);
-        let len = self.first << self.blocks.len();
-        self.blocks
-            .push((PinnedSlots::new((0..len).map(|_| None).collect()), None));
+        let count = self.count();
+        let len = self.first << count;
+        let block = (
+            PinnedSlots::new(
+                (0..len)
+                    .map(|_| Slot {
+                        key: 0,
+                        mode: Mode::Empty,
+                        future: None,
+                    })
+                    .collect(),
+            ),
+            None,
+        );
+        if count == 0 {
+            self.head = block;
+        } else {
+            self.more.push(block);
+        }
+    }
+
+    /// The cell of `slot`, pinned, its block's slot wakers, its place in the block and the
+    /// block's length. The first block is looked up without `locate`, and with one bounds
+    /// check (the bounded forms never have another block).
+    #[inline(always)]
+    fn cell(&mut self, slot: usize) -> (Pin<&mut Slot<F>>, &mut Option<SlotWakers>, usize, usize) {
+        let len = self.head.0.len();
+        if slot >= len {
+            return self.cell_beyond_first(slot);
+        }
+        let (futures, wakers) = &mut self.head;
+        (futures.get_mut(slot), wakers, slot, len)
+    }
+
+    /// [`cell`](Self::cell) of a slot beyond the first block.
+    #[inline(never)]
+    fn cell_beyond_first(
+        &mut self,
+        slot: usize,
+    ) -> (Pin<&mut Slot<F>>, &mut Option<SlotWakers>, usize, usize) {
+        let (k, at) = self.locate(slot);
+        let (futures, wakers) = match k.checked_sub(1) {
+            None => &mut self.head,
+            Some(k) => &mut self.more[k],
+        };
+        let len = futures.len();
+        (futures.get_mut(at), wakers, at, len)
     }
 
     /// The block of `slot` and its place in it.
@@ -147,7 +223,8 @@ impl<F> Blocks<F> {
 /// Futures in flight, keyed by the caller, completed in any order.
 pub(crate) struct InFlight<F> {
     futures: Blocks<F>,
-    meta: Vec<Meta>,
+    /// How many slots have been handed out (the rest of the blocks is untouched).
+    slots: usize,
     free: Vec<usize>,
     /// Slots to poll, in this call and, if it returns an output first, the next ones.
     round: Bits,
@@ -162,7 +239,7 @@ impl<F> fmt::Debug for InFlight<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlight")
             .field("in_flight", &self.len)
-            .field("slots", &self.meta.len())
+            .field("slots", &self.slots)
             .finish_non_exhaustive()
     }
 }
@@ -171,11 +248,8 @@ impl<F> InFlight<F> {
     /// An empty set whose first block of slots will hold `first` (at least one).
     pub(crate) fn with_first_block(first: usize) -> Self {
         InFlight {
-            futures: Blocks {
-                blocks: Vec::new(),
-                first,
-            },
-            meta: Vec::new(),
+            futures: Blocks::new(first),
+            slots: 0,
             free: Vec::new(),
             round: Bits::default(),
             next: Bits::default(),
@@ -191,7 +265,7 @@ impl<F> InFlight<F> {
 
     /// Sizes the first block of slots, if it has not been made yet.
     pub(crate) fn size_first_block(&mut self, first: usize) {
-        if self.futures.blocks.is_empty() {
+        if self.futures.count() == 0 {
             self.futures.first = first;
         }
     }
@@ -214,17 +288,14 @@ impl<F> InFlight<F> {
     #[cold]
     #[inline(never)]
     fn new_slot(&mut self) -> usize {
-        if self.meta.len() == self.futures.capacity() {
+        if self.slots == self.futures.capacity() {
             self.futures.grow();
             let slots = self.futures.capacity();
             self.round.reserve(slots);
             self.next.reserve(slots);
         }
-        self.meta.push(Meta {
-            key: 0,
-            mode: Mode::Empty,
-        });
-        self.meta.len() - 1
+        self.slots += 1;
+        self.slots - 1
     }
 
     /// Starts a new round, of the slots added, pending or woken since the last one, unless
@@ -243,12 +314,12 @@ impl<F> InFlight<F> {
     fn take_woken(&mut self) -> bool {
         let mut any = false;
         let mut start = 0;
-        for (futures, wakers) in &self.futures.blocks {
+        for (futures, wakers) in self.futures.iter() {
             if let Some(wakers) = wakers {
                 wakers.take_woken(&mut self.woken);
                 for &at in &self.woken {
                     // A stale wake of a slot that has been emptied polls nothing.
-                    if self.meta[start + at].mode == Mode::Own {
+                    if futures.get(at).mode == Mode::Own {
                         self.next.insert(start + at);
                         any = true;
                     }
@@ -264,7 +335,7 @@ impl<F> InFlight<F> {
     /// call, which the caller's task is woken for at once).
     fn register(&mut self, cx: &Context<'_>) {
         let mut any = false;
-        for (_, wakers) in &self.futures.blocks {
+        for (_, wakers) in self.futures.iter() {
             if let Some(wakers) = wakers {
                 wakers.register(cx.waker());
                 any = true;
@@ -282,22 +353,20 @@ impl<F: Future> InFlight<F> {
     #[inline(always)]
     pub(crate) fn admit(&mut self, key: usize, future: F, cx: &mut Context<'_>) -> Poll<F::Output> {
         let slot = self.free_slot();
-        let (k, at) = self.futures.locate(slot);
-        let mut cell = self.futures.blocks[k].0.get_mut(at);
-        cell.set(Some(future));
-        let polled = match cell.as_mut().as_pin_mut() {
+        let (cell, ..) = self.futures.cell(slot);
+        let mut cell = cell.project();
+        cell.future.set(Some(future));
+        let polled = match cell.future.as_mut().as_pin_mut() {
             Some(running) => running.poll(cx),
             None => unreachable!("the slot was just filled"),
         };
         if polled.is_ready() {
-            cell.set(None);
+            cell.future.set(None);
             self.free.push(slot);
             return polled;
         }
-        self.meta[slot] = Meta {
-            key,
-            mode: Mode::Parent,
-        };
+        *cell.key = key;
+        *cell.mode = Mode::Parent;
         self.next.insert(slot);
         self.len += 1;
         Poll::Pending
@@ -307,14 +376,21 @@ impl<F: Future> InFlight<F> {
     /// completes: `Ready((key, output))`, its slot freed; `Pending` when every one of them has
     /// been polled.
     pub(crate) fn poll_round(&mut self, cx: &mut Context<'_>) -> Poll<(usize, F::Output)> {
-        if self.len == 0 {
-            return Poll::Pending;
+        // (With nothing in flight no slot is listed: this finds none.)
+        // The current round's next slot, else the first of a new round.
+        let mut leftover = true;
+        let mut next = self.round.pop();
+        if next.is_none() {
+            self.take_woken();
+            std::mem::swap(&mut self.round, &mut self.next);
+            leftover = false;
+            next = self.round.pop();
         }
-        let leftover = self.start_round();
-        while let Some(slot) = self.round.pop() {
+        while let Some(slot) = next {
             if let Poll::Ready(done) = self.poll_slot(slot, cx) {
                 return Poll::Ready(done);
             }
+            next = self.round.pop();
         }
         if leftover && !self.next.is_empty() {
             // This call finished an earlier round: the next one (which may hold slots whose
@@ -334,28 +410,25 @@ impl<F: Future> InFlight<F> {
     /// drops the future in place and frees the slot.
     #[inline(always)]
     fn poll_slot(&mut self, slot: usize, cx: &mut Context<'_>) -> Poll<(usize, F::Output)> {
-        let meta = &mut self.meta[slot];
-        let (k, at) = self.futures.locate(slot);
-        let (futures, wakers) = &mut self.futures.blocks[k];
-        let block_len = futures.len();
-        let mut cell = futures.get_mut(at);
-        let Some(running) = cell.as_mut().as_pin_mut() else {
+        let (cell, wakers, at, block_len) = self.futures.cell(slot);
+        let mut cell = cell.project();
+        // An empty slot (`Mode::Empty`) has no future.
+        let Some(running) = cell.future.as_mut().as_pin_mut() else {
             return Poll::Pending;
         };
-        let polled = match meta.mode {
-            Mode::Empty => return Poll::Pending,
-            Mode::Parent => {
+        let polled = match *cell.mode {
+            Mode::Empty | Mode::Parent => {
                 // Second poll, still with the parent's waker: a future that yields once
                 // finishes here without a slot waker.
                 let polled = running.poll(cx);
                 if polled.is_pending() {
-                    meta.mode = Mode::Promote;
+                    *cell.mode = Mode::Promote;
                     self.next.insert(slot);
                 }
                 polled
             }
             Mode::Promote | Mode::Own => {
-                meta.mode = Mode::Own;
+                *cell.mode = Mode::Own;
                 let wakers = wakers.get_or_insert_with(|| SlotWakers::new(block_len, cx.waker()));
                 running.poll(&mut Context::from_waker(&wakers.polling(at)))
             }
@@ -363,11 +436,11 @@ impl<F: Future> InFlight<F> {
         let Poll::Ready(output) = polled else {
             return Poll::Pending;
         };
-        cell.set(None);
-        meta.mode = Mode::Empty;
+        cell.future.set(None);
+        *cell.mode = Mode::Empty;
         self.free.push(slot);
         self.len -= 1;
-        Poll::Ready((meta.key, output))
+        Poll::Ready((*cell.key, output))
     }
 }
 
@@ -632,15 +705,14 @@ mod tests {
         ];
         assert_eq!(run(&mut flight, futures), vec![(1, 11), (2, 12), (0, 10)]);
         assert_eq!(
-            flight.meta.len(),
-            2,
+            flight.slots, 2,
             "the slot of a future ready at once is reused"
         );
-        assert_eq!(flight.futures.blocks.len(), 1);
+        assert_eq!(flight.futures.count(), 1);
         assert!(flight.is_empty());
         let again = vec![Box::pin(yields(1, 70)), Box::pin(yields(1, 71))];
         assert_eq!(run(&mut flight, again), vec![(0, 70), (1, 71)]);
-        assert_eq!(flight.meta.len(), 2, "free slots are reused");
+        assert_eq!(flight.slots, 2, "free slots are reused");
     }
 
     #[test]

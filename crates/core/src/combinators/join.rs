@@ -254,6 +254,23 @@ impl<F: Future> Join<F> {
         self.cells.get_mut(index).take_output()
     }
 
+    /// Every output in input order, once all futures have finished and none was taken; the
+    /// vector reuses the futures' block when the output's layout allows.
+    ///
+    /// A vector that reuses the block keeps its capacity, the block's size in outputs; if that
+    /// is more than twice the outputs (futures much larger than their outputs), the vector is
+    /// shrunk, so a gather never returns much more memory than its outputs take.
+    pub(crate) fn into_outputs(self) -> Vec<F::Output> {
+        let mut outputs = self
+            .cells
+            .into_outputs()
+            .expect("every future has finished");
+        if outputs.capacity() / 2 > outputs.len() {
+            outputs.shrink_to_fit();
+        }
+        outputs
+    }
+
     /// Every output in input order, once all futures have finished.
     pub(crate) fn take_all(&mut self) -> impl ExactSizeIterator<Item = F::Output> + '_ {
         (0..self.cells.len()).map(|index| self.take(index).expect("every future has finished"))
@@ -313,6 +330,25 @@ mod tests {
         expected.extend(0..99);
         assert_eq!(join.take_all().collect::<Vec<_>>(), expected);
         assert!(join.own.is_some());
+    }
+
+    #[test]
+    fn outputs_reuse_the_block_without_keeping_much_more_than_they_need() {
+        // Ready futures of 16 bytes with 8-byte outputs: the vector is the block itself.
+        let mut join = Join::new((0..100_usize).map(std::future::ready));
+        futures::executor::block_on(poll_fn(|cx| join.poll(cx, |_| false).map(|_| ())));
+        let outputs = join.into_outputs();
+        assert_eq!(outputs, (0..100).collect::<Vec<_>>());
+        assert!(outputs.capacity() <= 200);
+        // Futures of 256 bytes with 1-byte outputs: shrunk to the outputs.
+        let mut join = Join::new((0..100_u8).map(|i| {
+            let state = [u64::from(i); 32];
+            poll_fn(move |_| Poll::Ready(state[31] as u8))
+        }));
+        futures::executor::block_on(poll_fn(|cx| join.poll(cx, |_| false).map(|_| ())));
+        let outputs = join.into_outputs();
+        assert_eq!(outputs, (0..100).collect::<Vec<_>>());
+        assert!(outputs.capacity() <= 200, "capacity {}", outputs.capacity());
     }
 
     #[test]

@@ -13,7 +13,10 @@
     reason = "pin projection to one element of a pinned slice; see the module documentation"
 )]
 
+use std::future::Future;
 use std::pin::Pin;
+
+use futures::future::MaybeDone;
 
 /// `len` values, pinned in one heap block for as long as the block lives.
 ///
@@ -59,9 +62,43 @@ impl<T> PinnedSlots<T> {
     }
 
     /// Slot `index`, shared.
-    #[cfg(test)]
     pub(crate) fn get(&self, index: usize) -> &T {
         &self.slots[index]
+    }
+}
+
+impl<F: Future> PinnedSlots<MaybeDone<F>> {
+    /// Every output in slot order, moved out of the block, if every cell holds one (`None`,
+    /// and the block dropped in place, if not). The returned vector reuses the block's memory
+    /// when the output's size and alignment allow it (the standard library's in-place
+    /// collection), so gathering ready futures allocates nothing beyond their input.
+    pub(crate) fn into_outputs(self) -> Option<Vec<F::Output>> {
+        if !self
+            .slots
+            .iter()
+            .all(|cell| matches!(cell, MaybeDone::Done(_)))
+        {
+            return None;
+        }
+        // SAFETY: `Pin::into_inner_unchecked` requires that nothing pinned is moved or left
+        // undropped. Every cell is `MaybeDone::Done`: its future was dropped in place when it
+        // finished (`MaybeDone::poll` replaces the future with its output through
+        // `Pin::set`), and what the cell holds now, the output, is not structurally pinned
+        // (`MaybeDone::take_output` moves it out of a pinned cell the same way). So no value
+        // that relies on its address is left in the block, and moving the cells is sound.
+        let cells = unsafe { Pin::into_inner_unchecked(self.slots) };
+        Some(
+            cells
+                .into_vec()
+                .into_iter()
+                .map(|cell| match cell {
+                    MaybeDone::Done(output) => output,
+                    MaybeDone::Future(_) | MaybeDone::Gone => {
+                        unreachable!("every cell was checked to hold an output")
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
@@ -115,6 +152,56 @@ mod tests {
         let outputs: Vec<_> = (0..5).map(|i| slots.get_mut(i).take_output()).collect();
         assert_eq!(outputs, (0..5).map(|n| Some(4 * n)).collect::<Vec<_>>());
         assert!(matches!(slots.get(0), MaybeDone::Gone));
+    }
+
+    #[test]
+    fn outputs_move_out_only_once_every_future_has_finished() {
+        let drops = Rc::new(Cell::new(0));
+        let futures = (0..4)
+            .map(|n| MaybeDone::Future(self_borrowing(n, Rc::clone(&drops))))
+            .collect();
+        let mut slots = PinnedSlots::new(futures);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        for i in 0..4 {
+            assert!(slots.get_mut(i).poll(&mut cx).is_pending());
+        }
+        // Two of four finish: the block is not given up, and the pending futures are
+        // dropped in place with it.
+        for i in 0..2 {
+            assert!(slots.get_mut(i).poll(&mut cx).is_ready());
+        }
+        assert_eq!(slots.into_outputs(), None);
+        assert_eq!(drops.get(), 4);
+
+        let futures = (0..4)
+            .map(|n| MaybeDone::Future(self_borrowing(n, Rc::clone(&drops))))
+            .collect();
+        let mut slots = PinnedSlots::new(futures);
+        for _ in 0..2 {
+            for i in 0..4 {
+                let _ = slots.get_mut(i).poll(&mut cx);
+            }
+        }
+        assert_eq!(drops.get(), 8);
+        assert_eq!(slots.into_outputs(), Some(vec![0, 4, 8, 12]));
+        // Outputs with drop glue, and a taken one: `None`, every output dropped once.
+        let outputs = Rc::new(Cell::new(0));
+        let cells: Vec<MaybeDone<std::future::Ready<DropCount>>> = (0..3)
+            .map(|_| MaybeDone::Done(DropCount(Rc::clone(&outputs))))
+            .collect();
+        let mut slots = PinnedSlots::new(cells);
+        drop(slots.get_mut(1).take_output());
+        assert_eq!(outputs.get(), 1);
+        assert!(slots.into_outputs().is_none());
+        assert_eq!(outputs.get(), 3);
+        let cells: Vec<MaybeDone<std::future::Ready<DropCount>>> = (0..3)
+            .map(|_| MaybeDone::Done(DropCount(Rc::clone(&outputs))))
+            .collect();
+        let moved = PinnedSlots::new(cells).into_outputs().expect("all done");
+        assert_eq!(moved.len(), 3);
+        assert_eq!(outputs.get(), 3, "moved, not dropped");
+        drop(moved);
+        assert_eq!(outputs.get(), 6);
     }
 
     #[test]
