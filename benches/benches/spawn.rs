@@ -13,22 +13,20 @@
 //!
 //! Run with `cargo bench -p sheepdog-benches --bench spawn`; see `docs/performance.md`.
 
-use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
-use futures::StreamExt;
-use sheepdog_core::group::{spawn_group_on, task_group, GroupRuntime};
 use sheepdog_core::runtime::{self, with_runtime, Runtime};
 use sheepdog_smol::SmolRuntime;
-use sheepdog_tokio::TokioRuntime;
+
+mod shared {
+    pub(crate) mod tasks;
+}
+use shared::tasks::{group_of_tasks, in_task_group, Tokio, TASKS};
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
-
-/// How many tasks each benchmark iteration spawns and awaits.
-const TASKS: u64 = 10_000;
 
 /// Size of the block [`main`] allocates and frees before any benchmark runs (see there).
 const HEAP_WARMUP_BYTES: usize = 8 << 20;
@@ -43,98 +41,6 @@ fn main() {
     // harmless allocation.
     drop(black_box(vec![0_u8; HEAP_WARMUP_BYTES]));
     divan::main();
-}
-
-/// A tokio runtime together with a sheepdog adapter that refers to it by handle.
-struct Tokio {
-    raw: tokio::runtime::Runtime,
-    sheepdog: TokioRuntime,
-}
-
-impl Tokio {
-    fn new(raw: tokio::runtime::Runtime) -> Self {
-        let sheepdog = TokioRuntime::from_handle(raw.handle().clone());
-        Tokio { raw, sheepdog }
-    }
-
-    /// `tokio::spawn` every task, then await the tokio handles in spawn order.
-    fn raw(&self) -> u64 {
-        self.raw.block_on(async {
-            let handles: Vec<_> = (0..TASKS).map(|i| tokio::spawn(async move { i })).collect();
-            let mut sum = 0;
-            for handle in handles {
-                sum += handle.await.expect("tokio task finished");
-            }
-            sum
-        })
-    }
-
-    /// `Runtime::spawn` every task through sheepdog, then await the sheepdog handles in spawn
-    /// order, inside the same tokio `block_on` as [`raw`](Tokio::raw).
-    fn sheepdog(&self) -> u64 {
-        let rt = &self.sheepdog;
-        self.raw.block_on(async {
-            let handles: Vec<_> = (0..TASKS).map(|i| rt.spawn(async move { i })).collect();
-            let mut sum = 0;
-            for handle in handles {
-                sum += handle.await.expect("sheepdog task finished");
-            }
-            sum
-        })
-    }
-
-    /// `sheepdog::runtime::spawn` (the ambient, type-erased path) every task, then await the
-    /// sheepdog handles in spawn order, inside the same tokio `block_on`.
-    fn ambient(&self) -> u64 {
-        self.raw.block_on(with_runtime(&self.sheepdog, async {
-            let handles: Vec<_> = (0..TASKS)
-                .map(|i| runtime::spawn(async move { i }))
-                .collect();
-            let mut sum = 0;
-            for handle in handles {
-                sum += handle.await.expect("sheepdog task finished");
-            }
-            sum
-        }))
-    }
-
-    /// Spawn every task as a child of a sheepdog spawned task group (through the concrete
-    /// adapter), then await the children's handles in spawn order.
-    fn group(&self) -> u64 {
-        self.raw.block_on(group_of_tasks(self.sheepdog.clone()))
-    }
-
-    /// Spawn every task into a tokio `JoinSet`, then drain it (completion order).
-    fn joinset(&self) -> u64 {
-        self.raw.block_on(async {
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..TASKS {
-                set.spawn(async move { i });
-            }
-            let mut sum = 0;
-            while let Some(output) = set.join_next().await {
-                sum += output.expect("tokio task finished");
-            }
-            sum
-        })
-    }
-}
-
-/// A spawned task group on `rt` whose body spawns [`TASKS`] children and awaits their handles
-/// in spawn order.
-async fn group_of_tasks<S: GroupRuntime>(rt: S) -> u64 {
-    spawn_group_on(rt, |tg| async move {
-        let handles: Vec<_> = (0..TASKS)
-            .map(|i| tg.spawn(async move { Ok::<_, Infallible>(i) }))
-            .collect();
-        let mut sum = 0;
-        for handle in handles {
-            sum += handle.await.expect("child finished");
-        }
-        Ok(sum)
-    })
-    .await
-    .expect("the group finished")
 }
 
 /// The expected sum, checked once per benchmark outside the timed region.
@@ -370,48 +276,18 @@ mod smol_global {
 mod in_task {
     use super::*;
 
-    fn run_group() -> u64 {
-        futures::executor::block_on(task_group(|tg| async move {
-            let handles: Vec<_> = (0..TASKS)
-                .map(|i| tg.spawn(async move { Ok::<_, Infallible>(i) }))
-                .collect();
-            let mut sum = 0;
-            for handle in handles {
-                sum += handle.await.expect("child finished");
-            }
-            Ok(sum)
-        }))
-        .expect("the group finished")
-    }
-
-    fn run_futures_unordered() -> u64 {
-        let set = futures::stream::FuturesUnordered::new();
-        for i in 0..TASKS {
-            set.push(async move { i });
-        }
-        futures::executor::block_on(set.fold(0, |sum, i| async move { sum + i }))
-    }
-
-    fn run_futures_buffered() -> u64 {
-        let mut set = futures_buffered::FuturesUnordered::new();
-        for i in 0..TASKS {
-            set.push(async move { i });
-        }
-        futures::executor::block_on(set.fold(0, |sum, i| async move { sum + i }))
-    }
-
     #[divan::bench]
     fn group(bencher: Bencher<'_, '_>) {
-        bench(bencher, run_group);
+        bench(bencher, in_task_group);
     }
 
     #[divan::bench]
     fn futures_unordered(bencher: Bencher<'_, '_>) {
-        bench(bencher, run_futures_unordered);
+        bench(bencher, shared::tasks::futures_unordered);
     }
 
     #[divan::bench]
     fn futures_buffered(bencher: Bencher<'_, '_>) {
-        bench(bencher, run_futures_buffered);
+        bench(bencher, shared::tasks::futures_buffered);
     }
 }
