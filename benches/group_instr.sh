@@ -5,12 +5,8 @@
 set -eu
 A=${A:-1}
 B=${B:-3}
-cargo bench -p sheepdog-benches --bench group_instr --no-run >/dev/null 2>&1
-BIN=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/group_instr-* | grep -v '\.d$' | head -1)
-ir() {
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 |
-        sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
-}
+. "$(dirname "$0")/callgrind.sh"
+instr_bin group_instr
 if [ $# -eq 0 ]; then
     set -- tokio_raw tokio_sheepdog tokio_group tokio_joinset in_task_group futures_unordered futures_buffered
 fi

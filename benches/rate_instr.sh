@@ -5,12 +5,8 @@
 # Usage: benches/rate_instr.sh [SCENARIO...]   (needs valgrind; builds the bench in release)
 # (`rate_instr sizes 1` prints the size of a `submit` future instead.)
 set -eu
-cargo bench -p sheepdog-benches --bench rate_instr --no-run >/dev/null 2>&1
-BIN=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/rate_instr-* | grep -v '\.d$' | head -1)
-ir() {
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 |
-        sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
-}
+. "$(dirname "$0")/callgrind.sh"
+instr_bin rate_instr
 if [ $# -eq 0 ]; then
     set -- $(sed -n 's/^ *"\([a-z0-9_]*\)" =>.*/\1/p' benches/benches/rate_instr.rs | grep -v '^sizes$')
 fi
