@@ -6,7 +6,7 @@
 //! [`InlineRaw`] stores the handle in a few words inside sheepdog's `JoinHandle` and calls it
 //! through a static table of functions instead, like `std::task::RawWaker` does.
 //!
-//! One of the two `unsafe` modules in sheepdog (the other is `combinators::pinned`). It is
+//! One of the core's `unsafe` modules (`lib.rs` lists them all). It is
 //! covered by the unit tests below, which run under miri
 //! (`cargo +nightly miri test -p sheepdog-core --lib`).
 
