@@ -23,7 +23,8 @@
 //! publication, the handle's release) against two allocations and a mutex taken twice per
 //! handle before (see docs/performance.md, "Task groups (T6)").
 //!
-//! One of the core's `unsafe` modules (`lib.rs` lists them all); its tests below run under miri (`cargo +nightly miri test -p sheepdog-core --lib cell`).
+//! One of the core's `unsafe` modules (`lib.rs` lists them all); its tests below run under
+//! miri (`cargo +nightly miri test -p sheepdog-core --lib cell`).
 
 #![allow(
     unsafe_code,
