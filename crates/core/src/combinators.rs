@@ -53,3 +53,38 @@ pub use retry::{
     RetryPolicyBuilder,
 };
 pub use tuple::{GatherTuple, SettleTuple, TryGatherTuple};
+
+/// What the drivers' unit tests share.
+#[cfg(test)]
+mod test_support {
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::rc::Rc;
+    use std::task::{Poll, Waker};
+
+    use futures::future::poll_fn;
+
+    /// Futures that finish one at a time, last first: each finishes when the one after it
+    /// has, and wakes the one before it (through the waker it was last polled with).
+    pub(super) fn chain(n: usize) -> Vec<impl Future<Output = usize>> {
+        let turn = Rc::new(RefCell::new((n, vec![None::<Waker>; n])));
+        (0..n)
+            .map(|i| {
+                let turn = Rc::clone(&turn);
+                poll_fn(move |cx| {
+                    let mut turn = turn.borrow_mut();
+                    if turn.0 == i + 1 {
+                        turn.0 = i;
+                        if let Some(waker) = i.checked_sub(1).and_then(|p| turn.1[p].take()) {
+                            waker.wake();
+                        }
+                        Poll::Ready(i)
+                    } else {
+                        turn.1[i] = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                })
+            })
+            .collect()
+    }
+}

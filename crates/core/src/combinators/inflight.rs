@@ -727,29 +727,11 @@ mod tests {
         assert_eq!(done, (0..40).map(|k| (k, k)).collect::<Vec<_>>());
     }
 
-    /// Futures that finish one at a time, last first: each finishes when the one after it
-    /// has, and wakes the one before it (through the waker it was last polled with).
+    /// [`chain`](crate::combinators::test_support::chain), boxed.
     fn chain(n: usize) -> Vec<Pin<Box<dyn Future<Output = usize>>>> {
-        use std::cell::RefCell;
-        use std::rc::Rc;
-        let turn = Rc::new(RefCell::new((n, vec![None::<std::task::Waker>; n])));
-        (0..n)
-            .map(|i| {
-                let turn = Rc::clone(&turn);
-                Box::pin(poll_fn(move |cx| {
-                    let mut turn = turn.borrow_mut();
-                    if turn.0 == i + 1 {
-                        turn.0 = i;
-                        if let Some(waker) = i.checked_sub(1).and_then(|p| turn.1[p].take()) {
-                            waker.wake();
-                        }
-                        Poll::Ready(i)
-                    } else {
-                        turn.1[i] = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
-                })) as Pin<Box<dyn Future<Output = usize>>>
-            })
+        crate::combinators::test_support::chain(n)
+            .into_iter()
+            .map(|f| Box::pin(f) as Pin<Box<dyn Future<Output = usize>>>)
             .collect()
     }
 

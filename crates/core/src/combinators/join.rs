@@ -282,35 +282,11 @@ mod tests {
     use std::cell::RefCell;
     use std::pin::Pin;
     use std::rc::Rc;
-    use std::task::Waker;
 
     use futures::future::poll_fn;
 
     use super::*;
-
-    /// Futures that finish one at a time, last first: each finishes when the one after it
-    /// has, and wakes the one before it.
-    fn chain(n: usize) -> Vec<impl Future<Output = usize>> {
-        let turn = Rc::new(RefCell::new((n, vec![None::<Waker>; n])));
-        (0..n)
-            .map(|i| {
-                let turn = Rc::clone(&turn);
-                poll_fn(move |cx| {
-                    let mut turn = turn.borrow_mut();
-                    if turn.0 == i + 1 {
-                        turn.0 = i;
-                        if let Some(waker) = i.checked_sub(1).and_then(|p| turn.1[p].take()) {
-                            waker.wake();
-                        }
-                        Poll::Ready(i)
-                    } else {
-                        turn.1[i] = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
-                })
-            })
-            .collect()
-    }
+    use crate::combinators::test_support::chain;
 
     #[test]
     fn a_ready_first_future_keeps_the_parent_waker_first() {
