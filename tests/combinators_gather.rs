@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::{join, ready};
@@ -62,6 +63,79 @@ conformance! {
             Some("gather payload")
         );
         assert_eq!(live.count(), 0, "the peers were dropped");
+    }
+
+    /// Futures that finish in order are gathered in their input vector, the rest joined after
+    /// the first that waits: either way each output comes back in input order, and a gather
+    /// dropped part-way, or unwound by a panic in a future's poll (in the in-order pass or
+    /// after it), drops every unfinished future and every finished output exactly once.
+    async fn gather_drops_each_future_and_output_once(cx) {
+        use futures::FutureExt;
+        use sheepdog_tests::LiveGuard;
+        type Item = (usize, LiveGuard);
+        let now = |live: &Live, n: usize| -> BoxFut<Item> {
+            let (held, out) = (live.guard(), live.guard());
+            Box::pin(async move {
+                let _held = held;
+                (n, out)
+            })
+        };
+        let later = |live: &Live, yields: usize, n: usize| -> BoxFut<Item> {
+            let (held, out) = (live.guard(), live.guard());
+            Box::pin(async move {
+                let _held = held;
+                after_yields(yields, ()).await;
+                (n, out)
+            })
+        };
+        let boom = |live: &Live, yields: usize| -> BoxFut<Item> {
+            let held = live.guard();
+            Box::pin(async move {
+                let _held = held;
+                after_yields(yields, ()).await;
+                panic!("boom after {yields} yields")
+            })
+        };
+
+        let live = Live::new();
+        let out = gather(vec![
+            now(&live, 0),
+            now(&live, 1),
+            later(&live, 2, 2),
+            now(&live, 3),
+            later(&live, 1, 4),
+        ])
+        .await;
+        assert_eq!(out.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(live.count(), 5, "only the outputs are left");
+        drop(out);
+        assert_eq!(live.count(), 0);
+
+        // Dropped after one call: two outputs packed, a pending future in the input block,
+        // others moved out, finished or not.
+        let mut gathering = Box::pin(gather(vec![
+            now(&live, 0),
+            now(&live, 1),
+            forever(&live),
+            now(&live, 3),
+            later(&live, 1, 4),
+            forever(&live),
+        ]));
+        let first = futures::future::poll_fn(|cx| Poll::Ready(gathering.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        drop(gathering);
+        assert_eq!(live.count(), 0, "dropped part-way");
+
+        for in_order_pass in [true, false] {
+            let futures = if in_order_pass {
+                vec![now(&live, 0), now(&live, 1), boom(&live, 0), now(&live, 3), forever(&live)]
+            } else {
+                vec![now(&live, 0), forever(&live), boom(&live, 1), now(&live, 3), later(&live, 2, 4)]
+            };
+            let caught = std::panic::AssertUnwindSafe(gather(futures)).catch_unwind().await;
+            assert!(caught.is_err(), "the panic propagates");
+            assert_eq!(live.count(), 0, "unwound");
+        }
     }
 
     /// Empty input gives an empty result at once, in every form.

@@ -3,13 +3,15 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::ops::ControlFlow;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures::future::poll_fn;
 
 use super::inflight::{Feed, Source};
 use super::join::Join;
 use super::outcome::{settle, Outcome};
+use super::pinned::InPlace;
 
 /// Runs the futures of `source` concurrently, at most `cap` at once, and collects what `keep`
 /// makes of each output into a vector in input order. The first `Err` from `keep` ends the
@@ -96,9 +98,65 @@ where
     I: IntoIterator,
     I::Item: Future,
 {
-    let mut join = Join::new(futures.into_iter());
-    poll_fn(|cx| join.poll(cx, |_| false)).await;
-    join.into_outputs()
+    if !InPlace::<I::Item>::FITS {
+        let mut join = Join::new(futures.into_iter());
+        poll_fn(|cx| join.poll(cx, |_| false)).await;
+        return join.into_outputs();
+    }
+    // Poll the futures in their input vector (a `Vec` is taken as is) while they finish in
+    // order, packing each output over the futures before it; when every future is ready at
+    // once, that is the only pass.
+    let mut block = InPlace::new(futures.into_iter().collect());
+    // `Ready` without waiting: a pending future hands over to the joining driver in this same
+    // call, so that the unpolled futures after it are polled now.
+    let finished = poll_fn(|cx| Poll::Ready(block.poll_prefix(cx).is_ready())).await;
+    let outputs = if finished {
+        block.into_outputs()
+    } else {
+        let rest = {
+            // The first unfinished future stays where it is; the unpolled ones after it are
+            // moved out to join it.
+            let (head, rest) = block.split();
+            let mut join = Join::with_polled_head(
+                std::iter::once(Tail::Head { future: head })
+                    .chain(rest.map(|future| Tail::Rest { future })),
+            );
+            poll_fn(|cx| join.poll(cx, |_| false)).await;
+            join.into_outputs()
+        };
+        block.finish(rest)
+    };
+    shrunk(outputs)
+}
+
+/// `outputs`, shrunk if its block has room for more than twice as many (futures much larger
+/// than their outputs), so that a gather never returns much more memory than its outputs take.
+fn shrunk<T>(mut outputs: Vec<T>) -> Vec<T> {
+    if outputs.capacity() / 2 > outputs.len() {
+        outputs.shrink_to_fit();
+    }
+    outputs
+}
+
+pin_project_lite::pin_project! {
+    /// A future of a [`gather`] that did not finish in order: the first unfinished one, left
+    /// in the input block, or one moved out of the block before its first poll.
+    #[project = TailProj]
+    enum Tail<'a, F> {
+        Head { future: Pin<&'a mut F> },
+        Rest { #[pin] future: F },
+    }
+}
+
+impl<F: Future> Future for Tail<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            TailProj::Head { future } => future.as_mut().poll(cx),
+            TailProj::Rest { future } => future.poll(cx),
+        }
+    }
 }
 
 /// Runs every future concurrently and returns their values in input order, or the first

@@ -69,6 +69,9 @@ pub(crate) struct Join<F: Future> {
     /// How many futures have not finished.
     remaining: usize,
     started: bool,
+    /// The first future was polled once with the parent's waker before the join, and was
+    /// pending: the first pass does not poll it again.
+    head_pending: bool,
 }
 
 impl<F: Future> Join<F> {
@@ -82,7 +85,17 @@ impl<F: Future> Join<F> {
             promote: Vec::new(),
             own: None,
             started: false,
+            head_pending: false,
         }
+    }
+
+    /// The futures of `futures`, of which the first was polled once with the parent's waker
+    /// and was pending (the first call treats it as polled; at least one future needed).
+    pub(crate) fn with_polled_head(futures: impl Iterator<Item = F>) -> Self {
+        let mut join = Self::new(futures);
+        assert!(join.len() > 0, "a polled first future");
+        join.head_pending = true;
+        join
     }
 
     /// How many futures there are.
@@ -103,9 +116,10 @@ impl<F: Future> Join<F> {
             self.started = true;
             let len = self.cells.len();
             let mut first = 0;
+            let head_pending = self.head_pending;
             if len > SMALL && len <= OWN_AT_SECOND_POLL {
                 let mut cell = self.cells.get_mut(0);
-                if cell.as_mut().poll(cx).is_pending() {
+                if head_pending || cell.as_mut().poll(cx).is_pending() {
                     // A first future that waits predicts others that do: the slot wakers are
                     // made now, and the rest polled with theirs from the start.
                     let own = self.own.insert(Own {
@@ -128,6 +142,13 @@ impl<F: Future> Join<F> {
                         return Poll::Ready(Some(0));
                     }
                     first = 1;
+                }
+            } else if head_pending {
+                // Pending at the poll before the join: on to its second poll.
+                first = 1;
+                if len > SMALL {
+                    self.parent.reserve_exact(len);
+                    self.parent.push(0);
                 }
             }
             for index in first..len {
