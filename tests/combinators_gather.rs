@@ -3,9 +3,10 @@
 //! spawn paths; time-dependent properties on the virtual-time runtime.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{join, ready};
@@ -19,7 +20,7 @@ use sheepdog_core::combinators::{
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
-use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live};
+use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live, LiveGuard};
 
 /// Tracks how many calls are running at once and the peak.
 #[derive(Default)]
@@ -39,6 +40,62 @@ impl Peak {
 
     fn peak(&self) -> usize {
         self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// What a [`Stepped`] future does.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Finishes after this many self-woken `Pending`s.
+    Yields(usize),
+    /// Panics after this many.
+    Panic(usize),
+    /// Never finishes (and never wakes).
+    Forever,
+}
+
+/// A hand-written future holding a live guard until it finishes, and its output, another live
+/// guard, until it hands it over. Its `Mode` field leaves `MaybeDone` room for its states, so
+/// `gather` polls it in its input vector (async blocks and boxes take the joining driver).
+struct Stepped {
+    mode: Mode,
+    n: usize,
+    held: Option<LiveGuard>,
+    output: Option<LiveGuard>,
+}
+
+impl Stepped {
+    fn new(live: &Live, n: usize, mode: Mode) -> Self {
+        Stepped {
+            mode,
+            n,
+            held: Some(live.guard()),
+            output: Some(live.guard()),
+        }
+    }
+}
+
+impl Future for Stepped {
+    type Output = (usize, LiveGuard);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(usize, LiveGuard)> {
+        match self.mode {
+            Mode::Forever => Poll::Pending,
+            Mode::Yields(0) => {
+                self.held = None;
+                let output = self.output.take().expect("polled after it finished");
+                Poll::Ready((self.n, output))
+            }
+            Mode::Panic(0) => panic!("stepped future {} panics", self.n),
+            Mode::Yields(left) | Mode::Panic(left) => {
+                self.mode = match self.mode {
+                    Mode::Yields(_) => Mode::Yields(left - 1),
+                    _ => Mode::Panic(left - 1),
+                };
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -65,45 +122,20 @@ conformance! {
         assert_eq!(live.count(), 0, "the peers were dropped");
     }
 
-    /// Futures that finish in order are gathered in their input vector, the rest joined after
-    /// the first that waits: either way each output comes back in input order, and a gather
-    /// dropped part-way, or unwound by a panic in a future's poll (in the in-order pass or
-    /// after it), drops every unfinished future and every finished output exactly once.
+    /// Futures that finish in order are gathered in their input vector, the others joined in
+    /// their slots after the first that waits: either way each output comes back in input
+    /// order, and a gather dropped part-way, or unwound by a panic in a future's poll (in the
+    /// in-order pass or after it), drops every unfinished future and every finished output
+    /// exactly once.
     async fn gather_drops_each_future_and_output_once(cx) {
         use futures::FutureExt;
-        use sheepdog_tests::LiveGuard;
-        type Item = (usize, LiveGuard);
-        let now = |live: &Live, n: usize| -> BoxFut<Item> {
-            let (held, out) = (live.guard(), live.guard());
-            Box::pin(async move {
-                let _held = held;
-                (n, out)
-            })
-        };
-        let later = |live: &Live, yields: usize, n: usize| -> BoxFut<Item> {
-            let (held, out) = (live.guard(), live.guard());
-            Box::pin(async move {
-                let _held = held;
-                after_yields(yields, ()).await;
-                (n, out)
-            })
-        };
-        let boom = |live: &Live, yields: usize| -> BoxFut<Item> {
-            let held = live.guard();
-            Box::pin(async move {
-                let _held = held;
-                after_yields(yields, ()).await;
-                panic!("boom after {yields} yields")
-            })
-        };
-
         let live = Live::new();
         let out = gather(vec![
-            now(&live, 0),
-            now(&live, 1),
-            later(&live, 2, 2),
-            now(&live, 3),
-            later(&live, 1, 4),
+            Stepped::new(&live, 0, Mode::Yields(0)),
+            Stepped::new(&live, 1, Mode::Yields(0)),
+            Stepped::new(&live, 2, Mode::Yields(2)),
+            Stepped::new(&live, 3, Mode::Yields(0)),
+            Stepped::new(&live, 4, Mode::Yields(1)),
         ])
         .await;
         assert_eq!(out.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
@@ -111,15 +143,15 @@ conformance! {
         drop(out);
         assert_eq!(live.count(), 0);
 
-        // Dropped after one call: two outputs packed, a pending future in the input block,
-        // others moved out, finished or not.
+        // Dropped after one call: two outputs packed, futures waiting, finished (their output
+        // in their cell) or not polled yet.
         let mut gathering = Box::pin(gather(vec![
-            now(&live, 0),
-            now(&live, 1),
-            forever(&live),
-            now(&live, 3),
-            later(&live, 1, 4),
-            forever(&live),
+            Stepped::new(&live, 0, Mode::Yields(0)),
+            Stepped::new(&live, 1, Mode::Yields(0)),
+            Stepped::new(&live, 2, Mode::Forever),
+            Stepped::new(&live, 3, Mode::Yields(0)),
+            Stepped::new(&live, 4, Mode::Yields(1)),
+            Stepped::new(&live, 5, Mode::Forever),
         ]));
         let first = futures::future::poll_fn(|cx| Poll::Ready(gathering.as_mut().poll(cx))).await;
         assert!(first.is_pending());
@@ -128,9 +160,21 @@ conformance! {
 
         for in_order_pass in [true, false] {
             let futures = if in_order_pass {
-                vec![now(&live, 0), now(&live, 1), boom(&live, 0), now(&live, 3), forever(&live)]
+                vec![
+                    Stepped::new(&live, 0, Mode::Yields(0)),
+                    Stepped::new(&live, 1, Mode::Yields(0)),
+                    Stepped::new(&live, 2, Mode::Panic(0)),
+                    Stepped::new(&live, 3, Mode::Yields(0)),
+                    Stepped::new(&live, 4, Mode::Forever),
+                ]
             } else {
-                vec![now(&live, 0), forever(&live), boom(&live, 1), now(&live, 3), later(&live, 2, 4)]
+                vec![
+                    Stepped::new(&live, 0, Mode::Yields(0)),
+                    Stepped::new(&live, 1, Mode::Forever),
+                    Stepped::new(&live, 2, Mode::Panic(1)),
+                    Stepped::new(&live, 3, Mode::Yields(0)),
+                    Stepped::new(&live, 4, Mode::Yields(2)),
+                ]
             };
             let caught = std::panic::AssertUnwindSafe(gather(futures)).catch_unwind().await;
             assert!(caught.is_err(), "the panic propagates");

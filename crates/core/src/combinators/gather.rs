@@ -3,8 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::ops::ControlFlow;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use futures::future::poll_fn;
 
@@ -104,29 +103,17 @@ where
         return join.into_outputs();
     }
     // Poll the futures in their input vector (a `Vec` is taken as is) while they finish in
-    // order, packing each output over the futures before it; when every future is ready at
+    // order, packing each output over the futures before it: when every future is ready at
     // once, that is the only pass.
     let mut block = InPlace::new(futures.into_iter().collect());
     // `Ready` without waiting: a pending future hands over to the joining driver in this same
-    // call, so that the unpolled futures after it are polled now.
+    // call, so that the futures after it are polled now.
     let finished = poll_fn(|cx| Poll::Ready(block.poll_prefix(cx).is_ready())).await;
-    let outputs = if finished {
-        block.into_outputs()
-    } else {
-        let rest = {
-            // The first unfinished future stays where it is; the unpolled ones after it are
-            // moved out to join it.
-            let (head, rest) = block.split();
-            let mut join = Join::with_polled_head(
-                std::iter::once(Tail::Head { future: head })
-                    .chain(rest.map(|future| Tail::Rest { future })),
-            );
-            poll_fn(|cx| join.poll(cx, |_| false)).await;
-            join.into_outputs()
-        };
-        block.finish(rest)
-    };
-    shrunk(outputs)
+    if !finished {
+        let mut join = Join::in_place(block.cells());
+        poll_fn(|cx| join.poll(cx, |_| false)).await;
+    }
+    shrunk(block.into_outputs())
 }
 
 /// `outputs`, shrunk if its block has room for more than twice as many (futures much larger
@@ -136,27 +123,6 @@ fn shrunk<T>(mut outputs: Vec<T>) -> Vec<T> {
         outputs.shrink_to_fit();
     }
     outputs
-}
-
-pin_project_lite::pin_project! {
-    /// A future of a [`gather`] that did not finish in order: the first unfinished one, left
-    /// in the input block, or one moved out of the block before its first poll.
-    #[project = TailProj]
-    enum Tail<'a, F> {
-        Head { future: Pin<&'a mut F> },
-        Rest { #[pin] future: F },
-    }
-}
-
-impl<F: Future> Future for Tail<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        match self.project() {
-            TailProj::Head { future } => future.as_mut().poll(cx),
-            TailProj::Rest { future } => future.poll(cx),
-        }
-    }
 }
 
 /// Runs every future concurrently and returns their values in input order, or the first

@@ -28,11 +28,12 @@
 //!   needs the fewest.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use futures::future::MaybeDone;
 
-use super::pinned::PinnedSlots;
+use super::pinned::{PinnedCells, PinnedSlots, Slots};
 use super::wakers::SlotWakers;
 
 /// Up to this many futures, every call polls each unfinished future with the parent's waker
@@ -56,9 +57,10 @@ struct Own {
     woken: Vec<usize>,
 }
 
-/// Futures polled together until they finish or the caller stops.
-pub(crate) struct Join<F: Future> {
-    cells: PinnedSlots<MaybeDone<F>>,
+/// Futures polled together until they finish or the caller stops, in a block of cells of
+/// their own (`C` the default) or in cells lent by a gather's input block.
+pub(crate) struct Join<F: Future, C = PinnedSlots<MaybeDone<F>>> {
+    cells: C,
     /// Slots polled once with the parent's waker and pending: polled with it again on the
     /// next call.
     parent: Vec<usize>,
@@ -72,12 +74,49 @@ pub(crate) struct Join<F: Future> {
     /// The first future was polled once with the parent's waker before the join, and was
     /// pending: the first pass does not poll it again.
     head_pending: bool,
+    /// The futures are in `cells`, which carries their auto traits.
+    _futures: PhantomData<fn(F)>,
 }
 
 impl<F: Future> Join<F> {
     /// The futures of `futures`, not yet polled.
     pub(crate) fn new(futures: impl Iterator<Item = F>) -> Self {
-        let cells = PinnedSlots::new(futures.map(MaybeDone::Future).collect());
+        Self::with_cells(
+            PinnedSlots::new(futures.map(MaybeDone::Future).collect()),
+            false,
+        )
+    }
+
+    /// Every output in input order, once all futures have finished and none was taken; the
+    /// vector reuses the futures' block when the output's layout allows.
+    ///
+    /// A vector that reuses the block keeps its capacity, the block's size in outputs; if that
+    /// is more than twice the outputs (futures much larger than their outputs), the vector is
+    /// shrunk, so a gather never returns much more memory than its outputs take.
+    pub(crate) fn into_outputs(self) -> Vec<F::Output> {
+        let mut outputs = self
+            .cells
+            .into_outputs()
+            .expect("every future has finished");
+        if outputs.capacity() / 2 > outputs.len() {
+            outputs.shrink_to_fit();
+        }
+        outputs
+    }
+}
+
+impl<'a, F: Future> Join<F, PinnedCells<'a, MaybeDone<F>>> {
+    /// The cells lent by a gather's input block, of which the first was polled once with the
+    /// parent's waker and was pending (the first call treats it as polled; at least one
+    /// cell needed). The outputs stay in the cells, for the block to collect.
+    pub(crate) fn in_place(cells: PinnedCells<'a, MaybeDone<F>>) -> Self {
+        assert!(cells.len() > 0, "a polled first future");
+        Self::with_cells(cells, true)
+    }
+}
+
+impl<F: Future, C: Slots<MaybeDone<F>>> Join<F, C> {
+    fn with_cells(cells: C, head_pending: bool) -> Self {
         Join {
             remaining: cells.len(),
             cells,
@@ -85,17 +124,9 @@ impl<F: Future> Join<F> {
             promote: Vec::new(),
             own: None,
             started: false,
-            head_pending: false,
+            head_pending,
+            _futures: PhantomData,
         }
-    }
-
-    /// The futures of `futures`, of which the first was polled once with the parent's waker
-    /// and was pending (the first call treats it as polled; at least one future needed).
-    pub(crate) fn with_polled_head(futures: impl Iterator<Item = F>) -> Self {
-        let mut join = Self::new(futures);
-        assert!(join.len() > 0, "a polled first future");
-        join.head_pending = true;
-        join
     }
 
     /// How many futures there are.
@@ -247,11 +278,7 @@ impl<F: Future> Join<F> {
     }
 
     /// Whether the caller wants to stop at the output of the finished future `index`.
-    fn stops(
-        cells: &mut PinnedSlots<MaybeDone<F>>,
-        index: usize,
-        stop: &mut impl FnMut(&F::Output) -> bool,
-    ) -> bool {
+    fn stops(cells: &mut C, index: usize, stop: &mut impl FnMut(&F::Output) -> bool) -> bool {
         match cells.get_mut(index).output_mut() {
             Some(output) => stop(output),
             None => false,
@@ -260,7 +287,7 @@ impl<F: Future> Join<F> {
 
     /// A poll with the slot's own waker; whether the future finished now. A stale wake of a
     /// finished future polls nothing.
-    fn poll_own(cells: &mut PinnedSlots<MaybeDone<F>>, wakers: &SlotWakers, index: usize) -> bool {
+    fn poll_own(cells: &mut C, wakers: &SlotWakers, index: usize) -> bool {
         let mut cell = cells.get_mut(index);
         let MaybeDone::Future(_) = &*cell else {
             return false;
@@ -273,23 +300,6 @@ impl<F: Future> Join<F> {
     /// The output of future `index`, once; `None` if it has not finished or was taken.
     pub(crate) fn take(&mut self, index: usize) -> Option<F::Output> {
         self.cells.get_mut(index).take_output()
-    }
-
-    /// Every output in input order, once all futures have finished and none was taken; the
-    /// vector reuses the futures' block when the output's layout allows.
-    ///
-    /// A vector that reuses the block keeps its capacity, the block's size in outputs; if that
-    /// is more than twice the outputs (futures much larger than their outputs), the vector is
-    /// shrunk, so a gather never returns much more memory than its outputs take.
-    pub(crate) fn into_outputs(self) -> Vec<F::Output> {
-        let mut outputs = self
-            .cells
-            .into_outputs()
-            .expect("every future has finished");
-        if outputs.capacity() / 2 > outputs.len() {
-            outputs.shrink_to_fit();
-        }
-        outputs
     }
 
     /// Every output in input order, once all futures have finished.

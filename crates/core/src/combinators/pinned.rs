@@ -105,37 +105,81 @@ impl<F: Future> PinnedSlots<MaybeDone<F>> {
     }
 }
 
-/// Futures polled in their input vector itself, each finished one's output written over the
-/// futures before it, so that gathering futures that finish at once makes one pass over their
-/// block and returns the outputs in it (no cell per future, no second block).
+/// Pinned slots that [`Join`](super::join::Join) can poll: a block of its own
+/// ([`PinnedSlots`]) or a stretch of a gather's input block ([`PinnedCells`]).
+pub(crate) trait Slots<T> {
+    /// How many slots there are.
+    fn len(&self) -> usize;
+    /// Slot `index`, pinned (panics if out of bounds).
+    fn get_mut(&mut self, index: usize) -> Pin<&mut T>;
+}
+
+impl<T> Slots<T> for PinnedSlots<T> {
+    fn len(&self) -> usize {
+        PinnedSlots::len(self)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Pin<&mut T> {
+        PinnedSlots::get_mut(self, index)
+    }
+}
+
+/// A pinned slice of slots borrowed from an [`InPlace`] block.
+pub(crate) struct PinnedCells<'a, T> {
+    slots: Pin<&'a mut [T]>,
+}
+
+impl<T> Slots<T> for PinnedCells<'_, T> {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn get_mut(&mut self, index: usize) -> Pin<&mut T> {
+        // SAFETY: as in `PinnedSlots::get_mut`: the slice is pinned and reached only through
+        // this type, which never moves an element out; the elements are dropped in place by
+        // the block that lends them.
+        unsafe {
+            self.slots
+                .as_mut()
+                .map_unchecked_mut(|slots| &mut slots[index])
+        }
+    }
+}
+
+/// Futures gathered in their input vector itself: each is turned into a [`MaybeDone`] cell in
+/// its own slot just before its first poll, and while every earlier future has finished, its
+/// output is packed over the futures before it; gathering futures that finish at once makes
+/// one pass over their block and returns the outputs in it (no second block, no pass to move
+/// the futures into cells nor one to move the outputs out of them).
 ///
 /// The block is the input vector's allocation; it holds, in order:
 ///
 /// - `done` outputs, packed (output `i` at byte `i * size_of::<F::Output>()`), in the room of
-///   the first `done` futures, every one of which has finished and been dropped in place;
-/// - the futures `live..end`, in their slots (slot `i` at byte `i * size_of::<F>()`), pinned
-///   from their first poll on (`live` is `done`, or `done + 1` while the future `done` is being
-///   dropped);
-/// - from `end` to `len`, slots whose futures were moved out by [`split`](Self::split).
+///   the first `done` futures, every one of which has finished;
+/// - cells `done..cells` (a cell in the slot of its future, same size and alignment:
+///   [`FITS`](Self::FITS)), pinned in place from their first poll on;
+/// - futures `cells..len`, never polled.
 ///
-/// Output `i` lies in bytes `i * so .. (i + 1) * so`, inside the first `i + 1` slots as long as
-/// `so <= sf` ([`FITS`](Self::FITS)): an output never overwrites a future that has not
-/// finished. Dropping the block drops the outputs and the live futures, each once, in place.
+/// Output `i` lies in bytes `i * so .. (i + 1) * so`, inside the first `i + 1` slots as
+/// `so <= sf`: packing an output never overwrites a slot still in use. Dropping the block
+/// drops the outputs, the cells and the futures, each once, in place.
 pub(crate) struct InPlace<F: Future> {
-    /// The allocation, with its length kept at 0 so that it only frees the memory; the
-    /// elements are managed by the indices below.
+    /// The allocation, its length kept at 0 so that it only frees the memory; the elements
+    /// are owned through the indices below.
     buf: Vec<F>,
     len: usize,
     done: usize,
-    live: usize,
-    end: usize,
+    cells: usize,
     _outputs: PhantomData<F::Output>,
 }
 
 impl<F: Future> InPlace<F> {
-    /// Whether the outputs can be packed over their futures: an output no larger than its
-    /// future, aligned no more strictly, and not zero-sized.
-    pub(crate) const FITS: bool = size_of::<F::Output>() != 0
+    /// Whether a future's cell fits its slot exactly (the same size and alignment, as when
+    /// `MaybeDone` finds room for its states in the future's own spare values) and its output
+    /// can be packed (no larger, no more strictly aligned, not zero-sized).
+    pub(crate) const FITS: bool = size_of::<MaybeDone<F>>() == size_of::<F>()
+        && align_of::<MaybeDone<F>>() == align_of::<F>()
+        && size_of::<F::Output>() != 0
         && size_of::<F::Output>() <= size_of::<F>()
         && align_of::<F::Output>() <= align_of::<F>();
 
@@ -145,140 +189,122 @@ impl<F: Future> InPlace<F> {
     ///
     /// If the layouts do not [fit](Self::FITS) (a bug of the caller).
     pub(crate) fn new(mut futures: Vec<F>) -> Self {
-        assert!(Self::FITS, "outputs must fit in their futures' slots");
+        assert!(
+            Self::FITS,
+            "cells and outputs must fit in the futures' slots"
+        );
         let len = futures.len();
-        // SAFETY: the length only shrinks to 0, so the elements are leaked by the vector (it
-        // will never drop them) and from now on owned through the indices of `InPlace`.
+        // SAFETY: the length only shrinks to 0: the vector will never drop the elements,
+        // which from now on are owned through the indices of `InPlace`.
         unsafe { futures.set_len(0) };
         InPlace {
             buf: futures,
             len,
             done: 0,
-            live: 0,
-            end: len,
+            cells: 0,
             _outputs: PhantomData,
         }
     }
 
-    fn slot(&mut self, index: usize) -> *mut F {
+    fn future(&mut self, index: usize) -> *mut F {
         debug_assert!(index < self.len);
         // SAFETY: `index < len <= capacity`, inside the allocation.
         unsafe { self.buf.as_mut_ptr().add(index) }
     }
 
-    fn output_slot(&mut self, index: usize) -> *mut F::Output {
+    fn cell(&mut self, index: usize) -> *mut MaybeDone<F> {
+        // Same size and alignment (`FITS`): cell `index` is slot `index`.
+        self.future(index).cast()
+    }
+
+    fn output(&mut self, index: usize) -> *mut F::Output {
         debug_assert!(index < self.len);
-        // SAFETY: `index * so < len * sf` (`FITS`), inside the allocation, and aligned because
-        // the block is aligned for `F`, whose alignment is a multiple of the output's.
+        // SAFETY: `index * so < len * sf` (`FITS`), inside the allocation, and aligned: the
+        // block is aligned for `F`, whose alignment is a multiple of the output's.
         unsafe { self.buf.as_mut_ptr().cast::<F::Output>().add(index) }
     }
 
+    /// Turns the futures `cells..to` into cells, in their slots.
+    fn make_cells(&mut self, to: usize) {
+        while self.cells < to {
+            let index = self.cells;
+            // SAFETY: the future `index` has never been polled (so moving it is allowed) and
+            // is owned here; it is read once and written back at once as a cell in the same
+            // slot (`FITS`), and only then counted as a cell; neither step can panic.
+            unsafe {
+                let future = self.future(index).read();
+                self.cell(index).write(MaybeDone::Future(future));
+            }
+            self.cells = index + 1;
+        }
+    }
+
     /// Polls the futures in order from the first unfinished one while they finish, packing
-    /// each output. `Ready` once every future has finished; `Pending` as soon as one does
-    /// not (it is then the first unfinished future, see [`split`](Self::split)).
+    /// each output. `Ready` once every future has finished; `Pending` as soon as one does not:
+    /// every future left is then a cell, for [`cells`](Self::cells).
     pub(crate) fn poll_prefix(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        debug_assert_eq!(self.end, self.len, "not split");
         while self.done < self.len {
             let index = self.done;
-            let slot = self.slot(index);
-            // SAFETY: the future `index` is live (`live == done == index`) and stays at this
-            // address until it is dropped in place: the block never moves or reallocates
-            // while the futures in it live, and its elements are reached only through this
-            // type. If the poll panics, nothing has changed and `Drop` drops it in place.
-            let output = match unsafe { Pin::new_unchecked(&mut *slot) }.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(output) => output,
-            };
-            self.drop_future(index);
-            // SAFETY: bytes `index * so .. (index + 1) * so` lie in slots `0..=index`, all of
-            // whose futures have been dropped, and hold no output (`done == index`).
-            unsafe { self.output_slot(index).write(output) };
+            self.make_cells(index + 1);
+            let cell = self.cell(index);
+            // SAFETY: cell `index` is initialized and stays in this slot until it is dropped
+            // in place or, once `Gone`, overwritten by packed outputs: the block never moves
+            // or reallocates, and its elements are reached only through this type. If the
+            // poll panics, the cell is still counted and `Drop` drops it in place.
+            let mut cell = unsafe { Pin::new_unchecked(&mut *cell) };
+            if cell.as_mut().poll(cx).is_pending() {
+                self.make_cells(self.len);
+                return Poll::Pending;
+            }
+            let output = cell
+                .take_output()
+                .expect("a finished cell holds its output");
+            // SAFETY: bytes `index * so .. (index + 1) * so` lie in slots `0..=index`, whose
+            // futures have all finished (cell `index` is now `Gone`, which owns nothing) and
+            // hold no output beyond the first `index`.
+            unsafe { self.output(index).write(output) };
             self.done = index + 1;
         }
         Poll::Ready(())
     }
 
-    /// Drops the future `index == done` in place; if its drop panics, it is not dropped
-    /// again.
-    fn drop_future(&mut self, index: usize) {
-        debug_assert_eq!((self.done, self.live), (index, index));
-        self.live = index + 1;
-        let slot = self.slot(index);
-        // SAFETY: the future is live and is no longer counted as such (`live` moved past it),
-        // so it is dropped exactly once, in place, as `Pin` requires.
-        unsafe { std::ptr::drop_in_place(slot) };
-    }
-
-    /// The first unfinished future, pinned where it is, and the futures after it, moved out
-    /// one by one (they have never been polled; [`poll_prefix`](Self::poll_prefix) stops at
-    /// the first pending one). Whatever the iterator does not yield is dropped with it.
-    pub(crate) fn split(&mut self) -> (Pin<&mut F>, Unpolled<'_, F>) {
-        assert!(
-            self.done < self.len && self.end == self.len,
-            "split once, while unfinished"
-        );
-        let head = self.done;
-        self.end = head + 1;
-        let slot = self.slot(head);
-        let rest = Unpolled {
-            // SAFETY: `head + 1 <= len`, at most one past the end of the futures.
-            next: unsafe { slot.add(1) },
-            // SAFETY: `len <= capacity`.
-            end: unsafe { self.buf.as_mut_ptr().add(self.len) },
-            _block: PhantomData,
+    /// The cells of the futures not finished by [`poll_prefix`](Self::poll_prefix), pinned
+    /// where they are, the first of them polled once already.
+    pub(crate) fn cells(&mut self) -> PinnedCells<'_, MaybeDone<F>> {
+        assert_eq!(self.cells, self.len, "every future left is a cell");
+        let first = self.cell(self.done);
+        // SAFETY: cells `done..len` are initialized and contiguous (slot stride, `FITS`);
+        // the slice borrows the block mutably, so nothing else reaches them meanwhile, and
+        // they are pinned (never moved, dropped in place by the block).
+        let cells = unsafe {
+            Pin::new_unchecked(std::slice::from_raw_parts_mut(first, self.len - self.done))
         };
-        // SAFETY: the future `head` is live and pinned in place (see `poll_prefix`); the
-        // reference lives as long as the borrow of the block, which cannot move meanwhile,
-        // and the iterator reaches only slots after it.
-        (unsafe { Pin::new_unchecked(&mut *slot) }, rest)
+        PinnedCells { slots: cells }
     }
 
-    /// Once the first unfinished future has finished (its output first in `rest`) and so have
-    /// the ones after it (their outputs the rest of `rest`, in order): every output in input
-    /// order, in the block when it holds earlier outputs, else in `rest`'s own vector.
+    /// Every output in input order, once every future has finished (the outputs of the
+    /// cells packed after the others); the block becomes the vector when the alignments are
+    /// the same and its size in bytes is a whole number of outputs, else the outputs are
+    /// moved into a new one.
     ///
     /// # Panics
     ///
-    /// If `rest` does not hold exactly the outputs of the futures [`split`](Self::split) off.
-    pub(crate) fn finish(mut self, rest: Vec<F::Output>) -> Vec<F::Output> {
-        assert!(
-            self.end == self.done + 1 && rest.len() == self.len - self.done,
-            "one output for each future split off"
-        );
-        self.drop_future(self.done);
-        if self.done == 0 {
-            // No output before: `rest` is every output; the block is freed empty.
-            self.live = 0;
-            self.end = 0;
-            return rest;
+    /// If a future has not finished, or an output was taken.
+    pub(crate) fn into_outputs(mut self) -> Vec<F::Output> {
+        while self.done < self.len {
+            let index = self.done;
+            let cell = self.cell(index);
+            // SAFETY: the cell is initialized and owned here; an output is not pinned
+            // (`MaybeDone::take_output` moves it out of a pinned cell too), and its future has
+            // already been dropped in place.
+            let output = unsafe { Pin::new_unchecked(&mut *cell) }
+                .take_output()
+                .expect("every future has finished");
+            // SAFETY: as in `poll_prefix`: the bytes lie in slots `0..=index`, all `Gone` or
+            // holding earlier outputs below `index * so`.
+            unsafe { self.output(index).write(output) };
+            self.done = index + 1;
         }
-        let mut rest = std::mem::ManuallyDrop::new(rest);
-        let at = self.output_slot(self.done);
-        // SAFETY: the bytes from output `done` to output `len` lie in slots `done..len`, none
-        // of which holds a future now (dropped in place or moved out), so they are free and
-        // do not overlap `rest`'s allocation. The outputs are moved (the vector is freed
-        // without dropping them, below), so each is still dropped once.
-        unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), at, rest.len()) };
-        self.done = self.len;
-        self.live = self.len;
-        self.end = self.len;
-        // SAFETY: the moved outputs are not dropped by the vector, only its memory freed.
-        unsafe {
-            rest.set_len(0);
-            std::mem::ManuallyDrop::drop(&mut rest);
-        }
-        self.into_outputs()
-    }
-
-    /// Every output in input order, once every future has finished; the block becomes the
-    /// vector when the alignments are the same and its size in bytes is a whole number of
-    /// outputs, else the outputs are moved into a new one.
-    ///
-    /// # Panics
-    ///
-    /// If a future has not finished.
-    pub(crate) fn into_outputs(self) -> Vec<F::Output> {
-        assert!(self.done == self.len, "every future has finished");
         let this = std::mem::ManuallyDrop::new(self);
         let len = this.len;
         // SAFETY: `this` is never dropped; its block is taken out of it once, here.
@@ -287,15 +313,15 @@ impl<F: Future> InPlace<F> {
         let ptr = buf.as_mut_ptr().cast::<F::Output>();
         if align_of::<F::Output>() == align_of::<F>() && bytes % size_of::<F::Output>() == 0 {
             let _forgotten = std::mem::ManuallyDrop::new(buf);
-            // SAFETY: the allocation was made for `buf.capacity()` values of `F`: as many
-            // bytes as `bytes / so` outputs take, with the outputs' alignment (checked just
-            // above), so it is freed with the same layout; its first `len` outputs are initialized (`done ==
-            // len`). The vector of futures is forgotten, not freed.
+            // SAFETY: the allocation was made for `capacity` values of `F`: as many bytes as
+            // `bytes / so` outputs take, with the outputs' alignment (checked just above), so
+            // it is freed with the same layout; its first `len` outputs are initialized. The
+            // vector of futures is forgotten, not freed.
             unsafe { Vec::from_raw_parts(ptr, len, bytes / size_of::<F::Output>()) }
         } else {
             let mut outputs = Vec::with_capacity(len);
-            // SAFETY: the `len` outputs are moved into the new vector and the block is then
-            // freed without dropping anything (its length is 0).
+            // SAFETY: the `len` outputs are moved into the new vector; the block is then freed
+            // without dropping anything (its length is 0).
             unsafe {
                 std::ptr::copy_nonoverlapping(ptr, outputs.as_mut_ptr(), len);
                 outputs.set_len(len);
@@ -308,69 +334,29 @@ impl<F: Future> InPlace<F> {
 
 impl<F: Future> Drop for InPlace<F> {
     fn drop(&mut self) {
-        let (done, live, end) = (self.done, self.live, self.end);
-        // Set before dropping, so that a panicking drop leaks the rest rather than dropping
+        let (done, cells, len) = (self.done, self.cells, self.len);
+        // Forgotten first, so that a panicking drop leaks the rest rather than dropping
         // anything twice.
         self.done = 0;
-        self.live = 0;
-        self.end = 0;
-        // SAFETY: outputs `0..done` and futures `live..end` are initialized and owned here;
-        // each is dropped once, in place (the futures may be pinned).
+        self.cells = 0;
+        self.len = 0;
+        let base = self.buf.as_mut_ptr();
+        // SAFETY: outputs `0..done`, cells `done..cells` and futures `cells..len` are
+        // initialized and owned here; each is dropped once, in place (cells may be pinned).
         unsafe {
             std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                self.buf.as_mut_ptr().cast::<F::Output>(),
+                base.cast::<F::Output>(),
                 done,
             ));
             std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                self.buf.as_mut_ptr().add(live),
-                end - live,
+                base.add(done).cast::<MaybeDone<F>>(),
+                cells - done,
+            ));
+            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
+                base.add(cells),
+                len - cells,
             ));
         }
-    }
-}
-
-/// The futures after the first unfinished one of an [`InPlace`] block, moved out one by one;
-/// the ones not taken are dropped in place with the iterator.
-pub(crate) struct Unpolled<'a, F> {
-    next: *mut F,
-    end: *mut F,
-    _block: PhantomData<&'a mut F>,
-}
-
-impl<F> Iterator for Unpolled<'_, F> {
-    type Item = F;
-
-    fn next(&mut self) -> Option<F> {
-        if self.next == self.end {
-            return None;
-        }
-        // SAFETY: `next < end`: an initialized, never-polled future owned by the iterator,
-        // read once (the pointer moves past it).
-        unsafe {
-            let future = self.next.read();
-            self.next = self.next.add(1);
-            Some(future)
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let len = if size_of::<F>() == 0 {
-            0
-        } else {
-            // SAFETY: both pointers are in the same block, `next <= end`.
-            unsafe { self.end.offset_from(self.next) }.unsigned_abs()
-        };
-        (len, Some(len))
-    }
-}
-
-impl<F> ExactSizeIterator for Unpolled<'_, F> {}
-
-impl<F> Drop for Unpolled<'_, F> {
-    fn drop(&mut self) {
-        let len = self.size_hint().0;
-        // SAFETY: the futures `next..end` are initialized, owned here and never polled.
-        unsafe { std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(self.next, len)) };
     }
 }
 
@@ -386,7 +372,7 @@ mod tests {
 
     use std::pin::Pin;
 
-    use super::{InPlace, PinnedSlots};
+    use super::{InPlace, PinnedSlots, Slots};
 
     /// Records its drop, so the tests can check that every element is dropped exactly once.
     struct DropCount(Rc<Cell<usize>>);
@@ -478,12 +464,43 @@ mod tests {
         assert_eq!(outputs.get(), 6);
     }
 
-    /// Ready at once with a counted output, or pending at its first poll (then ready); holds
-    /// a counted guard either way, and panics at its first poll if told to.
+    /// What a [`Stepped`] future does at its first poll.
+    #[derive(Clone, Copy)]
     enum Step {
         Ready,
         PendingOnce,
         Panic,
+    }
+
+    /// A hand-written future: ready at once with a counted output, or pending at its first
+    /// poll (then ready), or panicking; it holds a counted guard until it finishes or is
+    /// dropped. Its `Step` field leaves `MaybeDone` room for its states, so its cell fits its
+    /// slot (an async block's does not).
+    struct Stepped {
+        step: Step,
+        n: usize,
+        guard: Option<DropCount>,
+        output: Option<DropCount>,
+    }
+
+    impl Future for Stepped {
+        type Output = (usize, DropCount);
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(usize, DropCount)> {
+            match self.step {
+                Step::Panic => panic!("stepped future {} panics", self.n),
+                Step::PendingOnce => {
+                    self.step = Step::Ready;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Step::Ready => {
+                    self.guard = None;
+                    let output = self.output.take().expect("polled after it finished");
+                    Poll::Ready((self.n, output))
+                }
+            }
+        }
     }
 
     fn stepped(
@@ -491,17 +508,29 @@ mod tests {
         n: usize,
         futures: &Rc<Cell<usize>>,
         outputs: &Rc<Cell<usize>>,
-    ) -> impl Future<Output = (usize, DropCount)> {
-        let guard = DropCount(Rc::clone(futures));
-        let outputs = Rc::clone(outputs);
-        async move {
-            let _guard = guard;
-            match step {
-                Step::Ready => {}
-                Step::PendingOnce => crate::runtime::yield_now().await,
-                Step::Panic => panic!("stepped future {n} panics"),
-            }
-            (n, DropCount(outputs))
+    ) -> Stepped {
+        Stepped {
+            step,
+            n,
+            guard: Some(DropCount(Rc::clone(futures))),
+            output: Some(DropCount(Rc::clone(outputs))),
+        }
+    }
+
+    /// A future of alignment `A`'s, ready at once with `value`.
+    struct ReadyIn<A, T> {
+        step: Step,
+        _align: A,
+        value: T,
+    }
+
+    impl<A: Unpin, T: Copy + Unpin> Future for ReadyIn<A, T> {
+        type Output = T;
+
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<T> {
+            assert!(matches!(self.step, Step::Ready), "polled once");
+            self.step = Step::Panic;
+            Poll::Ready(self.value)
         }
     }
 
@@ -511,6 +540,7 @@ mod tests {
         let input: Vec<_> = (0..5)
             .map(|n| stepped(Step::Ready, n, &futures, &outputs))
             .collect();
+        assert!(InPlace::<Stepped>::FITS);
         let block_ptr = input.as_ptr() as usize;
         let reusable = (input.capacity() * std::mem::size_of_val(&input[0]))
             % std::mem::size_of::<(usize, DropCount)>()
@@ -535,14 +565,14 @@ mod tests {
     }
 
     #[test]
-    fn in_place_split_and_finish_keep_input_order() {
+    fn in_place_cells_are_joined_where_they_are_and_keep_input_order() {
         let mut cx = Context::from_waker(noop_waker_ref());
-        // A finished prefix (outputs moved into the block) and none (`rest` returned as is).
+        // Some outputs packed before the first pending future, and none.
         for prefix in [2, 0] {
             let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
             let input: Vec<_> = (0..6)
                 .map(|n| {
-                    let step = if n == prefix {
+                    let step = if n == prefix || n == 4 {
                         Step::PendingOnce
                     } else {
                         Step::Ready
@@ -550,26 +580,25 @@ mod tests {
                     stepped(step, n, &futures, &outputs)
                 })
                 .collect();
+            let (block_ptr, slot) = (input.as_ptr() as usize, std::mem::size_of_val(&input[0]));
             let mut block = InPlace::new(input);
             assert!(block.poll_prefix(&mut cx).is_pending());
             assert_eq!(futures.get(), prefix);
-            let (mut head, rest) = block.split();
-            let rest: Vec<_> = rest.collect();
-            assert_eq!(rest.len(), 5 - prefix);
-            let mut outs = vec![match head.as_mut().poll(&mut cx) {
-                Poll::Ready(output) => output,
-                Poll::Pending => panic!("ready at its second poll"),
-            }];
-            for future in rest {
-                match Box::pin(future).as_mut().poll(&mut cx) {
-                    Poll::Ready(output) => outs.push(output),
-                    Poll::Pending => panic!("ready at once"),
+            let mut cells = block.cells();
+            assert_eq!(cells.len(), 6 - prefix);
+            let cell_ptr = std::ptr::from_ref(&*cells.get_mut(0)) as usize;
+            assert_eq!(
+                cell_ptr,
+                block_ptr + prefix * slot,
+                "the cells are the futures' own slots"
+            );
+            for round in 0..2 {
+                for i in 0..cells.len() {
+                    let _ = cells.get_mut(i).poll(&mut cx);
                 }
+                assert_eq!(futures.get(), if round == 0 { 5 } else { 6 });
             }
-            // (An async block drops its locals as it finishes, the head's too.)
-            assert_eq!(futures.get(), 6);
-            let gathered = block.finish(outs);
-            assert_eq!(futures.get(), 6, "the head dropped once, in the block");
+            let gathered = block.into_outputs();
             assert_eq!(
                 gathered.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
                 (0..6).collect::<Vec<_>>()
@@ -603,17 +632,19 @@ mod tests {
             let _ = block.poll_prefix(&mut cx);
         }));
         assert!(panicked.is_err());
+        assert_eq!((futures.get(), outputs.get()), (2, 0));
+        // (A future that has not finished drops the output it holds.)
         drop(block);
-        assert_eq!((futures.get(), outputs.get()), (5, 2));
+        assert_eq!((futures.get(), outputs.get()), (5, 5));
 
-        // Dropped after a split, with the head pending and some moved-out futures not taken:
-        // each future and output once.
+        // Dropped while joining: an output packed, cells pending, finished (their outputs
+        // held in them) and never polled, each dropped once.
         let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
         let steps = [
             Step::Ready,
             Step::PendingOnce,
             Step::Ready,
-            Step::Ready,
+            Step::PendingOnce,
             Step::Ready,
         ];
         let input: Vec<_> = steps
@@ -623,39 +654,42 @@ mod tests {
             .collect();
         let mut block = InPlace::new(input);
         assert!(block.poll_prefix(&mut cx).is_pending());
-        let (_head, mut rest) = block.split();
-        drop(rest.next());
-        drop(rest);
-        assert_eq!(futures.get(), 4);
+        let mut cells = block.cells();
+        for i in 1..3 {
+            let _ = cells.get_mut(i).poll(&mut cx);
+        }
+        assert_eq!((futures.get(), outputs.get()), (2, 0));
+        // (A future that has not finished drops the output it holds.)
         drop(block);
-        assert_eq!((futures.get(), outputs.get()), (5, 1));
+        assert_eq!((futures.get(), outputs.get()), (5, 5));
     }
 
     #[test]
     fn in_place_outputs_move_to_a_new_vector_when_the_block_does_not_fit_them() {
         let mut cx = Context::from_waker(noop_waker_ref());
         // Alignment 8 futures, alignment 1 outputs.
-        let input: Vec<Pin<Box<dyn Future<Output = u8>>>> = (0..3_u8)
-            .map(|n| Box::pin(std::future::ready(n)) as Pin<Box<dyn Future<Output = u8>>>)
+        let input: Vec<_> = (0..3_u8)
+            .map(|n| ReadyIn {
+                step: Step::Ready,
+                _align: 0_u64,
+                value: n,
+            })
             .collect();
+        assert_eq!(std::mem::align_of_val(&input[0]), 8);
         let mut block = InPlace::new(input);
         assert!(block.poll_prefix(&mut cx).is_ready());
         assert_eq!(block.into_outputs(), vec![0, 1, 2]);
-        // 24-byte futures, 16-byte outputs, an odd capacity: 72 bytes are not 16-byte outputs.
+        // 24-byte futures, 16-byte outputs, three of them: 72 bytes are not whole outputs.
         let mut input = Vec::with_capacity(3);
-        input.extend((0..3_u64).map(|n| std::future::ready([n; 2])));
-        let mut input: Vec<_> = input
-            .into_iter()
-            .map(|f| {
-                let pad = 0_u64;
-                let mut f = Some(f);
-                futures::future::poll_fn(move |_| {
-                    let _ = pad;
-                    Poll::Ready(f.take().map(|r| r.into_inner()).expect("once"))
-                })
-            })
-            .collect();
-        input.shrink_to(3);
+        input.extend((0..3_u64).map(|n| ReadyIn {
+            step: Step::Ready,
+            _align: (),
+            value: [n; 2],
+        }));
+        assert_eq!(
+            (std::mem::size_of_val(&input[0]), input.capacity()),
+            (24, 3)
+        );
         let mut block = InPlace::new(input);
         assert!(block.poll_prefix(&mut cx).is_ready());
         assert_eq!(block.into_outputs(), vec![[0, 0], [1, 1], [2, 2]]);
