@@ -3,8 +3,10 @@
 //! spawn paths; time-dependent properties on the virtual-time runtime.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{join, ready};
@@ -18,7 +20,7 @@ use sheepdog_core::combinators::{
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
-use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live};
+use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live, LiveGuard};
 
 /// Tracks how many calls are running at once and the peak.
 #[derive(Default)]
@@ -38,6 +40,62 @@ impl Peak {
 
     fn peak(&self) -> usize {
         self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// What a [`Stepped`] future does.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Finishes after this many self-woken `Pending`s.
+    Yields(usize),
+    /// Panics after this many.
+    Panic(usize),
+    /// Never finishes (and never wakes).
+    Forever,
+}
+
+/// A hand-written future holding a live guard until it finishes, and its output, another live
+/// guard, until it hands it over. Its `Mode` field leaves `MaybeDone` room for its states, so
+/// `gather` polls it in its input vector (async blocks and boxes take the joining driver).
+struct Stepped {
+    mode: Mode,
+    n: usize,
+    held: Option<LiveGuard>,
+    output: Option<LiveGuard>,
+}
+
+impl Stepped {
+    fn new(live: &Live, n: usize, mode: Mode) -> Self {
+        Stepped {
+            mode,
+            n,
+            held: Some(live.guard()),
+            output: Some(live.guard()),
+        }
+    }
+}
+
+impl Future for Stepped {
+    type Output = (usize, LiveGuard);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(usize, LiveGuard)> {
+        match self.mode {
+            Mode::Forever => Poll::Pending,
+            Mode::Yields(0) => {
+                self.held = None;
+                let output = self.output.take().expect("polled after it finished");
+                Poll::Ready((self.n, output))
+            }
+            Mode::Panic(0) => panic!("stepped future {} panics", self.n),
+            Mode::Yields(left) | Mode::Panic(left) => {
+                self.mode = match self.mode {
+                    Mode::Yields(_) => Mode::Yields(left - 1),
+                    _ => Mode::Panic(left - 1),
+                };
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -62,6 +120,66 @@ conformance! {
             Some("gather payload")
         );
         assert_eq!(live.count(), 0, "the peers were dropped");
+    }
+
+    /// Futures that finish in order are gathered in their input vector, the others joined in
+    /// their slots after the first that waits: either way each output comes back in input
+    /// order, and a gather dropped part-way, or unwound by a panic in a future's poll (in the
+    /// in-order pass or after it), drops every unfinished future and every finished output
+    /// exactly once.
+    async fn gather_drops_each_future_and_output_once(cx) {
+        use futures::FutureExt;
+        let live = Live::new();
+        let out = gather(vec![
+            Stepped::new(&live, 0, Mode::Yields(0)),
+            Stepped::new(&live, 1, Mode::Yields(0)),
+            Stepped::new(&live, 2, Mode::Yields(2)),
+            Stepped::new(&live, 3, Mode::Yields(0)),
+            Stepped::new(&live, 4, Mode::Yields(1)),
+        ])
+        .await;
+        assert_eq!(out.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(live.count(), 5, "only the outputs are left");
+        drop(out);
+        assert_eq!(live.count(), 0);
+
+        // Dropped after one call: two outputs packed, futures waiting, finished (their output
+        // in their cell) or not polled yet.
+        let mut gathering = Box::pin(gather(vec![
+            Stepped::new(&live, 0, Mode::Yields(0)),
+            Stepped::new(&live, 1, Mode::Yields(0)),
+            Stepped::new(&live, 2, Mode::Forever),
+            Stepped::new(&live, 3, Mode::Yields(0)),
+            Stepped::new(&live, 4, Mode::Yields(1)),
+            Stepped::new(&live, 5, Mode::Forever),
+        ]));
+        let first = futures::future::poll_fn(|cx| Poll::Ready(gathering.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        drop(gathering);
+        assert_eq!(live.count(), 0, "dropped part-way");
+
+        for in_order_pass in [true, false] {
+            let futures = if in_order_pass {
+                vec![
+                    Stepped::new(&live, 0, Mode::Yields(0)),
+                    Stepped::new(&live, 1, Mode::Yields(0)),
+                    Stepped::new(&live, 2, Mode::Panic(0)),
+                    Stepped::new(&live, 3, Mode::Yields(0)),
+                    Stepped::new(&live, 4, Mode::Forever),
+                ]
+            } else {
+                vec![
+                    Stepped::new(&live, 0, Mode::Yields(0)),
+                    Stepped::new(&live, 1, Mode::Forever),
+                    Stepped::new(&live, 2, Mode::Panic(1)),
+                    Stepped::new(&live, 3, Mode::Yields(0)),
+                    Stepped::new(&live, 4, Mode::Yields(2)),
+                ]
+            };
+            let caught = std::panic::AssertUnwindSafe(gather(futures)).catch_unwind().await;
+            assert!(caught.is_err(), "the panic propagates");
+            assert_eq!(live.count(), 0, "unwound");
+        }
     }
 
     /// Empty input gives an empty result at once, in every form.

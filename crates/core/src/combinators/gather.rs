@@ -10,6 +10,7 @@ use futures::future::poll_fn;
 use super::inflight::{Feed, Source};
 use super::join::Join;
 use super::outcome::{settle, Outcome};
+use super::pinned::InPlace;
 
 /// Runs the futures of `source` concurrently, at most `cap` at once, and collects what `keep`
 /// makes of each output into a vector in input order. The first `Err` from `keep` ends the
@@ -96,9 +97,32 @@ where
     I: IntoIterator,
     I::Item: Future,
 {
-    let mut join = Join::new(futures.into_iter());
-    poll_fn(|cx| join.poll(cx, |_| false)).await;
-    join.into_outputs()
+    if !InPlace::<I::Item>::FITS {
+        let mut join = Join::new(futures.into_iter());
+        poll_fn(|cx| join.poll(cx, |_| false)).await;
+        return join.into_outputs();
+    }
+    // Poll the futures in their input vector (a `Vec` is taken as is) while they finish in
+    // order, packing each output over the futures before it: when every future is ready at
+    // once, that is the only pass.
+    let mut block = InPlace::new(futures.into_iter().collect());
+    // `Ready` without waiting: a pending future hands over to the joining driver in this same
+    // call, so that the futures after it are polled now.
+    let finished = poll_fn(|cx| Poll::Ready(block.poll_prefix(cx).is_ready())).await;
+    if !finished {
+        let mut join = Join::in_place(block.cells());
+        poll_fn(|cx| join.poll(cx, |_| false)).await;
+    }
+    shrunk(block.into_outputs())
+}
+
+/// `outputs`, shrunk if its block has room for more than twice as many (futures much larger
+/// than their outputs), so that a gather never returns much more memory than its outputs take.
+fn shrunk<T>(mut outputs: Vec<T>) -> Vec<T> {
+    if outputs.capacity() / 2 > outputs.len() {
+        outputs.shrink_to_fit();
+    }
+    outputs
 }
 
 /// Runs every future concurrently and returns their values in input order, or the first

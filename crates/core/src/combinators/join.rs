@@ -28,11 +28,12 @@
 //!   needs the fewest.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use futures::future::MaybeDone;
 
-use super::pinned::PinnedSlots;
+use super::pinned::{PinnedCells, PinnedSlots, Slots};
 use super::wakers::SlotWakers;
 
 /// Up to this many futures, every call polls each unfinished future with the parent's waker
@@ -56,9 +57,10 @@ struct Own {
     woken: Vec<usize>,
 }
 
-/// Futures polled together until they finish or the caller stops.
-pub(crate) struct Join<F: Future> {
-    cells: PinnedSlots<MaybeDone<F>>,
+/// Futures polled together until they finish or the caller stops, in a block of cells of
+/// their own (`C` the default) or in cells lent by a gather's input block.
+pub(crate) struct Join<F: Future, C = PinnedSlots<MaybeDone<F>>> {
+    cells: C,
     /// Slots polled once with the parent's waker and pending: polled with it again on the
     /// next call.
     parent: Vec<usize>,
@@ -69,12 +71,52 @@ pub(crate) struct Join<F: Future> {
     /// How many futures have not finished.
     remaining: usize,
     started: bool,
+    /// The first future was polled once with the parent's waker before the join, and was
+    /// pending: the first pass does not poll it again.
+    head_pending: bool,
+    /// The futures are in `cells`, which carries their auto traits.
+    _futures: PhantomData<fn(F)>,
 }
 
 impl<F: Future> Join<F> {
     /// The futures of `futures`, not yet polled.
     pub(crate) fn new(futures: impl Iterator<Item = F>) -> Self {
-        let cells = PinnedSlots::new(futures.map(MaybeDone::Future).collect());
+        Self::with_cells(
+            PinnedSlots::new(futures.map(MaybeDone::Future).collect()),
+            false,
+        )
+    }
+
+    /// Every output in input order, once all futures have finished and none was taken; the
+    /// vector reuses the futures' block when the output's layout allows.
+    ///
+    /// A vector that reuses the block keeps its capacity, the block's size in outputs; if that
+    /// is more than twice the outputs (futures much larger than their outputs), the vector is
+    /// shrunk, so a gather never returns much more memory than its outputs take.
+    pub(crate) fn into_outputs(self) -> Vec<F::Output> {
+        let mut outputs = self
+            .cells
+            .into_outputs()
+            .expect("every future has finished");
+        if outputs.capacity() / 2 > outputs.len() {
+            outputs.shrink_to_fit();
+        }
+        outputs
+    }
+}
+
+impl<'a, F: Future> Join<F, PinnedCells<'a, MaybeDone<F>>> {
+    /// The cells lent by a gather's input block, of which the first was polled once with the
+    /// parent's waker and was pending (the first call treats it as polled; at least one
+    /// cell needed). The outputs stay in the cells, for the block to collect.
+    pub(crate) fn in_place(cells: PinnedCells<'a, MaybeDone<F>>) -> Self {
+        assert!(cells.len() > 0, "a polled first future");
+        Self::with_cells(cells, true)
+    }
+}
+
+impl<F: Future, C: Slots<MaybeDone<F>>> Join<F, C> {
+    fn with_cells(cells: C, head_pending: bool) -> Self {
         Join {
             remaining: cells.len(),
             cells,
@@ -82,6 +124,8 @@ impl<F: Future> Join<F> {
             promote: Vec::new(),
             own: None,
             started: false,
+            head_pending,
+            _futures: PhantomData,
         }
     }
 
@@ -103,9 +147,10 @@ impl<F: Future> Join<F> {
             self.started = true;
             let len = self.cells.len();
             let mut first = 0;
+            let head_pending = self.head_pending;
             if len > SMALL && len <= OWN_AT_SECOND_POLL {
                 let mut cell = self.cells.get_mut(0);
-                if cell.as_mut().poll(cx).is_pending() {
+                if head_pending || cell.as_mut().poll(cx).is_pending() {
                     // A first future that waits predicts others that do: the slot wakers are
                     // made now, and the rest polled with theirs from the start.
                     let own = self.own.insert(Own {
@@ -128,6 +173,13 @@ impl<F: Future> Join<F> {
                         return Poll::Ready(Some(0));
                     }
                     first = 1;
+                }
+            } else if head_pending {
+                // Pending at the poll before the join: on to its second poll.
+                first = 1;
+                if len > SMALL {
+                    self.parent.reserve_exact(len);
+                    self.parent.push(0);
                 }
             }
             for index in first..len {
@@ -226,11 +278,7 @@ impl<F: Future> Join<F> {
     }
 
     /// Whether the caller wants to stop at the output of the finished future `index`.
-    fn stops(
-        cells: &mut PinnedSlots<MaybeDone<F>>,
-        index: usize,
-        stop: &mut impl FnMut(&F::Output) -> bool,
-    ) -> bool {
+    fn stops(cells: &mut C, index: usize, stop: &mut impl FnMut(&F::Output) -> bool) -> bool {
         match cells.get_mut(index).output_mut() {
             Some(output) => stop(output),
             None => false,
@@ -239,7 +287,7 @@ impl<F: Future> Join<F> {
 
     /// A poll with the slot's own waker; whether the future finished now. A stale wake of a
     /// finished future polls nothing.
-    fn poll_own(cells: &mut PinnedSlots<MaybeDone<F>>, wakers: &SlotWakers, index: usize) -> bool {
+    fn poll_own(cells: &mut C, wakers: &SlotWakers, index: usize) -> bool {
         let mut cell = cells.get_mut(index);
         let MaybeDone::Future(_) = &*cell else {
             return false;
@@ -252,23 +300,6 @@ impl<F: Future> Join<F> {
     /// The output of future `index`, once; `None` if it has not finished or was taken.
     pub(crate) fn take(&mut self, index: usize) -> Option<F::Output> {
         self.cells.get_mut(index).take_output()
-    }
-
-    /// Every output in input order, once all futures have finished and none was taken; the
-    /// vector reuses the futures' block when the output's layout allows.
-    ///
-    /// A vector that reuses the block keeps its capacity, the block's size in outputs; if that
-    /// is more than twice the outputs (futures much larger than their outputs), the vector is
-    /// shrunk, so a gather never returns much more memory than its outputs take.
-    pub(crate) fn into_outputs(self) -> Vec<F::Output> {
-        let mut outputs = self
-            .cells
-            .into_outputs()
-            .expect("every future has finished");
-        if outputs.capacity() / 2 > outputs.len() {
-            outputs.shrink_to_fit();
-        }
-        outputs
     }
 
     /// Every output in input order, once all futures have finished.
