@@ -377,8 +377,21 @@ pub(crate) fn bare() -> bool {
 
 /// The innermost scope node of the code being polled, if any (making it from a lazy frame if
 /// needed).
+///
+/// Inlined up to the check for no scope at all, which every spawn makes (a spawned group's
+/// children are spawned outside every scope); the rest is out of line.
+#[inline]
 pub(crate) fn current() -> Option<Arc<Node>> {
     let top = TOP.with(Cell::get);
+    if top == Top::BARE {
+        return None;
+    }
+    current_in_scope(top)
+}
+
+/// [`current`] when a node or a lazy frame is current.
+#[inline(never)]
+fn current_in_scope(top: Top) -> Option<Arc<Node>> {
     if top.lazy() {
         let parent = replace_current(None);
         let node = Node::new(super::lent::get(), top.lazy_shield());
