@@ -304,7 +304,9 @@ impl Region for Framed {
 /// until something inside makes the frame's node.
 pub(crate) struct InGroup(Option<Arc<Node>>);
 
+// Inlined into each child's poll, as for `Framed`.
 impl Region for InGroup {
+    #[inline]
     fn cancelled(&self, group: Option<&Node>) -> bool {
         match &self.0 {
             Some(node) => node.effectively_cancelled() && node.shields_below() == 0,
@@ -334,10 +336,12 @@ impl Region for InGroup {
         }
     }
 
+    #[inline]
     fn node(&self) -> Option<&Arc<Node>> {
         self.0.as_ref()
     }
 
+    #[inline]
     fn leave(&mut self) {
         if let Some(node) = self.0.take() {
             node.exit();
