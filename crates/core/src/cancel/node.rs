@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::cell::Cell;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError, Weak};
 
@@ -12,13 +13,30 @@ use std::time::{Duration, Instant};
 
 thread_local! {
     /// The innermost scope node of the code being polled on this thread (below a lazy frame,
-    /// if `TOP` has one: then it is that frame's parent).
-    static CURRENT: Cell<Option<Arc<Node>>> = const { Cell::new(None) };
+    /// if `TOP` has one: then it is that frame's parent). Holds its reference without drop glue
+    /// (see [`Held`]).
+    static CURRENT: Cell<Option<Held>> = const { Cell::new(None) };
     /// What is on top of the current scope, in one byte: so that the common cases — no scope
     /// at all (checked on every spawn and every sleep), and a deadline region that completes
     /// at its first poll (entered and left here, without touching `CURRENT`) — cost a
     /// thread-local read or two and a one-byte write.
     static TOP: Cell<Top> = const { Cell::new(Top::BARE) };
+}
+
+/// A node's reference as `CURRENT` holds it: an `Arc` without drop glue, so the thread-local
+/// registers no destructor and each access skips the check that it was registered (two
+/// accesses on every poll of a region). Nothing is leaked by it: every function that puts a node
+/// into `CURRENT` takes it out again when it returns or unwinds (its guard), so `CURRENT` is
+/// empty whenever no region is being polled on the thread, and in particular when the thread
+/// exits.
+type Held = ManuallyDrop<Arc<Node>>;
+
+/// Replaces the node in `CURRENT`, returning the one that was there.
+#[inline]
+fn replace_current(node: Option<Arc<Node>>) -> Option<Arc<Node>> {
+    CURRENT
+        .with(|cell| cell.replace(node.map(ManuallyDrop::new)))
+        .map(ManuallyDrop::into_inner)
 }
 
 /// The state of the current scope that fits in a byte.
@@ -359,20 +377,33 @@ pub(crate) fn bare() -> bool {
 
 /// The innermost scope node of the code being polled, if any (making it from a lazy frame if
 /// needed).
+///
+/// Inlined up to the check for no scope at all, which every spawn makes (a spawned group's
+/// children are spawned outside every scope); the rest is out of line.
+#[inline]
 pub(crate) fn current() -> Option<Arc<Node>> {
     let top = TOP.with(Cell::get);
+    if top == Top::BARE {
+        return None;
+    }
+    current_in_scope(top)
+}
+
+/// [`current`] when a node or a lazy frame is current.
+#[inline(never)]
+fn current_in_scope(top: Top) -> Option<Arc<Node>> {
     if top.lazy() {
-        let parent = CURRENT.with(Cell::take);
+        let parent = replace_current(None);
         let node = Node::new(super::lent::get(), top.lazy_shield());
         node.enter(parent);
-        CURRENT.with(|cell| cell.set(Some(Arc::clone(&node))));
+        replace_current(Some(Arc::clone(&node)));
         TOP.with(|cell| cell.set(Top::of_node(true)));
         return Some(node);
     }
     if !top.node() {
         return None;
     }
-    crate::runtime::context::peek(&CURRENT)
+    crate::runtime::context::peek(&CURRENT).map(ManuallyDrop::into_inner)
 }
 
 /// Whether a node is current or a lazy frame is on top (whose node [`current`] would make).
@@ -386,7 +417,7 @@ pub(crate) fn in_scope() -> bool {
 fn with_current_node<R>(f: impl FnOnce(Option<&Arc<Node>>) -> R) -> R {
     CURRENT.with(|cell| {
         let node = cell.take();
-        let out = f(node.as_ref());
+        let out = f(node.as_deref());
         cell.set(node);
         out
     })
@@ -403,14 +434,14 @@ impl Saved {
     fn install(top: Top, node: Option<Arc<Node>>) -> Saved {
         Saved {
             top: TOP.with(|cell| cell.replace(top)),
-            node: CURRENT.with(|cell| cell.replace(node)),
+            node: replace_current(node),
         }
     }
 
     /// Puts the saved state back; returns what was current before.
     fn restore(&mut self) -> (Top, Option<Arc<Node>>) {
         let top = TOP.with(|cell| cell.replace(self.top));
-        let node = CURRENT.with(|cell| cell.replace(self.node.take()));
+        let node = replace_current(self.node.take());
         (top, node)
     }
 }
@@ -496,14 +527,16 @@ pub(crate) enum Below {
     Entered,
 }
 
-/// [`enter`] for a [`Below`] region.
+/// [`enter`] for a [`Below`] region: two thread-local swaps (`TOP`, `CURRENT`) and the lent
+/// deadline, and back. The region's reference moves into `CURRENT` and back, uncounted.
+#[inline]
 pub(crate) fn enter_below<R>(below: &mut Below, f: impl FnOnce() -> R) -> R {
     /// Puts what was current back, and the region (its node, if made meanwhile) into `below`,
     /// also on unwind.
     struct Restore<'a> {
         below: &'a mut Below,
         top: Top,
-        node: Option<Arc<Node>>,
+        node: Option<Held>,
     }
     impl Drop for Restore<'_> {
         #[inline]
@@ -512,11 +545,14 @@ pub(crate) fn enter_below<R>(below: &mut Below, f: impl FnOnce() -> R) -> R {
             let node = CURRENT.with(|cell| cell.replace(self.node.take()));
             // `CURRENT` holds the region's node if it was made (the lazy frame is gone), or
             // else its parent.
-            *self.below = match (node, top.lazy()) {
-                (Some(parent), true) => Below::Frame(parent),
-                (Some(made), false) => Below::Node(made),
-                (None, _) => Below::Entered,
+            let region = match node {
+                Some(node) if top.lazy() => Below::Frame(ManuallyDrop::into_inner(node)),
+                Some(made) => Below::Node(ManuallyDrop::into_inner(made)),
+                None => Below::Entered,
             };
+            // `below` holds `Entered` while the region runs (it is borrowed here): there is
+            // nothing to drop, and skipping the drop skips its check.
+            std::mem::forget(std::mem::replace(self.below, region));
         }
     }
     /// A plain frame's deadline: none. It is lent like any lazy frame's, so a frame made into
@@ -530,7 +566,7 @@ pub(crate) fn enter_below<R>(below: &mut Below, f: impl FnOnce() -> R) -> R {
     let top = Top::of_node(true);
     let _restore = Restore {
         top: TOP.with(|cell| cell.replace(if frame { top.with_lazy(false) } else { top })),
-        node: CURRENT.with(|cell| cell.replace(Some(node))),
+        node: CURRENT.with(|cell| cell.replace(Some(ManuallyDrop::new(node)))),
         below,
     };
     if frame {
@@ -625,12 +661,8 @@ pub(crate) fn enter_lazy_at<R>(
 #[cold]
 #[inline(never)]
 fn made_into_node(made: &mut Option<Arc<Node>>) {
-    let node = CURRENT.with(|cell| {
-        let node = cell.take();
-        let parent = node.as_ref().and_then(|n| n.parent().cloned());
-        cell.set(parent);
-        node
-    });
+    let node = replace_current(None);
+    replace_current(node.as_ref().and_then(|n| n.parent().cloned()));
     *made = node;
 }
 

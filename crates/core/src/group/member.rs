@@ -199,12 +199,19 @@ impl Registry {
         }
     }
 
+    /// Removes the waker of the member holding `index`, if it registered one. Inlined: a
+    /// member that never waited (most of them) only checks its `None`.
+    #[inline]
     pub(crate) fn unregister(&self, index: &mut Option<usize>) {
         if let Some(i) = index.take() {
-            let mut slots = self.lock();
-            slots.wakers[i] = None;
-            slots.free.push(i);
+            self.remove(i);
         }
+    }
+
+    fn remove(&self, i: usize) {
+        let mut slots = self.lock();
+        slots.wakers[i] = None;
+        slots.free.push(i);
     }
 
     /// Wakes every registered member, so each sees the group's cancellation.
@@ -244,6 +251,7 @@ impl Framed {
 
     /// The group's node: the frame's parent, or the parent of the node made from the frame.
     /// Still there after the member left the scope tree.
+    #[inline]
     pub(crate) fn group_node(&self) -> &Arc<Node> {
         let group = match &self.0 {
             Below::Frame(parent) => Some(parent),
@@ -257,7 +265,9 @@ impl Framed {
     }
 }
 
+// Inlined into each child's poll, a generic function the caller's crate instantiates.
 impl Region for Framed {
+    #[inline]
     fn cancelled(&self, _group: Option<&Node>) -> bool {
         match &self.0 {
             Below::Frame(parent) => parent.effectively_cancelled(),
@@ -270,6 +280,7 @@ impl Region for Framed {
         node::enter_below(&mut self.0, f)
     }
 
+    #[inline]
     fn node(&self) -> Option<&Arc<Node>> {
         match &self.0 {
             Below::Node(node) => Some(node),
@@ -279,6 +290,7 @@ impl Region for Framed {
 
     // Keeps the frame (or its node, unlinked), which holds the member's one reference to its
     // group: a spawned child still reports to its group after it left the tree.
+    #[inline]
     fn leave(&mut self) {
         if let Below::Node(node) = &self.0 {
             node.exit();
@@ -292,7 +304,9 @@ impl Region for Framed {
 /// until something inside makes the frame's node.
 pub(crate) struct InGroup(Option<Arc<Node>>);
 
+// Inlined into each child's poll, as for `Framed`.
 impl Region for InGroup {
+    #[inline]
     fn cancelled(&self, group: Option<&Node>) -> bool {
         match &self.0 {
             Some(node) => node.effectively_cancelled() && node.shields_below() == 0,
@@ -322,10 +336,12 @@ impl Region for InGroup {
         }
     }
 
+    #[inline]
     fn node(&self) -> Option<&Arc<Node>> {
         self.0.as_ref()
     }
 
+    #[inline]
     fn leave(&mut self) {
         if let Some(node) = self.0.take() {
             node.exit();

@@ -48,6 +48,7 @@ pub fn current() -> Option<RuntimeHandle> {
 }
 
 /// The ambient handle installed around the current poll, if any (no detector is asked).
+#[inline]
 pub(crate) fn installed() -> Option<RuntimeHandle> {
     match KIND.with(Cell::get) {
         Kind::None => None,
