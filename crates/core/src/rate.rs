@@ -527,6 +527,7 @@ impl RateLimiterBuilder {
             closed: false,
             last_now: None,
             last_stamp: None,
+            epoch_bounds: None,
             next_id: 1,
             admitted: 0,
             rejected: 0,
@@ -658,6 +659,9 @@ struct State {
     last_now: Option<Instant>,
     /// The latest instant a use was recorded at, so that recorded instants never go backwards.
     last_stamp: Option<Instant>,
+    /// The bounds of the last coarse reading under the lock, for its epoch
+    /// ([`clock_bounded`](Self::clock_bounded)).
+    epoch_bounds: Option<Bounds>,
     next_id: u64,
     /// Admissions so far (those on credit are added when the credit is collected).
     admitted: u64,
@@ -691,11 +695,26 @@ impl State {
     /// [`clock`](Self::clock) from [`time::now_bounds`] if the limiter uses the coarse clock
     /// (on the system's clock, a cheap reading within a few clock ticks instead of a precise
     /// one).
+    ///
+    /// Bounds worked out from a coarse reading are kept for its epoch: a later reading in the
+    /// same epoch reuses them (the same upper bound, the epoch's end; an earlier lower bound,
+    /// which is still never later than the true instant), without the arithmetic on instants.
     fn clock_bounded(&mut self, config: &Config) -> Option<Now> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
         }
-        self.clock_with(Some(read_bounds(config, None)))
+        let read = match config.coarse.then(time::coarse_now).flatten() {
+            Some(coarse) => match self.epoch_bounds {
+                Some(bounds) if bounds.epoch == Some(coarse.epoch) => bounds,
+                _ => {
+                    let bounds = coarse.bounds();
+                    self.epoch_bounds = bounds.epoch.is_some().then_some(bounds);
+                    bounds
+                }
+            },
+            None => Bounds::exact(time::now()),
+        };
+        self.clock_with(Some(read))
     }
 
     /// [`clock`](Self::clock), with bounds on the instant read before the lock was taken if
@@ -992,7 +1011,7 @@ impl State {
     /// The waiter to admit next if a slot is free: the head of the line if admission is not
     /// paused and its cost fits (with overtaking: the first in the queue whose cost fits).
     fn next_admissible(&self, config: &Config) -> Option<(usize, u64)> {
-        if self.paused_until.is_some() {
+        if self.paused_until.is_some() || self.waiters.is_empty() {
             return None;
         }
         let ledger = &self.ledger;
@@ -2279,8 +2298,8 @@ impl<S: Deref<Target = Shared>> Held<S> {
             .filter(|&tokens| tokens != UNREPORTED);
         let accounted = self.accounted;
         let settles = reported.is_some_and(|tokens| tokens != accounted);
-        let slots = &self.shared.slots;
-        if !settles && slots.release_fast() {
+        // Without a usage handle, `drop` tried the lock-free release already.
+        if !settles && self.usage.is_some() && self.shared.slots.release_fast() {
             return;
         }
         let mark = &mut self.mark;

@@ -414,6 +414,7 @@ impl Mailboxes {
     }
 
     /// Under the lock: whether the waiter of the handed slot `key` took its grant.
+    #[inline]
     pub(crate) fn taken(&self, key: usize) -> bool {
         self.cell(key).load(Acquire) == TAKEN
     }
