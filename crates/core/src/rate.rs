@@ -1020,7 +1020,7 @@ impl State {
             let queue = config.queue_capacity.unwrap_or(usize::MAX);
             self.waiters.iter().take(queue).find(fits)
         } else {
-            self.waiters.iter().next().filter(fits)
+            self.waiters.front_entry().filter(fits)
         };
         next.map(|(key, &tokens)| (key, tokens))
     }

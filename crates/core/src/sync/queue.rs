@@ -149,10 +149,18 @@ impl<R, G> WaitList<R, G> {
     ///
     /// If `key` is not waiting.
     pub(crate) fn hand(&mut self, key: usize) -> (R, Waker) {
-        let (request, waker) = self.unlink(key);
-        self.slots[key] = Slot::Handed;
         self.handed.push(key);
-        (request, waker)
+        self.unlink_leaving(key, Slot::Handed)
+    }
+
+    /// The key and the request of the oldest waiter.
+    #[inline]
+    pub(crate) fn front_entry(&self) -> Option<(usize, &R)> {
+        let key = self.head?;
+        match &self.slots[key] {
+            Slot::Waiting { request, .. } => Some((key, request)),
+            _ => unreachable!("the line holds only waiting slots"),
+        }
     }
 
     /// Returns to the free list the handed slots whose waiters took their grants (`taken`
@@ -287,7 +295,12 @@ impl<R, G> WaitList<R, G> {
 
     /// Takes a waiting slot out of the line, leaving a placeholder to be overwritten.
     fn unlink(&mut self, key: usize) -> (R, Waker) {
-        let placeholder = Slot::Vacant { next_free: None };
+        self.unlink_leaving(key, Slot::Vacant { next_free: None })
+    }
+
+    /// [`unlink`](Self::unlink), leaving `placeholder` in the slot.
+    #[inline]
+    fn unlink_leaving(&mut self, key: usize, placeholder: Slot<R, G>) -> (R, Waker) {
         let Slot::Waiting {
             request,
             waker,
