@@ -528,6 +528,7 @@ impl RateLimiterBuilder {
             last_now: None,
             last_stamp: None,
             epoch_bounds: None,
+            epoch_now: None,
             next_id: 1,
             admitted: 0,
             rejected: 0,
@@ -662,6 +663,8 @@ struct State {
     /// The bounds of the last coarse reading under the lock, for its epoch
     /// ([`clock_bounded`](Self::clock_bounded)).
     epoch_bounds: Option<Bounds>,
+    /// What [`clock_bounded`](Self::clock_bounded) made of them last.
+    epoch_now: Option<Now>,
     next_id: u64,
     /// Admissions so far (those on credit are added when the credit is collected).
     admitted: u64,
@@ -703,18 +706,32 @@ impl State {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
         }
-        let read = match config.coarse.then(time::coarse_now).flatten() {
-            Some(coarse) => match self.epoch_bounds {
-                Some(bounds) if bounds.epoch == Some(coarse.epoch) => bounds,
-                _ => {
-                    let bounds = coarse.bounds();
-                    self.epoch_bounds = bounds.epoch.is_some().then_some(bounds);
-                    bounds
-                }
-            },
-            None => Bounds::exact(time::now()),
+        let Some(coarse) = config.coarse.then(time::coarse_now).flatten() else {
+            return self.clock_with(Some(Bounds::exact(time::now())));
         };
-        self.clock_with(Some(read))
+        let bounds = match self.epoch_bounds {
+            Some(bounds) if bounds.epoch == Some(coarse.epoch) => {
+                // Nothing moved the books since the last reading of this epoch: it would come
+                // out the same (and bring the books up to where they are).
+                if let Some(now) = self.epoch_now {
+                    if self.last_now == Some(now.at)
+                        && self.last_stamp == Some(now.stamp)
+                        && self.paused_until.is_none()
+                    {
+                        return Some(now);
+                    }
+                }
+                bounds
+            }
+            _ => {
+                let bounds = coarse.bounds();
+                self.epoch_bounds = bounds.epoch.is_some().then_some(bounds);
+                bounds
+            }
+        };
+        let now = self.clock_with(Some(bounds));
+        self.epoch_now = now.filter(|_| self.epoch_bounds.is_some());
+        now
     }
 
     /// [`clock`](Self::clock), with bounds on the instant read before the lock was taken if
