@@ -529,6 +529,7 @@ impl RateLimiterBuilder {
             last_stamp: None,
             epoch_bounds: None,
             epoch_now: None,
+            slow_left_up: false,
             next_id: 1,
             admitted: 0,
             rejected: 0,
@@ -671,6 +672,9 @@ struct State {
     rejected: u64,
     /// The credit in the slot word, if any was issued and not collected.
     credit: Option<Credit>,
+    /// The hand-off that emptied the line left `SLOW` up; the next operation under the lock
+    /// lowers it ([`State::serve_with`]).
+    slow_left_up: bool,
 }
 
 /// What the limiter knows of the current instant, after [`State::clock`].
@@ -917,9 +921,17 @@ impl State {
     }
 
     /// Keeps the `SLOW` flag in line with who waits, closing and pausing.
-    fn sync_slow(&self) {
+    fn sync_slow(&mut self) {
+        self.slow_left_up = false;
         self.slots
             .set_slow(!self.waiters.is_empty() || self.closed || self.paused_until.is_some());
+    }
+
+    /// [`sync_slow`](Self::sync_slow) if the hand-off that emptied the line left `SLOW` up.
+    fn lower_slow_left_up(&mut self) {
+        if self.slow_left_up {
+            self.sync_slow();
+        }
     }
 
     /// Whether a job of `tokens` is within the budgets and admission is not paused, ignoring
@@ -1016,12 +1028,14 @@ impl State {
         if (admitted || nudge) && timed {
             wakers.extend(self.waiters.front_waker());
         }
-        if !(admitted && self.waiters.is_empty()) {
+        if admitted && self.waiters.is_empty() {
+            // The line was just emptied by a hand-off: `SLOW` stays up (a superset of when it
+            // must be) and the next operation under the lock lowers it. A line that fills and
+            // empties by turns (one waiter at a time) then never pays to lower and raise it.
+            self.slow_left_up = true;
+        } else {
             self.sync_slow();
         }
-        // Else the line was just emptied by a hand-off: `SLOW` stays up (a superset of when
-        // it must be) and the next operation under the lock lowers it. A line that fills and
-        // empties by turns (one waiter at a time) then never pays to lower and raise it.
         now
     }
 
@@ -1480,8 +1494,7 @@ impl RateLimiter {
             state.block_fast_refusals(now);
             None
         };
-        // `SLOW` may have been left up by the hand-off that emptied the line.
-        state.sync_slow();
+        state.lower_slow_left_up();
         state.issue(config, read.and_then(|read| read.epoch));
         drop(state);
         mark.ok_or(RateLimitError::WouldWait)
@@ -1941,7 +1954,7 @@ impl Acquire<'_> {
                     if took {
                         this.state = AcquireState::Done;
                         state.admitted += 1;
-                        state.sync_slow();
+                        state.lower_slow_left_up();
                         let mark = state.reserve(now, this.tokens);
                         state.issue(config, read.and_then(|read| read.epoch));
                         drop(state);
