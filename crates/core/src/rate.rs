@@ -1179,9 +1179,11 @@ impl RateLimiter {
             Some(mark) => mark,
             None => self.admit_mark(tokens, false).await?,
         };
-        let held = Held::new(&*self.shared, mark, tokens);
+        // No usage handle: nothing will settle the mark, so only the slot is held.
+        let _ = mark;
+        let slot = SlotHeld(&self.shared);
         let output = job.await;
-        drop(held);
+        drop(slot);
         Ok(output)
     }
 
@@ -1267,9 +1269,11 @@ impl RateLimiter {
             Some(mark) => mark,
             None => self.admit_mark(tokens, true).await?,
         };
-        let held = Held::new(&*self.shared, mark, tokens);
+        // No usage handle: nothing will settle the mark, so only the slot is held.
+        let _ = mark;
+        let slot = SlotHeld(&self.shared);
         let output = job.await;
-        drop(held);
+        drop(slot);
         Ok(output)
     }
 
@@ -2338,6 +2342,20 @@ impl<S: Deref<Target = Shared>> Held<S> {
                 settle(state, mark, accounted, tokens);
             }
         });
+    }
+}
+
+/// The concurrency slot of a `submit` / `try_submit` job, released when dropped: without a
+/// usage handle nothing settles the reservation (the estimate stays charged), so the job holds
+/// only this, not a whole [`Held`] (a smaller future to move).
+struct SlotHeld<'a>(&'a Shared);
+
+impl Drop for SlotHeld<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.0.slots.release_fast() {
+            self.0.update(true, |_| {});
+        }
     }
 }
 
