@@ -35,7 +35,7 @@ use sheepdog_core::rate::Replenishment;
 mod shared {
     pub(crate) mod rate;
 }
-use shared::rate::{one_slot, queued_round_trips, roomy, spent, unlimited};
+use shared::rate::{one_slot, queued_round_trips, roomy, spent, unlimited, BareSlots};
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -279,6 +279,16 @@ mod jobs_100k {
         let limiter = unlimited(LIMIT);
         bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
             run_bounded((0..JOBS).map(|i| limiter.submit(0, async move { black_box(i) })));
+        });
+    }
+
+    /// The floor: each job takes and gives back a slot with two atomic operations and
+    /// nothing else (`BareSlots`; not a limiter).
+    #[divan::bench]
+    fn ready_two_atomics_floor_bounded_map(bencher: Bencher<'_, '_>) {
+        let slots = BareSlots::new(LIMIT);
+        bencher.counter(ItemsCount::new(JOBS)).bench_local(|| {
+            run_bounded((0..JOBS).map(|i| slots.run(async move { black_box(i) })));
         });
     }
 

@@ -23,7 +23,7 @@ use sheepdog_core::rate::Replenishment;
 mod shared {
     pub(crate) mod rate;
 }
-use shared::rate::{one_slot, queued_round_trips, roomy, spent, unlimited};
+use shared::rate::{one_slot, queued_round_trips, roomy, spent, unlimited, BareSlots};
 
 const LIMIT: usize = 64;
 const JOBS: usize = 1_000;
@@ -98,6 +98,19 @@ fn run(name: &str, n: usize) -> usize {
                 })
                 .unwrap();
                 total += futures::executor::block_on(all).len();
+            }
+        }
+        "jobs_ready_floor" => {
+            let slots = BareSlots::new(LIMIT);
+            for _ in 0..n {
+                let all = bounded_map(0..JOBS, LIMIT, |i| slots.run(async move { black_box(i) }))
+                    .unwrap();
+                total += futures::executor::block_on(all).len();
+            }
+        }
+        "poll_ready_floor" => {
+            for _ in 0..n {
+                black_box(poll_ready(std::future::ready(black_box(3_u64))));
             }
         }
         "jobs_yield_reference" => {

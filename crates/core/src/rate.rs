@@ -77,14 +77,14 @@ use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use ledger::{Amount, Ledger, Mark, REQUESTS, TOKENS};
 use slots::{Slots, EPOCH_MASK, MAX_CREDIT_REQUESTS, MAX_CREDIT_TOKENS};
 
 use crate::shim::{AtomicU64, Mutex, MutexGuard};
-use crate::sync::queue::{Abandoned, WaitList, Wakers};
+use crate::sync::queue::{WaitList, Wakers};
 use crate::sync::Event;
 use crate::time::{self, Bounds, Coarse, Sleep};
 
@@ -527,6 +527,9 @@ impl RateLimiterBuilder {
             closed: false,
             last_now: None,
             last_stamp: None,
+            epoch_bounds: None,
+            epoch_now: None,
+            slow_left_up: false,
             next_id: 1,
             admitted: 0,
             rejected: 0,
@@ -633,6 +636,15 @@ struct Credit {
 
 type Grant = Result<Mark, RateLimitError>;
 
+/// The grant of a waiter failed with [`RateLimitError::Closed`], in its mailbox (a mark's word
+/// is tagged `0b01` or `0b10`; see [`Mark::to_word`]).
+const CLOSED_WORD: u64 = 0b11 << 62;
+
+/// The grant a waiter of `tokens` took from its mailbox.
+fn grant_of(word: u64, config: &Config, tokens: u64) -> Grant {
+    Mark::from_word(word, config.cost(tokens)).ok_or(RateLimitError::Closed)
+}
+
 #[derive(Debug)]
 struct State {
     ledger: Ledger,
@@ -640,20 +652,29 @@ struct State {
     /// set, or through the compare-and-swap that sets it.
     slots: Arc<Slots>,
     /// Everyone waiting, in order: the first `queue_capacity` are the queue, the rest wait for
-    /// room. The request is the estimated token cost.
-    waiters: WaitList<u64, Grant>,
+    /// room. The request is the estimated token cost. Grants go through the waiters' mailboxes
+    /// (`slots.mailboxes`, [`State::hand`]), so a waiter takes its admission without the lock.
+    waiters: WaitList<u64, ()>,
     paused_until: Option<Instant>,
     closed: bool,
     /// The latest instant the books were brought up to, so that it never goes backwards.
     last_now: Option<Instant>,
     /// The latest instant a use was recorded at, so that recorded instants never go backwards.
     last_stamp: Option<Instant>,
+    /// The bounds of the last coarse reading under the lock, for its epoch
+    /// ([`clock_bounded`](Self::clock_bounded)).
+    epoch_bounds: Option<Bounds>,
+    /// What [`clock_bounded`](Self::clock_bounded) made of them last.
+    epoch_now: Option<Now>,
     next_id: u64,
     /// Admissions so far (those on credit are added when the credit is collected).
     admitted: u64,
     rejected: u64,
     /// The credit in the slot word, if any was issued and not collected.
     credit: Option<Credit>,
+    /// The hand-off that emptied the line left `SLOW` up; the next operation under the lock
+    /// lowers it ([`State::serve_with`]).
+    slow_left_up: bool,
 }
 
 /// What the limiter knows of the current instant, after [`State::clock`].
@@ -681,11 +702,40 @@ impl State {
     /// [`clock`](Self::clock) from [`time::now_bounds`] if the limiter uses the coarse clock
     /// (on the system's clock, a cheap reading within a few clock ticks instead of a precise
     /// one).
+    ///
+    /// Bounds worked out from a coarse reading are kept for its epoch: a later reading in the
+    /// same epoch reuses them (the same upper bound, the epoch's end; an earlier lower bound,
+    /// which is still never later than the true instant), without the arithmetic on instants.
     fn clock_bounded(&mut self, config: &Config) -> Option<Now> {
         if self.ledger.is_unlimited() && self.paused_until.is_none() {
             return None;
         }
-        self.clock_with(Some(read_bounds(config, None)))
+        let Some(coarse) = config.coarse.then(time::coarse_now).flatten() else {
+            return self.clock_with(Some(Bounds::exact(time::now())));
+        };
+        let bounds = match self.epoch_bounds {
+            Some(bounds) if bounds.epoch == Some(coarse.epoch) => {
+                // Nothing moved the books since the last reading of this epoch: it would come
+                // out the same (and bring the books up to where they are).
+                if let Some(now) = self.epoch_now {
+                    if self.last_now == Some(now.at)
+                        && self.last_stamp == Some(now.stamp)
+                        && self.paused_until.is_none()
+                    {
+                        return Some(now);
+                    }
+                }
+                bounds
+            }
+            _ => {
+                let bounds = coarse.bounds();
+                self.epoch_bounds = bounds.epoch.is_some().then_some(bounds);
+                bounds
+            }
+        };
+        let now = self.clock_with(Some(bounds));
+        self.epoch_now = now.filter(|_| self.epoch_bounds.is_some());
+        now
     }
 
     /// [`clock`](Self::clock), with bounds on the instant read before the lock was taken if
@@ -852,10 +902,36 @@ impl State {
         self.credit = Some(credit);
     }
 
+    /// Admits the waiter `key` (or fails it, with [`CLOSED_WORD`]): takes it out of the line
+    /// and posts `word` to its mailbox. Returns its waker, to be woken after the lock.
+    fn hand(&mut self, key: usize, word: u64) -> Waker {
+        let (_, waker) = self.waiters.hand(key);
+        self.slots.mailboxes.post(key, word);
+        waker
+    }
+
+    /// Puts a waiter of `tokens` at the back of the line, reusing the slot of one that took
+    /// its grant if there is one; returns its key.
+    fn push(&mut self, tokens: u64, waker: &Waker) -> usize {
+        let mailboxes = &self.slots.mailboxes;
+        self.waiters.reclaim(|key| mailboxes.taken(key));
+        let key = self.waiters.push(tokens, waker);
+        mailboxes.open(key);
+        key
+    }
+
     /// Keeps the `SLOW` flag in line with who waits, closing and pausing.
-    fn sync_slow(&self) {
+    fn sync_slow(&mut self) {
+        self.slow_left_up = false;
         self.slots
             .set_slow(!self.waiters.is_empty() || self.closed || self.paused_until.is_some());
+    }
+
+    /// [`sync_slow`](Self::sync_slow) if the hand-off that emptied the line left `SLOW` up.
+    fn lower_slow_left_up(&mut self) {
+        if self.slow_left_up {
+            self.sync_slow();
+        }
     }
 
     /// Whether a job of `tokens` is within the budgets and admission is not paused, ignoring
@@ -919,16 +995,20 @@ impl State {
         // While the line is not empty `SLOW` is up, so the slots change only under the lock:
         // with none free, nobody can be admitted, and the clock is not needed.
         let mut now = None;
+        // The first waiter to admit, if worked out for the current books.
+        let mut first = None;
         if in_hand || self.slots.free() {
             now = self.clock_bounded(config);
             if let Some(n) = now {
-                if !n.exact && self.unsure_until(n.upper, self.next_admissible(config).is_some()) {
+                first = self.next_admissible(config);
+                if !n.exact && self.unsure_until(n.upper, first.is_some()) {
                     now = self.clock();
+                    first = None;
                 }
             }
         }
         let mut admitted = false;
-        while let Some((key, tokens)) = self.next_admissible(config) {
+        while let Some((key, tokens)) = first.take().or_else(|| self.next_admissible(config)) {
             if in_hand {
                 in_hand = false;
             } else if !self.slots.take_or_flag(true, false) {
@@ -936,7 +1016,7 @@ impl State {
             }
             self.admitted += 1;
             let mark = self.reserve(now, tokens);
-            wakers.push(self.waiters.grant(key, |_| Ok(mark)));
+            wakers.push(self.hand(key, mark.to_word()));
             admitted = true;
         }
         if in_hand {
@@ -948,14 +1028,21 @@ impl State {
         if (admitted || nudge) && timed {
             wakers.extend(self.waiters.front_waker());
         }
-        self.sync_slow();
+        if admitted && self.waiters.is_empty() {
+            // The line was just emptied by a hand-off: `SLOW` stays up (a superset of when it
+            // must be) and the next operation under the lock lowers it. A line that fills and
+            // empties by turns (one waiter at a time) then never pays to lower and raise it.
+            self.slow_left_up = true;
+        } else {
+            self.sync_slow();
+        }
         now
     }
 
     /// The waiter to admit next if a slot is free: the head of the line if admission is not
     /// paused and its cost fits (with overtaking: the first in the queue whose cost fits).
     fn next_admissible(&self, config: &Config) -> Option<(usize, u64)> {
-        if self.paused_until.is_some() {
+        if self.paused_until.is_some() || self.waiters.is_empty() {
             return None;
         }
         let ledger = &self.ledger;
@@ -964,7 +1051,7 @@ impl State {
             let queue = config.queue_capacity.unwrap_or(usize::MAX);
             self.waiters.iter().take(queue).find(fits)
         } else {
-            self.waiters.iter().next().filter(fits)
+            self.waiters.front_entry().filter(fits)
         };
         next.map(|(key, &tokens)| (key, tokens))
     }
@@ -1092,9 +1179,11 @@ impl RateLimiter {
             Some(mark) => mark,
             None => self.admit_mark(tokens, false).await?,
         };
-        let held = Held::new(&*self.shared, mark, tokens);
+        // No usage handle: nothing will settle the mark, so only the slot is held.
+        let _ = mark;
+        let slot = SlotHeld(&self.shared);
         let output = job.await;
-        drop(held);
+        drop(slot);
         Ok(output)
     }
 
@@ -1180,9 +1269,11 @@ impl RateLimiter {
             Some(mark) => mark,
             None => self.admit_mark(tokens, true).await?,
         };
-        let held = Held::new(&*self.shared, mark, tokens);
+        // No usage handle: nothing will settle the mark, so only the slot is held.
+        let _ = mark;
+        let slot = SlotHeld(&self.shared);
         let output = job.await;
-        drop(held);
+        drop(slot);
         Ok(output)
     }
 
@@ -1407,6 +1498,7 @@ impl RateLimiter {
             state.block_fast_refusals(now);
             None
         };
+        state.lower_slow_left_up();
         state.issue(config, read.and_then(|read| read.epoch));
         drop(state);
         mark.ok_or(RateLimitError::WouldWait)
@@ -1640,9 +1732,9 @@ impl RateLimiter {
             if mode == ShutdownMode::CancelQueued {
                 let cancelled = state.waiters.len() as u64;
                 state.rejected += cancelled;
-                state
-                    .waiters
-                    .grant_all(|_| Err(RateLimitError::Closed), &mut wakers);
+                while let Some(key) = state.waiters.front_key() {
+                    wakers.push(state.hand(key, CLOSED_WORD));
+                }
             }
             state.drained()
         };
@@ -1666,9 +1758,15 @@ impl Shared {
     /// limited budgets) it is for the coarse clock's current epoch.
     #[inline]
     fn admit_on_credit(&self, tokens: u64, coarse: Option<Coarse>) -> Option<Mark> {
+        self.admit_on_credit_from(self.slots.snapshot(), tokens, coarse)
+    }
+
+    /// [`admit_on_credit`](Self::admit_on_credit) from `seen`, a value the slot word had.
+    #[inline]
+    fn admit_on_credit_from(&self, seen: u64, tokens: u64, coarse: Option<Coarse>) -> Option<Mark> {
         let config = &self.config;
         if !config.reads_clock {
-            let took = self.slots.try_take_credit(None, 0);
+            let took = self.slots.try_take_credit_from(seen, None, 0);
             return took.then(|| Mark::empty(0));
         }
         if config.replenishment != Replenishment::Continuous {
@@ -1676,7 +1774,10 @@ impl Shared {
         }
         let epoch = coarse?.epoch;
         let cost = config.cost(tokens);
-        if !self.slots.try_take_credit(Some(epoch), cost[TOKENS]) {
+        if !self
+            .slots
+            .try_take_credit_from(seen, Some(epoch), cost[TOKENS])
+        {
             return None;
         }
         Some(Mark::on_credit(epoch, cost))
@@ -1787,19 +1888,34 @@ impl Acquire<'_> {
             return Poll::Pending;
         }
         let mut coarse = None;
-        if self.state == AcquireState::Start {
-            let shared = &self.limiter.shared;
-            coarse = shared.config.coarse.then(time::coarse_now).flatten();
-            if let Some(mark) = shared.admit_on_credit(self.tokens, coarse) {
-                self.state = AcquireState::Done;
-                return Poll::Ready(Ok(mark));
+        let shared = &self.limiter.shared;
+        match self.state {
+            AcquireState::Start => {
+                let seen = shared.slots.snapshot();
+                // With the flag up the lock decides (and reads the clock if it needs it).
+                if Slots::open(seen) {
+                    coarse = shared.config.coarse.then(time::coarse_now).flatten();
+                    if let Some(mark) = shared.admit_on_credit_from(seen, self.tokens, coarse) {
+                        self.state = AcquireState::Done;
+                        return Poll::Ready(Ok(mark));
+                    }
+                }
             }
+            AcquireState::Queued(key) => {
+                // Admitted (or failed) while queued: the grant is in the mailbox, no lock
+                // needed.
+                if let Some(word) = shared.slots.mailboxes.take(key) {
+                    self.state = AcquireState::Done;
+                    return Poll::Ready(grant_of(word, &shared.config, self.tokens));
+                }
+            }
+            AcquireState::Done => {}
         }
         self.poll_locked(cx, coarse)
     }
 
-    /// [`poll_mark`](Self::poll_mark) past the lock-free admission: under the lock. `coarse`
-    /// is the coarse reading the first poll took, if it took one.
+    /// [`poll_mark`](Self::poll_mark) past the lock-free paths: under the lock. `coarse` is
+    /// the coarse reading the first poll took, if it took one.
     #[inline(never)]
     fn poll_locked(
         &mut self,
@@ -1842,6 +1958,7 @@ impl Acquire<'_> {
                     if took {
                         this.state = AcquireState::Done;
                         state.admitted += 1;
+                        state.lower_slow_left_up();
                         let mark = state.reserve(now, this.tokens);
                         state.issue(config, read.and_then(|read| read.epoch));
                         drop(state);
@@ -1852,23 +1969,25 @@ impl Acquire<'_> {
                         this.state = AcquireState::Done;
                         return Poll::Ready(Err(RateLimitError::QueueFull { capacity }));
                     }
-                    let key = state.waiters.push(this.tokens, cx.waker());
+                    let key = state.push(this.tokens, cx.waker());
                     this.state = AcquireState::Queued(key);
                     key
                 }
                 AcquireState::Queued(key) => {
-                    let mut granted = state.waiters.poll(key, cx.waker());
+                    let mailboxes = &shared.slots.mailboxes;
+                    let mut granted = mailboxes.take(key);
                     let mut read = None;
                     if granted.is_none() {
+                        state.waiters.refresh(key, cx.waker());
                         // Time may have passed: admit whoever fits now, this waiter included.
                         read = state.serve(config, &mut wakers, false);
-                        granted = state.waiters.take_grant(key);
+                        granted = mailboxes.take(key);
                     }
-                    if let Some(grant) = granted {
+                    if let Some(word) = granted {
                         this.state = AcquireState::Done;
                         drop(state);
                         wakers.wake_all();
-                        return Poll::Ready(grant);
+                        return Poll::Ready(grant_of(word, config, this.tokens));
                     }
                     now = read;
                     key
@@ -1919,17 +2038,17 @@ impl Acquire<'_> {
         let drained = {
             let mut state = shared.lock();
             let was_head = state.waiters.front_key() == Some(key);
-            match state.waiters.abandon(key) {
-                Abandoned::Waiting(_) => {
-                    // A new head must arm its own timer.
-                    state.serve(&shared.config, &mut wakers, was_head);
-                }
-                Abandoned::Granted(Ok(mut mark)) => {
+            if state.waiters.abandon_handed(key).is_some() {
+                // A new head must arm its own timer.
+                state.serve(&shared.config, &mut wakers, was_head);
+            } else {
+                let word = shared.slots.mailboxes.take(key);
+                let word = word.expect("a waiter out of the line was handed its grant");
+                if let Ok(mut mark) = grant_of(word, &shared.config, self.tokens) {
                     // Admitted but never taken: nothing was used, so everything goes back.
                     state.give_back(&mut mark);
                     state.serve(&shared.config, &mut wakers, true);
                 }
-                Abandoned::Granted(Err(_)) => {}
             }
             state.drained()
         };
@@ -2213,8 +2332,8 @@ impl<S: Deref<Target = Shared>> Held<S> {
             .filter(|&tokens| tokens != UNREPORTED);
         let accounted = self.accounted;
         let settles = reported.is_some_and(|tokens| tokens != accounted);
-        let slots = &self.shared.slots;
-        if !settles && slots.release_fast() {
+        // Without a usage handle, `drop` tried the lock-free release already.
+        if !settles && self.usage.is_some() && self.shared.slots.release_fast() {
             return;
         }
         let mark = &mut self.mark;
@@ -2223,6 +2342,20 @@ impl<S: Deref<Target = Shared>> Held<S> {
                 settle(state, mark, accounted, tokens);
             }
         });
+    }
+}
+
+/// The concurrency slot of a `submit` / `try_submit` job, released when dropped: without a
+/// usage handle nothing settles the reservation (the estimate stays charged), so the job holds
+/// only this, not a whole [`Held`] (a smaller future to move).
+struct SlotHeld<'a>(&'a Shared);
+
+impl Drop for SlotHeld<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.0.slots.release_fast() {
+            self.0.update(true, |_| {});
+        }
     }
 }
 
@@ -2424,6 +2557,42 @@ mod tests {
         // Nobody waits: the fast path is open again, and the budgets are what was charged.
         let again = limiter.try_acquire(70).unwrap();
         assert_eq!(limiter.statistics().tokens_left, Some(0));
+        drop(again);
+    }
+
+    /// Waiters queued and served one at a time (the queued round trip): each takes its grant
+    /// from its mailbox, the line's slot is reused every time, and the `SLOW` flag that the
+    /// last hand-off left up comes down at the next operation under the lock, reopening the
+    /// fast paths.
+    #[test]
+    fn one_waiter_at_a_time_reuses_its_slot_and_reopens_the_fast_path() {
+        let limiter = RateLimiter::builder()
+            .limit_requests(1_000)
+            .limit_tokens(10_000)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let mut held = limiter.try_acquire(1).unwrap();
+        for round in 0..50 {
+            let mut waiter = pin!(limiter.acquire(1));
+            assert!(poll(waiter.as_mut()).is_pending());
+            drop(held);
+            let Poll::Ready(Ok(permit)) = poll(waiter.as_mut()) else {
+                panic!("handed off in round {round}")
+            };
+            held = permit;
+            let state = limiter.lock();
+            assert_eq!(state.waiters.slab_len(), 1, "the slot is reused");
+            assert!(!Slots::open(limiter.shared.slots.snapshot()), "left up");
+        }
+        drop(held); // under the lock: the flag comes down
+        assert!(Slots::open(limiter.shared.slots.snapshot()));
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.running, stats.queued), (51, 0, 0));
+        assert_eq!(stats.requests_left, Some(1_000 - 51));
+        let again = limiter.try_acquire(1).unwrap();
+        assert!(Slots::open(limiter.shared.slots.snapshot()));
         drop(again);
     }
 

@@ -84,6 +84,11 @@ enum Key {
     Window(u64),
 }
 
+/// The tags of [`Mark::to_word`] (the top two bits; `0b11` is left to other words).
+const WORD_ID: u64 = 0b01 << 62;
+const WORD_WINDOW: u64 = 0b10 << 62;
+const WORD_PAYLOAD: u64 = (1 << 62) - 1;
+
 impl Mark {
     /// The mark of a reservation that recorded nothing (unlimited budgets).
     pub(crate) fn empty(id: u64) -> Self {
@@ -101,6 +106,34 @@ impl Mark {
             key: Key::Epoch(epoch),
             amount,
         }
+    }
+
+    /// The mark as one word for a waiter's mailbox (never 0 nor `u64::MAX`), without its
+    /// amount, which the waiter knows. Only marks from [`Ledger::take`] and
+    /// [`empty`](Self::empty) are sent this way.
+    pub(crate) fn to_word(self) -> u64 {
+        let (tag, payload) = match self.key {
+            Key::Id(id) => (WORD_ID, id),
+            Key::Window(window) => (WORD_WINDOW, window),
+            Key::At(_) | Key::Epoch(_) => unreachable!("admissions on credit are not sent"),
+        };
+        debug_assert!(
+            payload <= WORD_PAYLOAD,
+            "identities and windows stay below 2^62"
+        );
+        tag | (payload & WORD_PAYLOAD)
+    }
+
+    /// The mark [`to_word`](Self::to_word) sent, with its `amount`; `None` for a word that
+    /// is no mark.
+    pub(crate) fn from_word(word: u64, amount: Amount) -> Option<Self> {
+        let payload = word & WORD_PAYLOAD;
+        let key = match word & !WORD_PAYLOAD {
+            WORD_ID => Key::Id(payload),
+            WORD_WINDOW => Key::Window(payload),
+            _ => return None,
+        };
+        Some(Mark { key, amount })
     }
 
     /// Works out the instant an admission on credit was recorded at, from `epoch_end` (before

@@ -2,9 +2,12 @@
 //! --lib shuttle`): a slot released on one thread while the waiter it would go to is cancelled
 //! on another (either the waiter gets the slot, or the slot passes on; it is never lost), and
 //! lock-free admissions on credit racing the lock holder that collects the credit (every
-//! admission counted exactly once).
+//! admission counted exactly once), and a waiter taking its grant from its mailbox while the
+//! release that hands it over runs on another thread.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use crate::cancel::model::explore;
 use crate::cancel::CancelScope;
@@ -97,5 +100,58 @@ fn shuttle_credit_admissions_versus_collection() {
             "an admission was lost or counted twice"
         );
         seen.admitted > 0
+    });
+}
+
+/// A waiter in line is polled again on one thread while a release on another hands it the
+/// slot through its mailbox: the poll finds the grant without the lock (`true`), or finds
+/// none, leaves its new waker in line and is woken by the hand-off (`false`). Either way it
+/// gets the slot once, and the next waiter reuses the line's slot.
+#[test]
+fn shuttle_mailbox_take_versus_hand_off() {
+    explore(|| {
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(100)
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        let noop = &mut Context::from_waker(Waker::noop());
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(1)
+            .expect("the slot is free");
+        let mut waiter = Box::pin(limiter.acquire(1));
+        assert!(waiter.as_mut().poll(noop).is_pending());
+        let releaser = shuttle::thread::spawn(move || {
+            yield_randomly();
+            drop(held);
+        });
+        yield_randomly();
+        // `block_on`'s waker is not the one in line: a poll that finds no grant must swap it
+        // in, or the hand-off wakes the old one and this hangs.
+        let mut polls = 0;
+        let permit = shuttle::future::block_on(std::future::poll_fn(|cx| {
+            polls += 1;
+            waiter.as_mut().poll(cx)
+        }))
+        .expect("handed the slot");
+        releaser.join().unwrap();
+        let mut next = Box::pin(limiter.acquire(1));
+        assert!(next.as_mut().poll(noop).is_pending());
+        assert_eq!(limiter.lock().waiters.slab_len(), 1, "the slot was reused");
+        drop(permit);
+        let Poll::Ready(Ok(last)) = next.as_mut().poll(noop) else {
+            panic!("handed the slot")
+        };
+        drop(last);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.admitted, stats.running, stats.queued),
+            (3, 0, 0),
+            "an admission was lost or counted twice"
+        );
+        assert_eq!(stats.requests_left, Some(97));
+        polls == 1
     });
 }

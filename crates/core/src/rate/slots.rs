@@ -9,7 +9,9 @@
 //!
 //! The flag is set, under the lock, whenever anyone waits, the limiter is closed or admission
 //! is paused; from then on every admission and every release goes through the lock (so
-//! releases serve the waiters and nobody barges past them). The lock-holding paths set the flag
+//! releases serve the waiters and nobody barges past them). A hand-off that empties the line
+//! leaves it up, and the next operation under the lock lowers it: a line that fills and empties
+//! by turns then neither lowers nor raises it (two read-modify-writes) on every waiter. The lock-holding paths set the flag
 //! in the same compare-and-swap that decides a job must wait, so a release that happens
 //! meanwhile is either seen by that compare-and-swap or goes through the lock.
 //!
@@ -18,6 +20,7 @@
 //! first thing: while the lock is held, nothing is admitted without it.
 
 use crate::shim::AtomicU64;
+use crate::sync::queue::Mailboxes;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// Set while every operation must take the lock.
@@ -75,6 +78,8 @@ pub(crate) struct Slots {
     blocked: AtomicU64,
     /// Refusals made without the lock.
     pub(crate) rejected: AtomicU64,
+    /// The waiters' mailboxes: an admitted waiter takes its grant without the lock.
+    pub(crate) mailboxes: Mailboxes,
 }
 
 impl Slots {
@@ -84,6 +89,7 @@ impl Slots {
             limit: limit.unwrap_or(MAX_RUNNING).min(MAX_RUNNING),
             blocked: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            mailboxes: Mailboxes::default(),
         }
     }
 
@@ -111,8 +117,13 @@ impl Slots {
 
     /// Applies `f` to the word atomically unless it returns `None`; whether it applied.
     #[inline]
-    fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> bool {
-        let mut seen = self.word.load(Acquire);
+    fn update(&self, f: impl FnMut(u64) -> Option<u64>) -> bool {
+        self.update_from(self.word.load(Acquire), f)
+    }
+
+    /// [`update`](Self::update) from `seen`, a value the word had.
+    #[inline]
+    fn update_from(&self, mut seen: u64, mut f: impl FnMut(u64) -> Option<u64>) -> bool {
         loop {
             let Some(new) = f(seen) else { return false };
             match self.word.compare_exchange_weak(seen, new, AcqRel, Acquire) {
@@ -133,10 +144,31 @@ impl Slots {
     /// The lock-free admission: takes a slot and spends one admission and `tokens` of the
     /// credit, if the flag is clear, a slot is free, the credit is for `epoch` (when given:
     /// its low bits) and holds enough.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn try_take_credit(&self, epoch: Option<u64>, tokens: u64) -> bool {
+        self.try_take_credit_from(self.snapshot(), epoch, tokens)
+    }
+
+    /// The word as it is now, for [`open`](Self::open) and
+    /// [`try_take_credit_from`](Self::try_take_credit_from).
+    #[inline]
+    pub(crate) fn snapshot(&self) -> u64 {
+        self.word.load(Acquire)
+    }
+
+    /// Whether a lock-free admission could succeed at all with the word at `seen` (the flag
+    /// is clear), before paying for a clock reading: a waiter that is bound to queue behind
+    /// others, or behind the hand-off that left the flag up, skips it.
+    #[inline]
+    pub(crate) fn open(seen: u64) -> bool {
+        seen & SLOW == 0
+    }
+
+    /// [`try_take_credit`](Self::try_take_credit) from `seen`, a value the word had.
+    #[inline]
+    pub(crate) fn try_take_credit_from(&self, seen: u64, epoch: Option<u64>, tokens: u64) -> bool {
         let limit = self.limit;
-        self.update(|w| {
+        self.update_from(seen, |w| {
             let ok = w & SLOW == 0
                 && running_of(w) < limit
                 && epoch.is_none_or(|e| e & EPOCH_MASK == epoch_of(w))
@@ -206,8 +238,12 @@ impl Slots {
         self.word.fetch_sub(ONE, AcqRel);
     }
 
-    /// Under the lock: sets or clears the flag.
+    /// Under the lock: sets or clears the flag (a load when it is already as asked).
     pub(crate) fn set_slow(&self, slow: bool) {
+        if (self.word.load(Acquire) & SLOW != 0) == slow {
+            // Only lock holders change the flag, and one holds the lock.
+            return;
+        }
         if slow {
             self.word.fetch_or(SLOW, AcqRel);
         } else {

@@ -7,8 +7,17 @@
 //! goes away calls [`WaitList::abandon`] and learns whether it still waited (its request comes
 //! back) or had been granted (the grant comes back, for the caller to pass on) — so nothing
 //! handed to a waiter is ever lost.
+//!
+//! A grant that fits in a word can instead be *handed* through a [`Mailboxes`] cell that lives
+//! beside the lock ([`WaitList::hand`]): the waiter then takes it with one load, without the
+//! lock. Its slot stays reserved until the waiter has, and a later [`WaitList::push`] reuses
+//! it ([`WaitList::reclaim`]); the rate limiter's line works this way.
 
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::OnceLock;
 use std::task::Waker;
+
+use crate::shim::AtomicU64;
 
 /// A FIFO of waiters with direct hand-off. Keys stay valid until the waiter takes its grant or
 /// abandons its slot; only the waiter that got a key may use it.
@@ -21,6 +30,8 @@ pub(crate) struct WaitList<R, G> {
     head: Option<usize>,
     tail: Option<usize>,
     waiting: usize,
+    /// Slots handed through a mailbox whose waiters may not have taken their grants yet.
+    handed: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -35,6 +46,8 @@ enum Slot<R, G> {
         next: Option<usize>,
     },
     Granted(G),
+    /// Granted through its mailbox ([`WaitList::hand`]); reused once the waiter took it.
+    Handed,
 }
 
 /// What a waiter left behind when it abandoned its slot.
@@ -54,6 +67,7 @@ impl<R, G> Default for WaitList<R, G> {
             head: None,
             tail: None,
             waiting: 0,
+            handed: Vec::new(),
         }
     }
 }
@@ -126,6 +140,83 @@ impl<R, G> WaitList<R, G> {
         waker
     }
 
+    /// Takes the waiter `key` out of the line, wherever it is, to be granted through its
+    /// mailbox (the caller posts the grant there): returns its request and its waker, to be
+    /// woken after the caller's lock is released. The slot stays reserved until the waiter
+    /// has taken the grant ([`reclaim`](Self::reclaim)).
+    ///
+    /// # Panics
+    ///
+    /// If `key` is not waiting.
+    pub(crate) fn hand(&mut self, key: usize) -> (R, Waker) {
+        self.handed.push(key);
+        self.unlink_leaving(key, Slot::Handed)
+    }
+
+    /// The key and the request of the oldest waiter.
+    #[inline]
+    pub(crate) fn front_entry(&self) -> Option<(usize, &R)> {
+        let key = self.head?;
+        match &self.slots[key] {
+            Slot::Waiting { request, .. } => Some((key, request)),
+            _ => unreachable!("the line holds only waiting slots"),
+        }
+    }
+
+    /// Returns to the free list the handed slots whose waiters took their grants (`taken`
+    /// says which), if no slot is free; [`push`](Self::push) then reuses them.
+    #[inline]
+    pub(crate) fn reclaim(&mut self, taken: impl Fn(usize) -> bool) {
+        if self.free.is_some() || self.handed.is_empty() {
+            return;
+        }
+        // Usually the last slot handed is the only one, its grant taken.
+        if let [key] = self.handed[..] {
+            if taken(key) {
+                self.handed.clear();
+                self.vacate(key);
+            }
+            return;
+        }
+        let mut handed = std::mem::take(&mut self.handed);
+        handed.retain(|&key| {
+            let done = taken(key);
+            if done {
+                self.vacate(key);
+            }
+            !done
+        });
+        self.handed = handed;
+    }
+
+    /// Refreshes the waker of the waiter `key`, if it still waits.
+    pub(crate) fn refresh(&mut self, key: usize, waker: &Waker) {
+        if let Slot::Waiting { waker: stored, .. } = &mut self.slots[key] {
+            if !stored.will_wake(waker) {
+                stored.clone_from(waker);
+            }
+        }
+    }
+
+    /// The waiter `key` of a line that hands grants through mailboxes goes away: leaves the
+    /// line and gets its request back if it still waited, or `None` if it was handed its
+    /// grant (the caller takes it out of the mailbox, to pass it on, and marks the mailbox
+    /// taken; the slot is reclaimed later).
+    pub(crate) fn abandon_handed(&mut self, key: usize) -> Option<R> {
+        if let Slot::Handed = self.slots[key] {
+            return None;
+        }
+        let (request, _waker) = self.unlink(key);
+        self.vacate(key);
+        Some(request)
+    }
+
+    /// How many slots the list has allocated (in use or free).
+    #[cfg(test)]
+    pub(crate) fn slab_len(&self) -> usize {
+        self.slots.len()
+    }
+
     /// The key of the oldest waiter.
     pub(crate) fn front_key(&self) -> Option<usize> {
         self.head
@@ -183,7 +274,9 @@ impl<R, G> WaitList<R, G> {
                 Slot::Granted(grant) => Some(grant),
                 _ => unreachable!("matched above"),
             },
-            Slot::Vacant { .. } => unreachable!("a key is used only by its waiter"),
+            Slot::Vacant { .. } | Slot::Handed => {
+                unreachable!("a key is used only by its waiter")
+            }
         }
     }
 
@@ -202,7 +295,12 @@ impl<R, G> WaitList<R, G> {
 
     /// Takes a waiting slot out of the line, leaving a placeholder to be overwritten.
     fn unlink(&mut self, key: usize) -> (R, Waker) {
-        let placeholder = Slot::Vacant { next_free: None };
+        self.unlink_leaving(key, Slot::Vacant { next_free: None })
+    }
+
+    /// [`unlink`](Self::unlink), leaving `placeholder` in the slot.
+    #[inline]
+    fn unlink_leaving(&mut self, key: usize, placeholder: Slot<R, G>) -> (R, Waker) {
         let Slot::Waiting {
             request,
             waker,
@@ -248,6 +346,93 @@ impl<R, G> WaitList<R, G> {
     }
 }
 
+/// The mailboxes of a [`WaitList`] whose grants fit in a word, one per slot key, kept beside
+/// the lock so that a waiter reads its own without it. A mailbox holds [`EMPTY`] while its
+/// waiter waits, the grant once handed ([`post`](Self::post), under the lock), and [`TAKEN`]
+/// once the waiter took it ([`take`](Self::take), without the lock); the lock's holder reuses
+/// the slot only after that ([`taken`](Self::taken)).
+///
+/// Mailboxes are allocated in segments of doubling size that never move, so a reference to
+/// one stays valid while the list's owner lives; no `unsafe` is needed.
+#[derive(Debug, Default)]
+pub(crate) struct Mailboxes {
+    segments: [OnceLock<Box<[AtomicU64]>>; SEGMENTS],
+}
+
+/// A mailbox whose waiter waits (or whose slot is not in use).
+pub(crate) const EMPTY: u64 = 0;
+/// A mailbox whose grant was taken.
+pub(crate) const TAKEN: u64 = u64::MAX;
+/// Mailboxes in the first segment; segment `s` holds `FIRST << s`.
+const FIRST: usize = 8;
+const SEGMENTS: usize = 32;
+
+impl Mailboxes {
+    /// The segment and the index in it of mailbox `key`.
+    #[inline]
+    fn locate(key: usize) -> (usize, usize) {
+        let k = key / FIRST + 1;
+        let segment = (usize::BITS - 1 - k.leading_zeros()) as usize;
+        (segment, key - FIRST * ((1 << segment) - 1))
+    }
+
+    #[inline]
+    fn cell(&self, key: usize) -> &AtomicU64 {
+        let (segment, index) = Self::locate(key);
+        let cells = self.segments[segment]
+            .get()
+            .expect("a mailbox is opened before it is used");
+        &cells[index]
+    }
+
+    /// Under the lock, for a waiter just pushed with `key`: makes its mailbox exist and empty.
+    #[inline]
+    pub(crate) fn open(&self, key: usize) {
+        let (segment, index) = Self::locate(key);
+        let cells = match self.segments[segment].get() {
+            Some(cells) => cells,
+            None => self.grow(segment),
+        };
+        cells[index].store(EMPTY, Relaxed);
+    }
+
+    /// Under the lock: allocates `segment` (every mailbox in it empty).
+    #[cold]
+    fn grow(&self, segment: usize) -> &[AtomicU64] {
+        self.segments[segment].get_or_init(|| {
+            (0..FIRST << segment)
+                .map(|_| AtomicU64::new(EMPTY))
+                .collect()
+        })
+    }
+
+    /// Under the lock: hands `grant` (neither [`EMPTY`] nor [`TAKEN`]) to the waiter `key`.
+    pub(crate) fn post(&self, key: usize, grant: u64) {
+        debug_assert!(grant != EMPTY && grant != TAKEN);
+        self.cell(key).store(grant, Release);
+    }
+
+    /// By the waiter `key`, with or without the lock: its grant, if it was handed one (the
+    /// mailbox is then marked taken, and the waiter must not use `key` again).
+    #[inline]
+    pub(crate) fn take(&self, key: usize) -> Option<u64> {
+        let cell = self.cell(key);
+        let grant = cell.load(Acquire);
+        if grant == EMPTY {
+            return None;
+        }
+        debug_assert_ne!(grant, TAKEN, "a waiter takes its grant once");
+        cell.store(TAKEN, Release);
+        Some(grant)
+    }
+
+    /// Under the lock: whether the waiter of the handed slot `key` took its grant.
+    #[inline]
+    pub(crate) fn taken(&self, key: usize) -> bool {
+        self.cell(key).load(Acquire) == TAKEN
+    }
+}
+
 /// Wakers collected under a lock and woken after it is released; two wakers (a granted waiter
 /// and the next head of a line) need no allocation.
 #[derive(Debug, Default)]
@@ -275,13 +460,21 @@ impl Wakers {
         }
     }
 
+    #[inline]
     pub(crate) fn wake_all(self) {
-        if let Some(waker) = self.one {
-            waker.wake();
-        }
+        // Filled in order: without a first waker there is none.
+        let Some(waker) = self.one else { return };
+        waker.wake();
         if let Some(waker) = self.two {
             waker.wake();
         }
-        self.more.into_iter().for_each(Waker::wake);
+        if !self.more.is_empty() {
+            Self::wake_more(self.more);
+        }
+    }
+
+    #[cold]
+    fn wake_more(more: Vec<Waker>) {
+        more.into_iter().for_each(Waker::wake);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::permits::{Gone, Permits, Waiter, MAX_PERMITS};
-use super::queue::{Abandoned, WaitList, Wakers};
+use super::queue::{Abandoned, Mailboxes, WaitList, Wakers};
 use super::*;
 
 /// A waker that counts its wake-ups.
@@ -55,6 +55,55 @@ fn queue_grants_in_order_and_hands_back_what_was_abandoned() {
     let again = list.push(9, &waker);
     assert!(keys.contains(&again));
     assert_eq!(list.len(), 2);
+}
+
+/// Grants handed through mailboxes: the waiter takes its grant without the list, once; its
+/// slot is reused only after it did; a waiter that leaves gets its request back if it still
+/// waited, and learns it was handed its grant otherwise (the grant stays in its mailbox).
+#[test]
+fn queue_hands_grants_through_mailboxes_and_reuses_slots_once_taken() {
+    let (counter, waker) = counting_waker();
+    let mut list: WaitList<u32, ()> = WaitList::default();
+    let boxes = Mailboxes::default();
+    let push = |list: &mut WaitList<u32, ()>, request| {
+        list.reclaim(|key| boxes.taken(key));
+        let key = list.push(request, &waker);
+        boxes.open(key);
+        key
+    };
+    let a = push(&mut list, 1);
+    let b = push(&mut list, 2);
+    assert_eq!(boxes.take(a), None, "still waiting");
+    let (request, woken) = list.hand(a);
+    boxes.post(a, 10);
+    woken.wake();
+    assert_eq!((request, wakes(&counter), list.len()), (1, 1, 1));
+    // Not taken yet: a newcomer gets a fresh slot.
+    let c = push(&mut list, 3);
+    assert!(c != a && c != b);
+    assert_eq!(boxes.take(a), Some(10));
+    assert!(boxes.taken(a));
+    // Taken: the next newcomer reuses the slot, and finds its mailbox empty.
+    let d = push(&mut list, 4);
+    assert_eq!(d, a);
+    assert_eq!(boxes.take(d), None);
+    // A waiter that leaves while in line gets its request back; one handed its grant finds
+    // it still in its mailbox.
+    assert_eq!(list.abandon_handed(b), Some(2));
+    let (_, _) = list.hand(c);
+    boxes.post(c, 30);
+    assert_eq!(list.abandon_handed(c), None);
+    assert_eq!(boxes.take(c), Some(30));
+    assert_eq!((list.len(), list.front()), (1, Some(&4)));
+    // Many mailboxes: every segment is reached and starts empty.
+    for key in [7, 8, 23, 24, 1_000] {
+        boxes.open(key);
+        assert_eq!(boxes.take(key), None);
+        boxes.post(key, key as u64 + 1);
+        assert!(!boxes.taken(key));
+        assert_eq!(boxes.take(key), Some(key as u64 + 1));
+        assert!(boxes.taken(key));
+    }
 }
 
 #[test]
