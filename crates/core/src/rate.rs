@@ -2639,4 +2639,211 @@ mod tests {
         let _x = limiter.try_acquire(0).unwrap();
         let _y = limiter.try_acquire(0).unwrap();
     }
+
+    /// Mixed costs across the hand-off path (poll level, runs under miri): a waiter handed its
+    /// grant and dropped before it took it gives back its slot and its whole reservation, the
+    /// slot goes to the next in line only if its cost fits, and a cheaper waiter behind a head
+    /// that does not fit is not handed anything (no overtaking), until the head leaves.
+    #[test]
+    fn a_handed_waiter_dropped_untaken_passes_on_in_order_with_mixed_costs() {
+        let limiter = RateLimiter::builder()
+            .limit_requests(100)
+            .limit_tokens(100)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(10).unwrap();
+        let mut a = Box::pin(limiter.acquire(50));
+        let mut b = Box::pin(limiter.acquire(95));
+        let mut c = Box::pin(limiter.acquire(10));
+        for waiter in [&mut a, &mut b, &mut c] {
+            assert!(poll(waiter.as_mut()).is_pending());
+        }
+        drop(held); // to `a`, which does not take it
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.queued, stats.admitted), (1, 2, 2));
+        assert_eq!(stats.tokens_left, Some(40));
+        drop(a);
+        // Its 50 tokens and request came back, and its slot: `b` (95) does not fit in 90,
+        // and `c` (10) would, but must not pass `b`.
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.queued, stats.admitted), (0, 2, 1));
+        assert_eq!(
+            (stats.requests_left, stats.tokens_left),
+            (Some(99), Some(90))
+        );
+        assert!(poll(c.as_mut()).is_pending(), "c overtook b");
+        assert!(poll(b.as_mut()).is_pending(), "b does not fit yet");
+        assert_eq!(limiter.lock().waiters.handed_len(), 1, "only a's slot");
+        // The head leaves: the slot and the budget go to `c`.
+        drop(b);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.running, stats.queued, stats.tokens_left),
+            (1, 0, Some(80))
+        );
+        let Poll::Ready(Ok(permit)) = poll(c.as_mut()) else {
+            panic!("c was handed the slot")
+        };
+        assert_eq!(permit.tokens(), 10);
+        drop(permit);
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.completed, stats.running), (2, 2, 0));
+        assert_eq!(
+            (stats.requests_left, stats.tokens_left),
+            (Some(98), Some(80))
+        );
+        assert!(
+            Slots::open(limiter.shared.slots.snapshot()),
+            "the flag came down"
+        );
+    }
+
+    /// Churn through the hand-off path: every round, two slots are handed to two waiters at
+    /// once; one of them is dropped before it takes its grant (its slot passes on), the other
+    /// takes it late, after newer waiters were handed theirs. The line's slab and its list of
+    /// handed slots stay as small as the most waiters alive at once, however many rounds run.
+    #[test]
+    fn handed_and_dropped_waiters_keep_the_slab_bounded() {
+        let limiter = RateLimiter::builder().concurrency_limit(2).build().unwrap();
+        let mut held = vec![
+            limiter.try_acquire(0).unwrap(),
+            limiter.try_acquire(0).unwrap(),
+        ];
+        for round in 0..300 {
+            let mut waiters: Vec<_> = (0..4).map(|_| Box::pin(limiter.acquire(0))).collect();
+            for waiter in &mut waiters {
+                assert!(poll(waiter.as_mut()).is_pending());
+            }
+            held.clear(); // both slots handed, to the first two waiters
+            let mut w3 = waiters.pop().unwrap();
+            let w2 = waiters.pop().unwrap();
+            let mut w1 = waiters.pop().unwrap();
+            drop(waiters.pop()); // untaken: its slot goes to `w2`
+            drop(w2); // untaken too: to `w3`
+            let Poll::Ready(Ok(late)) = poll(w1.as_mut()) else {
+                panic!("w1 was handed a slot in round {round}")
+            };
+            let Poll::Ready(Ok(last)) = poll(w3.as_mut()) else {
+                panic!("w3 was handed a slot in round {round}")
+            };
+            held = vec![late, last];
+            let state = limiter.lock();
+            assert!(
+                state.waiters.slab_len() <= 4,
+                "the slab grew to {} in round {round}",
+                state.waiters.slab_len()
+            );
+            assert!(state.waiters.handed_len() <= state.waiters.slab_len());
+        }
+        drop(held);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running),
+            (602, 602, 0)
+        );
+        assert_eq!(stats.queued, 0);
+    }
+
+    /// A line slot is reused only once its waiter took its grant (no ABA): the waiter that
+    /// took it stays alive, finished, while a newcomer reuses the slot; dropping it then
+    /// disturbs nothing, and the newcomer is handed the next grant. A waiter handed `Closed`
+    /// and dropped without taking it empties its own mailbox.
+    #[test]
+    fn a_reused_slot_is_not_disturbed_by_its_previous_waiter() {
+        let limiter = RateLimiter::builder()
+            .limit_tokens(1_000)
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(1).unwrap();
+        let mut first = Box::pin(limiter.acquire(2));
+        assert!(poll(first.as_mut()).is_pending());
+        drop(held);
+        let Poll::Ready(Ok(permit)) = poll(first.as_mut()) else {
+            panic!("handed off")
+        };
+        let mut second = Box::pin(limiter.acquire(3));
+        assert!(poll(second.as_mut()).is_pending());
+        assert_eq!(limiter.lock().waiters.slab_len(), 1, "the slot was reused");
+        drop(first); // finished: must not touch the slot it had
+        let stats = limiter.statistics();
+        assert_eq!((stats.queued, stats.running), (1, 1));
+        drop(permit);
+        let Poll::Ready(Ok(permit)) = poll(second.as_mut()) else {
+            panic!("the newcomer was handed the slot")
+        };
+        assert_eq!(permit.tokens(), 3);
+        // Handed `Closed` and dropped untaken: its mailbox is emptied, nothing is given back.
+        let mut third = Box::pin(limiter.acquire(4));
+        assert!(poll(third.as_mut()).is_pending());
+        let mut shutdown = pin!(limiter.shutdown(ShutdownMode::CancelQueued));
+        assert!(poll(shutdown.as_mut()).is_pending());
+        drop(third);
+        {
+            let state = limiter.lock();
+            let key = state.waiters.front_key();
+            assert_eq!((key, state.waiters.slab_len()), (None, 1));
+            assert!(
+                limiter.shared.slots.mailboxes.taken(0),
+                "taken by its leaving"
+            );
+        }
+        drop(permit);
+        assert!(poll(shutdown.as_mut()).is_ready());
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.completed, stats.rejected), (3, 3, 1));
+        assert_eq!(stats.tokens_left, Some(1_000 - 6));
+    }
+
+    /// Shutdown both ways with a grant handed but not taken: draining waits for the handed
+    /// waiter; dropped untaken, it gives its slot back and the next waiter is admitted (drain)
+    /// or, when the queue was cancelled, the limiter is drained at once.
+    #[test]
+    fn shutdown_with_handed_untaken_grants() {
+        for mode in [ShutdownMode::FinishQueued, ShutdownMode::CancelQueued] {
+            let limiter = RateLimiter::builder()
+                .limit_requests(10)
+                .concurrency_limit(1)
+                .build()
+                .unwrap();
+            let held = limiter.try_acquire(0).unwrap();
+            let mut a = Box::pin(limiter.acquire(0));
+            let mut b = Box::pin(limiter.acquire(0));
+            assert!(poll(a.as_mut()).is_pending());
+            assert!(poll(b.as_mut()).is_pending());
+            drop(held); // to `a`, untaken
+            let mut shutdown = Box::pin(limiter.shutdown(mode));
+            assert!(
+                poll(shutdown.as_mut()).is_pending(),
+                "{mode:?}: a was admitted"
+            );
+            drop(a);
+            if mode == ShutdownMode::FinishQueued {
+                assert!(poll(shutdown.as_mut()).is_pending(), "b is still to run");
+                let Poll::Ready(Ok(permit)) = poll(b.as_mut()) else {
+                    panic!("b was handed a's slot")
+                };
+                drop(permit);
+            } else {
+                assert_eq!(
+                    poll(b.as_mut()).map(|r| r.map(drop)),
+                    Poll::Ready(Err(RateLimitError::Closed))
+                );
+            }
+            assert!(poll(shutdown.as_mut()).is_ready(), "{mode:?}: not drained");
+            let stats = limiter.statistics();
+            let admitted = if mode == ShutdownMode::FinishQueued {
+                2
+            } else {
+                1
+            };
+            assert_eq!(
+                (stats.admitted, stats.completed, stats.running),
+                (admitted, admitted, 0)
+            );
+            assert_eq!(stats.requests_left, Some(10 - admitted));
+        }
+    }
 }
