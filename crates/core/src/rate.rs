@@ -1146,7 +1146,9 @@ impl RateLimiter {
     /// `tokens` is the job's estimated token cost (ignored when tokens are unlimited); each
     /// job also costs one request. When the queue is full, waits for room first, in order.
     ///
-    /// Use [`submit_with`](Self::submit_with) to report the job's real usage.
+    /// Admission reserves one request and the estimate; nothing settles it afterwards (the
+    /// estimate stays charged in full), and the job holds only its concurrency slot while it
+    /// runs. Use [`submit_with`](Self::submit_with) to report the job's real usage.
     ///
     /// # Errors
     ///

@@ -458,3 +458,67 @@ fn end_of_stream_does_not_overtake_a_returned_item() {
     drop(recv_second);
     assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
 }
+
+/// `wake_all` wakes every collected waker exactly once, however many were collected
+/// (`extend(None)` leaves no hole that would hide the later ones).
+#[test]
+fn wakers_wake_every_one_once() {
+    for n in [0, 1, 2, 3, 5] {
+        let (counter, waker) = counting_waker();
+        let mut wakers = Wakers::default();
+        for _ in 0..n {
+            wakers.extend(None);
+            wakers.push(waker.clone());
+        }
+        wakers.extend(None);
+        wakers.wake_all();
+        assert_eq!(wakes(&counter), n, "{n} wakers");
+    }
+}
+
+/// Several slots handed at once and taken out of order: a push reclaims exactly those whose
+/// grants were taken (never one still untaken, whose waiter will read its mailbox), a waiter
+/// that leaves after it was handed keeps its slot until its grant is marked taken, and the
+/// list of handed slots shrinks as they are reclaimed.
+#[test]
+fn queue_reclaims_only_taken_handed_slots() {
+    let (_counter, waker) = counting_waker();
+    let mut list: WaitList<u32, ()> = WaitList::default();
+    let boxes = Mailboxes::default();
+    let push = |list: &mut WaitList<u32, ()>, request| {
+        list.reclaim(|key| boxes.taken(key));
+        let key = list.push(request, &waker);
+        boxes.open(key);
+        key
+    };
+    let keys: Vec<usize> = (0..4).map(|i| push(&mut list, i)).collect();
+    for &key in &keys[..3] {
+        let _ = list.hand(key);
+        boxes.post(key, key as u64 + 1);
+    }
+    assert_eq!((list.len(), list.handed_len()), (1, 3));
+    // The first and third take their grants; the second leaves without taking it.
+    assert_eq!(boxes.take(keys[0]), Some(1));
+    assert_eq!(boxes.take(keys[2]), Some(3));
+    assert_eq!(list.abandon_handed(keys[1]), None);
+    let fifth = push(&mut list, 5);
+    assert!(
+        fifth == keys[0] || fifth == keys[2],
+        "a taken slot is reused"
+    );
+    assert_eq!(list.handed_len(), 1, "the second's slot is kept");
+    let sixth = push(&mut list, 6);
+    assert!(sixth == keys[0] || sixth == keys[2]);
+    assert_ne!(fifth, sixth);
+    // The second's grant is still in its mailbox: a newcomer gets a fresh slot.
+    let seventh = push(&mut list, 7);
+    assert!(!keys.contains(&seventh));
+    assert_eq!(list.slab_len(), 5);
+    // Taken by the side that saw it leave: now its slot is reused, and its mailbox is empty.
+    assert_eq!(boxes.take(keys[1]), Some(2));
+    let eighth = push(&mut list, 8);
+    assert_eq!((eighth, list.handed_len()), (keys[1], 0));
+    assert_eq!(boxes.take(eighth), None);
+    let order: Vec<u32> = list.iter().map(|(_, &request)| request).collect();
+    assert_eq!(order, [3, 5, 6, 7, 8]);
+}
