@@ -4,8 +4,9 @@
 //! lock-free admissions on credit racing the lock holder that collects the credit (every
 //! admission counted exactly once), a waiter taking its grant from its mailbox while the
 //! release that hands it over runs on another thread, a waiter taking or dropping its grant on
-//! one thread while the release hands it over on another (the grant passes on in order), and
-//! a waiter's late take racing the push that may reuse its slot (no ABA).
+//! one thread while the release hands it over on another (the grant passes on in order),
+//! a waiter's late take racing the push that may reuse its slot (no ABA), and a shutdown
+//! racing the hand-off (it returns whatever the waiter does).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -272,5 +273,69 @@ fn shuttle_late_take_versus_slot_reuse() {
         );
         assert_eq!(stats.requests_left, Some(97));
         reused
+    });
+}
+
+/// `shutdown(CancelQueued)` on one thread races the release that hands the only slot to the
+/// waiter on another. The waiter is admitted (`true`; its permit is then dropped) or failed
+/// with `Closed`, or is dropped with whatever it was handed: either way the shutdown returns
+/// (no handed grant keeps it waiting forever), and nothing is left running or queued.
+#[test]
+fn shuttle_shutdown_versus_hand_off() {
+    explore(|| {
+        use shuttle::rand::Rng;
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(100)
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        let noop = &mut Context::from_waker(Waker::noop());
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(1)
+            .expect("the slot is free");
+        let mut waiter = Box::pin(limiter.acquire(1));
+        assert!(waiter.as_mut().poll(noop).is_pending());
+        let releaser = shuttle::thread::spawn(move || {
+            yield_randomly();
+            drop(held);
+        });
+        let closer = {
+            let limiter = Arc::clone(&limiter);
+            shuttle::thread::spawn(move || {
+                yield_randomly();
+                shuttle::future::block_on(limiter.shutdown(super::ShutdownMode::CancelQueued));
+            })
+        };
+        yield_randomly();
+        let admitted = if shuttle::rand::thread_rng().gen_bool(0.25) {
+            drop(waiter);
+            false
+        } else {
+            match shuttle::future::block_on(waiter.as_mut()) {
+                Ok(permit) => {
+                    yield_randomly();
+                    drop(permit);
+                    true
+                }
+                Err(err) => {
+                    assert_eq!(err, super::RateLimitError::Closed);
+                    false
+                }
+            }
+        };
+        releaser.join().unwrap();
+        closer.join().unwrap();
+        let stats = limiter.statistics();
+        let expected = 1 + u64::from(admitted);
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running, stats.queued),
+            (expected, expected, 0, 0),
+            "an admission was lost or counted twice"
+        );
+        assert_eq!(stats.requests_left, Some(100 - expected));
+        assert!(stats.closed);
+        admitted
     });
 }
