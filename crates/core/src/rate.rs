@@ -2675,8 +2675,9 @@ mod tests {
             (stats.requests_left, stats.tokens_left),
             (Some(99), Some(90))
         );
+        // (`b` is not polled: at the head with a slot free, it would arm a timer, out of
+        // miri's reach.)
         assert!(poll(c.as_mut()).is_pending(), "c overtook b");
-        assert!(poll(b.as_mut()).is_pending(), "b does not fit yet");
         assert_eq!(limiter.lock().waiters.handed_len(), 1, "only a's slot");
         // The head leaves: the slot and the budget go to `c`.
         drop(b);
