@@ -1117,7 +1117,8 @@ fn the_flag_left_up_by_a_hand_off_strands_nobody() {
                 let newcomer =
                     runtime::spawn(async move { inner.submit(0, async { time::now() }).await });
                 time::sleep(SEC).await;
-                newcomer
+                // In an `Option`: the job's output is the handle, not something to await.
+                Some(newcomer)
             })
             .await
         });
@@ -1130,7 +1131,7 @@ fn the_flag_left_up_by_a_hand_off_strands_nobody() {
             limiter.try_acquire(0).unwrap_err(),
             RateLimitError::WouldWait
         );
-        let newcomer = first.await.unwrap().unwrap();
+        let newcomer = first.await.unwrap().unwrap().expect("the job ran");
         assert_eq!(newcomer.await.unwrap().unwrap(), time::now());
         let stats = limiter.statistics();
         assert_eq!((stats.admitted, stats.running, stats.queued), (3, 0, 0));

@@ -5,8 +5,9 @@
 //! admission counted exactly once), a waiter taking its grant from its mailbox while the
 //! release that hands it over runs on another thread, a waiter taking or dropping its grant on
 //! one thread while the release hands it over on another (the grant passes on in order),
-//! a waiter's late take racing the push that may reuse its slot (no ABA), and a shutdown
-//! racing the hand-off (it returns whatever the waiter does).
+//! a waiter's late take racing the push that may reuse its slot (no ABA), a shutdown racing
+//! the hand-off (it returns whatever the waiter does), and a newcomer racing the release of
+//! the job whose hand-off left the `SLOW` flag up.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -337,5 +338,57 @@ fn shuttle_shutdown_versus_hand_off() {
         assert_eq!(stats.requests_left, Some(100 - expected));
         assert!(stats.closed);
         admitted
+    });
+}
+
+/// The hand-off that emptied the line left the `SLOW` flag up. The admitted waiter takes its
+/// permit and drops it on one thread while a newcomer arrives on another: the newcomer is
+/// admitted at once (`false`) or queues and is woken by the release (`true`) — never left
+/// waiting with the slot free — and the flag comes down once nobody waits.
+#[test]
+fn shuttle_flag_left_up_versus_newcomer() {
+    explore(|| {
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(100)
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        let noop = &mut Context::from_waker(Waker::noop());
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(1)
+            .expect("the slot is free");
+        let mut first = Box::pin(Arc::clone(&limiter).acquire_owned(1));
+        assert!(first.as_mut().poll(noop).is_pending());
+        drop(held); // to `first`, emptying the line: the flag stays up
+        assert!(!super::Slots::open(limiter.shared.slots.snapshot()));
+        let runner = shuttle::thread::spawn(move || {
+            yield_randomly();
+            let permit = shuttle::future::block_on(first.as_mut()).expect("handed the slot");
+            yield_randomly();
+            drop(permit);
+        });
+        yield_randomly();
+        let mut newcomer = Box::pin(limiter.acquire(1));
+        let (queued, permit) = match newcomer.as_mut().poll(noop) {
+            Poll::Ready(admitted) => (false, admitted),
+            Poll::Pending => (true, shuttle::future::block_on(newcomer.as_mut())),
+        };
+        let permit = permit.expect("admitted");
+        runner.join().unwrap();
+        drop(permit);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running, stats.queued),
+            (3, 3, 0, 0),
+            "an admission was lost or counted twice"
+        );
+        assert!(limiter.try_acquire(1).is_ok(), "the slot did not come back");
+        assert!(
+            super::Slots::open(limiter.shared.slots.snapshot()),
+            "the flag stayed up with nobody waiting"
+        );
+        queued
     });
 }
