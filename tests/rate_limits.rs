@@ -288,6 +288,47 @@ conformance! {
         assert_eq!((stats.admitted, stats.running, stats.queued), (2, 0, 0));
     }
 
+    /// The `submit` family through the hand-off path: a queued `submit` dropped after the
+    /// release handed it the slot (before its job ran) gives its whole reservation back and
+    /// the slot passes to the next in line; a `submit_with` admitted by hand-off settles the
+    /// usage its job reports; a `submit` admitted by hand-off keeps its estimate charged.
+    async fn submit_through_the_hand_off_cancels_and_settles(cx) {
+        let limiter = RateLimiter::builder()
+            .limit_tokens(1_000)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(100).unwrap();
+        let mut a = Box::pin(limiter.submit(300, async { "a" }));
+        let mut b = Box::pin(limiter.submit_with(200, |usage| async move {
+            usage.report(50);
+            "b"
+        }));
+        assert!(poll_once(&mut a).is_pending());
+        assert!(poll_once(&mut b).is_pending());
+        drop(held); // to `a`, whose job has not run
+        assert_eq!(limiter.statistics().tokens_left, Some(600));
+        drop(a);
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.queued), (1, 0), "b was handed a's slot");
+        assert_eq!(stats.tokens_left, Some(700));
+        assert_eq!(b.await, Ok("b"));
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.admitted), (0, 2));
+        assert_eq!(stats.tokens_left, Some(850), "b's 200 settled to 50");
+        let held = limiter.try_acquire(0).unwrap();
+        let l = limiter.clone();
+        let c = cx.spawn(async move { l.submit(100, async { "c" }).await });
+        let l = limiter.clone();
+        until(move || l.statistics().queued == 1).await;
+        drop(held);
+        assert_eq!(c.await.unwrap(), Ok("c"));
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.admitted, stats.completed), (0, 4, 4));
+        assert_eq!(stats.tokens_left, Some(750), "c's estimate stays charged");
+    }
+
     /// The concurrency limit is never exceeded, across 60 tasks of 5 jobs each.
     async fn concurrency_limit_never_exceeded(cx) {
         let limiter = RateLimiter::builder()
@@ -872,6 +913,12 @@ enum Op {
     Settle(usize, u64),
     /// Drop the n-th live permit.
     Release(usize),
+    /// Drop the n-th live permit, then at once (nobody polled since) the m-th pending waiter,
+    /// which the release may just have handed its slot and reservation, untaken.
+    ReleaseThenCancel(usize, usize),
+    /// Settle the n-th live permit (a refund may admit waiters), then at once drop the m-th
+    /// pending waiter, which may just have been handed its admission.
+    SettleThenCancel(usize, u64, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -880,6 +927,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(Op::Cancel),
         2 => (any::<usize>(), 0u64..=90).prop_map(|(i, t)| Op::Settle(i, t)),
         3 => any::<usize>().prop_map(Op::Release),
+        2 => (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Op::ReleaseThenCancel(i, j)),
+        1 => (any::<usize>(), 0u64..=90, any::<usize>())
+            .prop_map(|(i, t, j)| Op::SettleThenCancel(i, t, j)),
     ]
 }
 
@@ -888,7 +938,10 @@ type Waiting = Pin<Box<sheepdog_core::rate::futures::Acquire<'static>>>;
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 256 }))]
 
-    /// Any sequence of submit / cancel-while-queued / settle / release: admission is FIFO, the
+    /// Any sequence of submit / cancel-while-queued / settle / release, and of a release or a
+    /// settlement followed at once by a cancellation (of a waiter that may have been handed
+    /// its admission and not taken it): admission is FIFO (unless overtaking is allowed, when
+    /// waiters are handed their admissions from the middle of the line), the
     /// concurrency limit holds, the statistics match a model, and at the end every slot is
     /// back and the budgets hold exactly what the admitted jobs were charged.
     #[test]
@@ -897,6 +950,7 @@ proptest! {
         concurrency in 1usize..=3,
         capacity in 1usize..=4,
         fixed in any::<bool>(),
+        overtaking in any::<bool>(),
     ) {
         const REQUESTS: u64 = 12;
         const TOKENS: u64 = 200;
@@ -909,6 +963,7 @@ proptest! {
                 .replenishment(if fixed { Replenishment::FixedWindow } else { Replenishment::Continuous })
                 .concurrency_limit(concurrency)
                 .queue_capacity(capacity)
+                .allow_overtaking(overtaking)
                 .build()
                 .unwrap(),
         ));
@@ -930,7 +985,10 @@ proptest! {
                     });
                     match poll_once(&mut fut) {
                         Poll::Ready(Ok(permit)) => {
-                            prop_assert!(pending.is_empty(), "a newcomer overtook a waiter");
+                            prop_assert!(
+                                overtaking || pending.is_empty(),
+                                "a newcomer overtook a waiter"
+                            );
                             admitted += 1;
                             live.push((permit, tokens));
                         }
@@ -958,6 +1016,22 @@ proptest! {
                     drop(permit);
                     charged_done += accounted;
                 }
+                // A waiter handed its admission but dropped before it took it reserved
+                // nothing: the model charges it nothing, and its slot passes on in order.
+                Op::ReleaseThenCancel(i, j) if !live.is_empty() && !pending.is_empty() => {
+                    let n = live.len();
+                    let (permit, accounted) = live.remove(i % n);
+                    drop(permit);
+                    charged_done += accounted;
+                    drop(pending.remove(j % pending.len()));
+                }
+                Op::SettleThenCancel(i, tokens, j) if !live.is_empty() && !pending.is_empty() => {
+                    let n = live.len();
+                    let (permit, accounted) = &mut live[i % n];
+                    permit.settle(tokens);
+                    *accounted = tokens;
+                    drop(pending.remove(j % pending.len()));
+                }
                 _ => {}
             }
             // Poll every waiter; those admitted must be the oldest ones.
@@ -966,7 +1040,11 @@ proptest! {
             for (arrival, mut fut) in pending.drain(..) {
                 match poll_once(&mut fut) {
                     Poll::Ready(Ok(permit)) => {
-                        prop_assert!(!blocked, "waiter {} overtook an older one", arrival);
+                        prop_assert!(
+                            overtaking || !blocked,
+                            "waiter {} overtook an older one",
+                            arrival
+                        );
                         admitted += 1;
                         let tokens = permit.tokens();
                         live.push((permit, tokens));
@@ -1023,6 +1101,50 @@ fn slot_freed_before_budget_returns() {
         drop(held);
         let start = time::now() - SEC;
         assert_eq!(waiter.await.unwrap().unwrap() - start, MINUTE);
+    });
+    assert_eq!(took, MINUTE);
+}
+
+/// The hand-off that empties the line leaves the `SLOW` flag up while the admitted job runs:
+/// a newcomer that queues behind that job's slot (no timer: only a release can help it) is
+/// still woken by the release, arms its timer for the budget, and is admitted when it
+/// returns; a lock-free refusal meanwhile sees the flag and asks the lock.
+#[test]
+fn the_flag_left_up_by_a_hand_off_strands_nobody() {
+    let took = virtual_run(|| async {
+        let limiter = RateLimiter::builder()
+            .limit_requests(2)
+            .concurrency_limit(1)
+            .capacity_refresh_time(MINUTE)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(0).unwrap();
+        let l = limiter.clone();
+        let first = runtime::spawn(async move {
+            let inner = l.clone();
+            l.submit(0, async move {
+                // Handed the slot, which emptied the line: the newcomer queues behind it.
+                let newcomer =
+                    runtime::spawn(async move { inner.submit(0, async { time::now() }).await });
+                time::sleep(SEC).await;
+                // In an `Option`: the job's output is the handle, not something to await.
+                Some(newcomer)
+            })
+            .await
+        });
+        let l = limiter.clone();
+        until(move || l.statistics().queued == 1).await;
+        drop(held);
+        let l = limiter.clone();
+        until(move || l.statistics().admitted == 2 && l.statistics().queued == 1).await;
+        assert_eq!(
+            limiter.try_acquire(0).unwrap_err(),
+            RateLimitError::WouldWait
+        );
+        let newcomer = first.await.unwrap().unwrap().expect("the job ran");
+        assert_eq!(newcomer.await.unwrap().unwrap(), time::now());
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.running, stats.queued), (3, 0, 0));
     });
     assert_eq!(took, MINUTE);
 }

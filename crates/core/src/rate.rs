@@ -1146,7 +1146,9 @@ impl RateLimiter {
     /// `tokens` is the job's estimated token cost (ignored when tokens are unlimited); each
     /// job also costs one request. When the queue is full, waits for room first, in order.
     ///
-    /// Use [`submit_with`](Self::submit_with) to report the job's real usage.
+    /// Admission reserves one request and the estimate; nothing settles it afterwards (the
+    /// estimate stays charged in full), and the job holds only its concurrency slot while it
+    /// runs. Use [`submit_with`](Self::submit_with) to report the job's real usage.
     ///
     /// # Errors
     ///
@@ -2638,5 +2640,253 @@ mod tests {
         // Nobody waits any more: both slots are free to the fast path again.
         let _x = limiter.try_acquire(0).unwrap();
         let _y = limiter.try_acquire(0).unwrap();
+    }
+
+    /// Mixed costs across the hand-off path (poll level, runs under miri): a waiter handed its
+    /// grant and dropped before it took it gives back its slot and its whole reservation, the
+    /// slot goes to the next in line only if its cost fits, and a cheaper waiter behind a head
+    /// that does not fit is not handed anything (no overtaking), until the head leaves.
+    #[test]
+    fn a_handed_waiter_dropped_untaken_passes_on_in_order_with_mixed_costs() {
+        let limiter = RateLimiter::builder()
+            .limit_requests(100)
+            .limit_tokens(100)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(10).unwrap();
+        let mut a = Box::pin(limiter.acquire(50));
+        let mut b = Box::pin(limiter.acquire(95));
+        let mut c = Box::pin(limiter.acquire(10));
+        for waiter in [&mut a, &mut b, &mut c] {
+            assert!(poll(waiter.as_mut()).is_pending());
+        }
+        drop(held); // to `a`, which does not take it
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.queued, stats.admitted), (1, 2, 2));
+        assert_eq!(stats.tokens_left, Some(40));
+        drop(a);
+        // Its 50 tokens and request came back, and its slot: `b` (95) does not fit in 90,
+        // and `c` (10) would, but must not pass `b`.
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.queued, stats.admitted), (0, 2, 1));
+        assert_eq!(
+            (stats.requests_left, stats.tokens_left),
+            (Some(99), Some(90))
+        );
+        // (`b` is not polled: at the head with a slot free, it would arm a timer, out of
+        // miri's reach.)
+        assert!(poll(c.as_mut()).is_pending(), "c overtook b");
+        assert_eq!(limiter.lock().waiters.handed_len(), 1, "only a's slot");
+        // The head leaves: the slot and the budget go to `c`.
+        drop(b);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.running, stats.queued, stats.tokens_left),
+            (1, 0, Some(80))
+        );
+        let Poll::Ready(Ok(permit)) = poll(c.as_mut()) else {
+            panic!("c was handed the slot")
+        };
+        assert_eq!(permit.tokens(), 10);
+        drop(permit);
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.completed, stats.running), (2, 2, 0));
+        assert_eq!(
+            (stats.requests_left, stats.tokens_left),
+            (Some(98), Some(80))
+        );
+        assert!(
+            Slots::open(limiter.shared.slots.snapshot()),
+            "the flag came down"
+        );
+    }
+
+    /// Churn through the hand-off path: every round, two slots are handed to two waiters at
+    /// once; one of them is dropped before it takes its grant (its slot passes on), the other
+    /// takes it late, after newer waiters were handed theirs. The line's slab and its list of
+    /// handed slots stay as small as the most waiters alive at once, however many rounds run.
+    #[test]
+    fn handed_and_dropped_waiters_keep_the_slab_bounded() {
+        let limiter = RateLimiter::builder().concurrency_limit(2).build().unwrap();
+        let mut held = vec![
+            limiter.try_acquire(0).unwrap(),
+            limiter.try_acquire(0).unwrap(),
+        ];
+        let rounds = if cfg!(miri) { 20 } else { 300 };
+        for round in 0..rounds {
+            let mut waiters: Vec<_> = (0..4).map(|_| Box::pin(limiter.acquire(0))).collect();
+            for waiter in &mut waiters {
+                assert!(poll(waiter.as_mut()).is_pending());
+            }
+            held.clear(); // both slots handed, to the first two waiters
+            let mut w3 = waiters.pop().unwrap();
+            let w2 = waiters.pop().unwrap();
+            let mut w1 = waiters.pop().unwrap();
+            drop(waiters.pop()); // untaken: its slot goes to `w2`
+            drop(w2); // untaken too: to `w3`
+            let Poll::Ready(Ok(late)) = poll(w1.as_mut()) else {
+                panic!("w1 was handed a slot in round {round}")
+            };
+            let Poll::Ready(Ok(last)) = poll(w3.as_mut()) else {
+                panic!("w3 was handed a slot in round {round}")
+            };
+            held = vec![late, last];
+            let state = limiter.lock();
+            assert!(
+                state.waiters.slab_len() <= 4,
+                "the slab grew to {} in round {round}",
+                state.waiters.slab_len()
+            );
+            assert!(state.waiters.handed_len() <= state.waiters.slab_len());
+        }
+        drop(held);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running),
+            (2 + 2 * rounds, 2 + 2 * rounds, 0)
+        );
+        assert_eq!(stats.queued, 0);
+    }
+
+    /// Waiters handed their grants and never polled again (still alive) keep their slots, but
+    /// do not stop the line from reusing the slots of the waiters that did take theirs: with
+    /// two of them stuck, a third slot churns through many rounds without the slab or the
+    /// handed list growing. Dropped at last, the stuck ones give everything back.
+    #[test]
+    fn stuck_handed_waiters_do_not_stop_slot_reuse() {
+        let limiter = RateLimiter::builder()
+            .limit_requests(1_000)
+            .concurrency_limit(3)
+            .build()
+            .unwrap();
+        let mut permits: Vec<_> = (0..3).map(|_| limiter.try_acquire(0).unwrap()).collect();
+        let mut stuck: Vec<_> = (0..2).map(|_| Box::pin(limiter.acquire(0))).collect();
+        for waiter in &mut stuck {
+            assert!(poll(waiter.as_mut()).is_pending());
+        }
+        let mut running = permits.pop().unwrap();
+        drop(permits); // to the two stuck waiters, which never look
+        let rounds = if cfg!(miri) { 20 } else { 200 };
+        for round in 0..rounds {
+            let mut waiter = Box::pin(limiter.acquire(0));
+            assert!(poll(waiter.as_mut()).is_pending());
+            drop(running);
+            let Poll::Ready(Ok(permit)) = poll(waiter.as_mut()) else {
+                panic!("handed the slot in round {round}")
+            };
+            running = permit;
+            let state = limiter.lock();
+            assert_eq!(state.waiters.slab_len(), 3, "round {round}");
+            assert!(state.waiters.handed_len() <= 3, "round {round}");
+        }
+        drop(stuck);
+        let stats = limiter.statistics();
+        assert_eq!((stats.running, stats.admitted), (1, 3 + rounds));
+        assert_eq!(stats.requests_left, Some(1_000 - 3 - rounds));
+        drop(running);
+        assert_eq!(limiter.statistics().completed, 3 + rounds);
+    }
+
+    /// A line slot is reused only once its waiter took its grant (no ABA): the waiter that
+    /// took it stays alive, finished, while a newcomer reuses the slot; dropping it then
+    /// disturbs nothing, and the newcomer is handed the next grant. A waiter handed `Closed`
+    /// and dropped without taking it empties its own mailbox.
+    #[test]
+    fn a_reused_slot_is_not_disturbed_by_its_previous_waiter() {
+        let limiter = RateLimiter::builder()
+            .limit_tokens(1_000)
+            .concurrency_limit(1)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire(1).unwrap();
+        let mut first = Box::pin(limiter.acquire(2));
+        assert!(poll(first.as_mut()).is_pending());
+        drop(held);
+        let Poll::Ready(Ok(permit)) = poll(first.as_mut()) else {
+            panic!("handed off")
+        };
+        let mut second = Box::pin(limiter.acquire(3));
+        assert!(poll(second.as_mut()).is_pending());
+        assert_eq!(limiter.lock().waiters.slab_len(), 1, "the slot was reused");
+        drop(first); // finished: must not touch the slot it had
+        let stats = limiter.statistics();
+        assert_eq!((stats.queued, stats.running), (1, 1));
+        drop(permit);
+        let Poll::Ready(Ok(permit)) = poll(second.as_mut()) else {
+            panic!("the newcomer was handed the slot")
+        };
+        assert_eq!(permit.tokens(), 3);
+        // Handed `Closed` and dropped untaken: its mailbox is emptied, nothing is given back.
+        let mut third = Box::pin(limiter.acquire(4));
+        assert!(poll(third.as_mut()).is_pending());
+        let mut shutdown = pin!(limiter.shutdown(ShutdownMode::CancelQueued));
+        assert!(poll(shutdown.as_mut()).is_pending());
+        drop(third);
+        {
+            let state = limiter.lock();
+            let key = state.waiters.front_key();
+            assert_eq!((key, state.waiters.slab_len()), (None, 1));
+            assert!(
+                limiter.shared.slots.mailboxes.taken(0),
+                "taken by its leaving"
+            );
+        }
+        drop(permit);
+        assert!(poll(shutdown.as_mut()).is_ready());
+        let stats = limiter.statistics();
+        assert_eq!((stats.admitted, stats.completed, stats.rejected), (3, 3, 1));
+        assert_eq!(stats.tokens_left, Some(1_000 - 6));
+    }
+
+    /// Shutdown both ways with a grant handed but not taken: draining waits for the handed
+    /// waiter; dropped untaken, it gives its slot back and the next waiter is admitted (drain)
+    /// or, when the queue was cancelled, the limiter is drained at once.
+    #[test]
+    fn shutdown_with_handed_untaken_grants() {
+        for mode in [ShutdownMode::FinishQueued, ShutdownMode::CancelQueued] {
+            let limiter = RateLimiter::builder()
+                .limit_requests(10)
+                .concurrency_limit(1)
+                .build()
+                .unwrap();
+            let held = limiter.try_acquire(0).unwrap();
+            let mut a = Box::pin(limiter.acquire(0));
+            let mut b = Box::pin(limiter.acquire(0));
+            assert!(poll(a.as_mut()).is_pending());
+            assert!(poll(b.as_mut()).is_pending());
+            drop(held); // to `a`, untaken
+            let mut shutdown = Box::pin(limiter.shutdown(mode));
+            assert!(
+                poll(shutdown.as_mut()).is_pending(),
+                "{mode:?}: a was admitted"
+            );
+            drop(a);
+            if mode == ShutdownMode::FinishQueued {
+                assert!(poll(shutdown.as_mut()).is_pending(), "b is still to run");
+                let Poll::Ready(Ok(permit)) = poll(b.as_mut()) else {
+                    panic!("b was handed a's slot")
+                };
+                drop(permit);
+            } else {
+                assert_eq!(
+                    poll(b.as_mut()).map(|r| r.map(drop)),
+                    Poll::Ready(Err(RateLimitError::Closed))
+                );
+            }
+            assert!(poll(shutdown.as_mut()).is_ready(), "{mode:?}: not drained");
+            let stats = limiter.statistics();
+            let admitted = if mode == ShutdownMode::FinishQueued {
+                2
+            } else {
+                1
+            };
+            assert_eq!(
+                (stats.admitted, stats.completed, stats.running),
+                (admitted, admitted, 0)
+            );
+            assert_eq!(stats.requests_left, Some(10 - admitted));
+        }
     }
 }

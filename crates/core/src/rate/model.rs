@@ -2,8 +2,12 @@
 //! --lib shuttle`): a slot released on one thread while the waiter it would go to is cancelled
 //! on another (either the waiter gets the slot, or the slot passes on; it is never lost), and
 //! lock-free admissions on credit racing the lock holder that collects the credit (every
-//! admission counted exactly once), and a waiter taking its grant from its mailbox while the
-//! release that hands it over runs on another thread.
+//! admission counted exactly once), a waiter taking its grant from its mailbox while the
+//! release that hands it over runs on another thread, a waiter taking or dropping its grant on
+//! one thread while the release hands it over on another (the grant passes on in order),
+//! a waiter's late take racing the push that may reuse its slot (no ABA), a shutdown racing
+//! the hand-off (it returns whatever the waiter does), and a newcomer racing the release of
+//! the job whose hand-off left the `SLOW` flag up.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -153,5 +157,238 @@ fn shuttle_mailbox_take_versus_hand_off() {
         );
         assert_eq!(stats.requests_left, Some(97));
         polls == 1
+    });
+}
+
+/// Two waiters in line behind one slot. The release hands the slot to the first on one
+/// thread while, on another, the first is dropped — before the hand-off, after it but before
+/// taking its grant, or after taking it (`true`, it then drops the permit). Whichever way, the
+/// second is admitted and woken (no hang), nothing is admitted twice or lost, and the line
+/// holds no more slots than waiters.
+#[test]
+fn shuttle_handed_waiter_dropped_versus_release_passes_on() {
+    explore(|| {
+        use shuttle::rand::Rng;
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(100)
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        let noop = &mut Context::from_waker(Waker::noop());
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(1)
+            .expect("the slot is free");
+        let mut first = Box::pin(Arc::clone(&limiter).acquire_owned(1));
+        assert!(first.as_mut().poll(noop).is_pending());
+        let mut second = Box::pin(limiter.acquire(1));
+        assert!(second.as_mut().poll(noop).is_pending());
+        let releaser = shuttle::thread::spawn(move || {
+            yield_randomly();
+            drop(held);
+        });
+        let leaver = shuttle::thread::spawn(move || {
+            yield_randomly();
+            let noop = &mut Context::from_waker(Waker::noop());
+            // Sometimes it looks in its mailbox first (and may find its grant).
+            if shuttle::rand::thread_rng().gen_bool(0.5) {
+                if let Poll::Ready(admitted) = first.as_mut().poll(noop) {
+                    let permit = admitted.expect("admitted, not failed");
+                    yield_randomly();
+                    drop(permit);
+                    return true;
+                }
+                yield_randomly();
+            }
+            drop(first);
+            false
+        });
+        let took = leaver.join().unwrap();
+        releaser.join().unwrap();
+        // The grant is the second's now, or on its way: it must be woken with it.
+        let permit = shuttle::future::block_on(second.as_mut()).expect("handed the slot");
+        drop(permit);
+        let stats = limiter.statistics();
+        let admitted = 2 + u64::from(took);
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running, stats.queued),
+            (admitted, admitted, 0, 0),
+            "an admission was lost or counted twice"
+        );
+        assert_eq!(
+            stats.requests_left,
+            Some(100 - admitted),
+            "a request was lost"
+        );
+        assert!(limiter.lock().waiters.slab_len() <= 2);
+        assert!(limiter.try_acquire(1).is_ok(), "the slot did not come back");
+        took
+    });
+}
+
+/// A waiter takes its grant from its mailbox on one thread (a load, then the mark that it
+/// took it) while a newcomer queues on another, whose push reclaims handed slots whose
+/// grants were taken. The newcomer reuses the slot only once the take is complete (`true`)
+/// or gets a fresh one (`false`); either way it is admitted when the first's permit is
+/// dropped, and the first's grant is taken exactly once.
+#[test]
+fn shuttle_late_take_versus_slot_reuse() {
+    explore(|| {
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(100)
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        let noop = &mut Context::from_waker(Waker::noop());
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(1)
+            .expect("the slot is free");
+        let mut first = Box::pin(Arc::clone(&limiter).acquire_owned(1));
+        assert!(first.as_mut().poll(noop).is_pending());
+        drop(held); // handed to `first`, untaken
+        let taker = shuttle::thread::spawn(move || {
+            yield_randomly();
+            let noop = &mut Context::from_waker(Waker::noop());
+            let Poll::Ready(Ok(permit)) = first.as_mut().poll(noop) else {
+                panic!("the grant was in the mailbox")
+            };
+            permit
+        });
+        yield_randomly();
+        let mut second = Box::pin(limiter.acquire(1));
+        assert!(
+            second.as_mut().poll(noop).is_pending(),
+            "the slot is the first's"
+        );
+        let reused = limiter.lock().waiters.slab_len() == 1;
+        drop(taker.join().unwrap());
+        drop(shuttle::future::block_on(second.as_mut()).expect("handed the slot"));
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running, stats.queued),
+            (3, 3, 0, 0),
+            "an admission was lost or counted twice"
+        );
+        assert_eq!(stats.requests_left, Some(97));
+        reused
+    });
+}
+
+/// `shutdown(CancelQueued)` on one thread races the release that hands the only slot to the
+/// waiter on another. The waiter is admitted (`true`; its permit is then dropped) or failed
+/// with `Closed`, or is dropped with whatever it was handed: either way the shutdown returns
+/// (no handed grant keeps it waiting forever), and nothing is left running or queued.
+#[test]
+fn shuttle_shutdown_versus_hand_off() {
+    explore(|| {
+        use shuttle::rand::Rng;
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(100)
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        let noop = &mut Context::from_waker(Waker::noop());
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(1)
+            .expect("the slot is free");
+        let mut waiter = Box::pin(limiter.acquire(1));
+        assert!(waiter.as_mut().poll(noop).is_pending());
+        let releaser = shuttle::thread::spawn(move || {
+            yield_randomly();
+            drop(held);
+        });
+        let closer = {
+            let limiter = Arc::clone(&limiter);
+            shuttle::thread::spawn(move || {
+                yield_randomly();
+                shuttle::future::block_on(limiter.shutdown(super::ShutdownMode::CancelQueued));
+            })
+        };
+        yield_randomly();
+        let admitted = if shuttle::rand::thread_rng().gen_bool(0.25) {
+            drop(waiter);
+            false
+        } else {
+            match shuttle::future::block_on(waiter.as_mut()) {
+                Ok(permit) => {
+                    yield_randomly();
+                    drop(permit);
+                    true
+                }
+                Err(err) => {
+                    assert_eq!(err, super::RateLimitError::Closed);
+                    false
+                }
+            }
+        };
+        releaser.join().unwrap();
+        closer.join().unwrap();
+        let stats = limiter.statistics();
+        let expected = 1 + u64::from(admitted);
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running, stats.queued),
+            (expected, expected, 0, 0),
+            "an admission was lost or counted twice"
+        );
+        assert_eq!(stats.requests_left, Some(100 - expected));
+        assert!(stats.closed);
+        admitted
+    });
+}
+
+/// The hand-off that emptied the line left the `SLOW` flag up. The admitted waiter takes its
+/// permit and drops it on one thread while a newcomer arrives on another: the newcomer is
+/// admitted at once (`false`) or queues and is woken by the release (`true`) — never left
+/// waiting with the slot free — and the flag comes down once nobody waits.
+#[test]
+fn shuttle_flag_left_up_versus_newcomer() {
+    explore(|| {
+        let limiter = Arc::new(
+            RateLimiter::builder()
+                .limit_requests(100)
+                .concurrency_limit(1)
+                .build()
+                .expect("a valid limiter"),
+        );
+        let noop = &mut Context::from_waker(Waker::noop());
+        let held = Arc::clone(&limiter)
+            .try_acquire_owned(1)
+            .expect("the slot is free");
+        let mut first = Box::pin(Arc::clone(&limiter).acquire_owned(1));
+        assert!(first.as_mut().poll(noop).is_pending());
+        drop(held); // to `first`, emptying the line: the flag stays up
+        assert!(!super::Slots::open(limiter.shared.slots.snapshot()));
+        let runner = shuttle::thread::spawn(move || {
+            yield_randomly();
+            let permit = shuttle::future::block_on(first.as_mut()).expect("handed the slot");
+            yield_randomly();
+            drop(permit);
+        });
+        yield_randomly();
+        let mut newcomer = Box::pin(limiter.acquire(1));
+        let (queued, permit) = match newcomer.as_mut().poll(noop) {
+            Poll::Ready(admitted) => (false, admitted),
+            Poll::Pending => (true, shuttle::future::block_on(newcomer.as_mut())),
+        };
+        let permit = permit.expect("admitted");
+        runner.join().unwrap();
+        drop(permit);
+        let stats = limiter.statistics();
+        assert_eq!(
+            (stats.admitted, stats.completed, stats.running, stats.queued),
+            (3, 3, 0, 0),
+            "an admission was lost or counted twice"
+        );
+        assert!(limiter.try_acquire(1).is_ok(), "the slot did not come back");
+        assert!(
+            super::Slots::open(limiter.shared.slots.snapshot()),
+            "the flag stayed up with nobody waiting"
+        );
+        queued
     });
 }

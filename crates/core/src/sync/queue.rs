@@ -217,6 +217,13 @@ impl<R, G> WaitList<R, G> {
         self.slots.len()
     }
 
+    /// How many handed slots are kept for reclaiming (their waiters may not have taken their
+    /// grants yet).
+    #[cfg(test)]
+    pub(crate) fn handed_len(&self) -> usize {
+        self.handed.len()
+    }
+
     /// The key of the oldest waiter.
     pub(crate) fn front_key(&self) -> Option<usize> {
         self.head

@@ -458,3 +458,169 @@ fn end_of_stream_does_not_overtake_a_returned_item() {
     drop(recv_second);
     assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
 }
+
+/// `wake_all` wakes every collected waker exactly once, however many were collected
+/// (`extend(None)` leaves no hole that would hide the later ones).
+#[test]
+fn wakers_wake_every_one_once() {
+    for n in [0, 1, 2, 3, 5] {
+        let (counter, waker) = counting_waker();
+        let mut wakers = Wakers::default();
+        for _ in 0..n {
+            wakers.extend(None);
+            wakers.push(waker.clone());
+        }
+        wakers.extend(None);
+        wakers.wake_all();
+        assert_eq!(wakes(&counter), n, "{n} wakers");
+    }
+}
+
+/// Several slots handed at once and taken out of order: a push reclaims exactly those whose
+/// grants were taken (never one still untaken, whose waiter will read its mailbox), a waiter
+/// that leaves after it was handed keeps its slot until its grant is marked taken, and the
+/// list of handed slots shrinks as they are reclaimed.
+#[test]
+fn queue_reclaims_only_taken_handed_slots() {
+    let (_counter, waker) = counting_waker();
+    let mut list: WaitList<u32, ()> = WaitList::default();
+    let boxes = Mailboxes::default();
+    let push = |list: &mut WaitList<u32, ()>, request| {
+        list.reclaim(|key| boxes.taken(key));
+        let key = list.push(request, &waker);
+        boxes.open(key);
+        key
+    };
+    let keys: Vec<usize> = (0..4).map(|i| push(&mut list, i)).collect();
+    for &key in &keys[..3] {
+        let _ = list.hand(key);
+        boxes.post(key, key as u64 + 1);
+    }
+    assert_eq!((list.len(), list.handed_len()), (1, 3));
+    // The first and third take their grants; the second leaves without taking it.
+    assert_eq!(boxes.take(keys[0]), Some(1));
+    assert_eq!(boxes.take(keys[2]), Some(3));
+    assert_eq!(list.abandon_handed(keys[1]), None);
+    let fifth = push(&mut list, 5);
+    assert!(
+        fifth == keys[0] || fifth == keys[2],
+        "a taken slot is reused"
+    );
+    assert_eq!(list.handed_len(), 1, "the second's slot is kept");
+    let sixth = push(&mut list, 6);
+    assert!(sixth == keys[0] || sixth == keys[2]);
+    assert_ne!(fifth, sixth);
+    // The second's grant is still in its mailbox: a newcomer gets a fresh slot.
+    let seventh = push(&mut list, 7);
+    assert!(!keys.contains(&seventh));
+    assert_eq!(list.slab_len(), 5);
+    // Taken by the side that saw it leave: now its slot is reused, and its mailbox is empty.
+    assert_eq!(boxes.take(keys[1]), Some(2));
+    let eighth = push(&mut list, 8);
+    assert_eq!((eighth, list.handed_len()), (keys[1], 0));
+    assert_eq!(boxes.take(eighth), None);
+    let order: Vec<u32> = list.iter().map(|(_, &request)| request).collect();
+    assert_eq!(order, [3, 5, 6, 7, 8]);
+}
+
+/// Random pushes, hand-offs (from the front, or from anywhere as with overtaking), takes and
+/// leavings against a model of the line (a small deterministic generator, so it is
+/// replayable and runs under miri): the line keeps arrival order, each grant is taken exactly
+/// once by its own waiter, a key is never given to a newcomer while its previous waiter may
+/// still read its mailbox, and the slab never holds more slots than the most waiters alive at
+/// once (waiting, or handed and not yet taken).
+#[test]
+fn queue_with_mailboxes_against_a_model() {
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Held {
+        Waiting,
+        Handed(u64),
+    }
+    let (_counter, waker) = counting_waker();
+    let mut list: WaitList<u32, ()> = WaitList::default();
+    let boxes = Mailboxes::default();
+    // The live waiters in arrival order: key, request, what they hold.
+    let mut live: Vec<(usize, u32, Held)> = Vec::new();
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = |bound: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % bound as u64) as usize
+    };
+    let (mut arrivals, mut grants, mut peak) = (0u32, 0u64, 0usize);
+    let steps = if cfg!(miri) { 400 } else { 20_000 };
+    for step in 0..steps {
+        let waiting: Vec<usize> = (0..live.len())
+            .filter(|&i| live[i].2 == Held::Waiting)
+            .collect();
+        match next(6) {
+            0 | 1 => {
+                list.reclaim(|key| boxes.taken(key));
+                let key = list.push(arrivals, &waker);
+                boxes.open(key);
+                assert!(
+                    live.iter().all(|&(k, ..)| k != key),
+                    "step {step}: key {key} reused while its waiter may still read it"
+                );
+                live.push((key, arrivals, Held::Waiting));
+                arrivals += 1;
+            }
+            2 | 3 if !waiting.is_empty() => {
+                // From the front, or (overtaking) from anywhere in line.
+                let i = if next(2) == 0 {
+                    waiting[0]
+                } else {
+                    waiting[next(waiting.len())]
+                };
+                if i == waiting[0] {
+                    assert_eq!(list.front_entry(), Some((live[i].0, &live[i].1)));
+                }
+                let (request, _) = list.hand(live[i].0);
+                assert_eq!(request, live[i].1);
+                grants += 1;
+                boxes.post(live[i].0, grants);
+                live[i].2 = Held::Handed(grants);
+            }
+            4 if !live.is_empty() => {
+                // A waiter looks in its mailbox, without the lock.
+                let i = next(live.len());
+                match live[i].2 {
+                    Held::Waiting => assert_eq!(boxes.take(live[i].0), None),
+                    Held::Handed(grant) => {
+                        assert_eq!(boxes.take(live[i].0), Some(grant));
+                        live.remove(i);
+                    }
+                }
+            }
+            5 if !live.is_empty() => {
+                // A waiter leaves: back comes its request, or its grant is in its mailbox.
+                let i = next(live.len());
+                let (key, request, held) = live.remove(i);
+                match held {
+                    Held::Waiting => assert_eq!(list.abandon_handed(key), Some(request)),
+                    Held::Handed(grant) => {
+                        assert_eq!(list.abandon_handed(key), None);
+                        assert_eq!(boxes.take(key), Some(grant));
+                    }
+                }
+            }
+            _ => {}
+        }
+        peak = peak.max(live.len());
+        let order: Vec<u32> = list.iter().map(|(_, &request)| request).collect();
+        let expected: Vec<u32> = live
+            .iter()
+            .filter(|w| w.2 == Held::Waiting)
+            .map(|w| w.1)
+            .collect();
+        assert_eq!(order, expected, "step {step}: the line's order");
+        assert_eq!(list.len(), expected.len());
+        assert!(
+            list.slab_len() <= peak,
+            "step {step}: {} slots for at most {peak} waiters",
+            list.slab_len()
+        );
+        assert!(list.handed_len() <= list.slab_len());
+    }
+}
