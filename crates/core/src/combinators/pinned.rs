@@ -701,6 +701,94 @@ mod tests {
         assert_eq!(block.into_outputs(), vec![[0, 0], [1, 1], [2, 2]]);
     }
 
+    /// An output whose drop panics when armed (and counts itself either way).
+    struct Bomb {
+        drops: Rc<Cell<usize>>,
+        armed: bool,
+    }
+
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+            assert!(!self.armed, "an output's drop panics");
+        }
+    }
+
+    /// A future ready at once with its output (`Step::Ready`), or pending at every poll
+    /// (`Step::PendingOnce`, never woken); it holds a counted guard until it finishes or is
+    /// dropped, and checks that it is dropped where it was first polled.
+    struct Holding<O> {
+        step: Step,
+        guard: Option<DropCount>,
+        output: Option<O>,
+        home: usize,
+    }
+
+    impl<O> Holding<O> {
+        fn new(step: Step, futures: &Rc<Cell<usize>>, output: O) -> Self {
+            Holding {
+                step,
+                guard: Some(DropCount(Rc::clone(futures))),
+                output: Some(output),
+                home: 0,
+            }
+        }
+    }
+
+    impl<O> Drop for Holding<O> {
+        fn drop(&mut self) {
+            let here = std::ptr::from_mut(self) as usize;
+            assert!(self.home == 0 || self.home == here, "moved after its first poll");
+        }
+    }
+
+    impl<O> Future for Holding<O> {
+        type Output = O;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<O> {
+            // SAFETY: nothing is moved out of the pinned future; its fields are not pinned.
+            let this = unsafe { self.get_unchecked_mut() };
+            let here = std::ptr::from_mut(this) as usize;
+            assert!(this.home == 0 || this.home == here, "moved after its first poll");
+            this.home = here;
+            match this.step {
+                Step::Ready => {
+                    this.guard = None;
+                    Poll::Ready(this.output.take().expect("polled after it finished"))
+                }
+                Step::PendingOnce => Poll::Pending,
+                Step::Panic => panic!("a holding future panics"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_output_drop_still_drops_the_pinned_cells_before_freeing_them() {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let bomb = |armed| Bomb {
+            drops: Rc::clone(&outputs),
+            armed,
+        };
+        // Two outputs packed (the first panics when dropped), one cell pending, one never
+        // polled.
+        let input = vec![
+            Holding::new(Step::Ready, &futures, bomb(true)),
+            Holding::new(Step::Ready, &futures, bomb(false)),
+            Holding::new(Step::PendingOnce, &futures, bomb(false)),
+            Holding::new(Step::Ready, &futures, bomb(false)),
+        ];
+        const { assert!(InPlace::<Holding<Bomb>>::FITS) };
+        let mut block = InPlace::new(input);
+        assert!(block.poll_prefix(&mut cx).is_pending());
+        assert_eq!((futures.get(), outputs.get()), (2, 0));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(block)));
+        assert!(panicked.is_err(), "the output's panic propagates");
+        // The pinned cells are dropped in place before the block is freed (the `Pin` drop
+        // guarantee), with the outputs each once, as a vector drops its elements.
+        assert_eq!((futures.get(), outputs.get()), (4, 4));
+    }
+
     #[test]
     fn dropping_the_block_drops_pending_futures_in_place() {
         let drops = Rc::new(Cell::new(0));
