@@ -341,28 +341,43 @@ impl<F: Future> InPlace<F> {
 impl<F: Future> Drop for InPlace<F> {
     fn drop(&mut self) {
         let (done, cells, len) = (self.done, self.cells, self.len);
-        // Forgotten first, so that a panicking drop leaks the rest rather than dropping
-        // anything twice.
+        // Forgotten first, so that nothing is ever dropped twice.
         self.done = 0;
         self.cells = 0;
         self.len = 0;
         let base = self.buf.as_mut_ptr();
         // SAFETY: outputs `0..done`, cells `done..cells` and futures `cells..len` are
-        // initialized and owned here; each is dropped once, in place (cells may be pinned).
+        // initialized, owned here and forgotten by `self` just above; each run is dropped
+        // once, in place (cells may be pinned). Declared last, the outputs are dropped first,
+        // then the cells, then the futures; a panic in a drop still drops the rest as it
+        // unwinds, as a vector's elements are, so that every pinned cell is dropped before
+        // `buf` frees its memory (the `Pin` drop guarantee).
         unsafe {
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                base.cast::<F::Output>(),
-                done,
-            ));
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                base.add(done).cast::<MaybeDone<F>>(),
-                cells - done,
-            ));
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                base.add(cells),
-                len - cells,
-            ));
+            let _futures = DropRun::new(base.add(cells), len - cells);
+            let _cells = DropRun::new(base.add(done).cast::<MaybeDone<F>>(), cells - done);
+            let _outputs = DropRun::new(base.cast::<F::Output>(), done);
         }
+    }
+}
+
+/// A run of values dropped in place when it goes out of scope, unwinding included.
+struct DropRun<T>(*mut [T]);
+
+impl<T> DropRun<T> {
+    /// # Safety
+    ///
+    /// The `len` values at `first` are initialized, owned by the caller, and not used again
+    /// once the run is dropped.
+    unsafe fn new(first: *mut T, len: usize) -> Self {
+        DropRun(std::ptr::slice_from_raw_parts_mut(first, len))
+    }
+}
+
+impl<T> Drop for DropRun<T> {
+    fn drop(&mut self) {
+        // SAFETY: by `new`'s contract the values are initialized and owned by this run, which
+        // is dropped once.
+        unsafe { std::ptr::drop_in_place(self.0) }
     }
 }
 
