@@ -120,7 +120,12 @@ struct Registered {
 
 impl Registered {
     fn new(ready: Option<Bomb>, registry: &Arc<Mutex<Vec<usize>>>) -> Self {
-        Registered { _mode: Mode::Forever, ready, registry: Arc::clone(registry), at: 0 }
+        Registered {
+            _mode: Mode::Forever,
+            ready,
+            registry: Arc::clone(registry),
+            at: 0,
+        }
     }
 }
 
@@ -534,7 +539,14 @@ conformance! {
     /// every future and output once.
     async fn gather_in_place_size_classes_and_drop_points(cx) {
         use futures::FutureExt;
-        for (len, prefix) in [(1, 0), (2, 1), (32, 0), (40, 7), (33, 0), (50, 10), (2_049, 0), (2_100, 30)] {
+        // (Under miri, which interprets slowly, the class above 2,048 is left to the core's
+        // unit test `a_first_future_that_waits_is_polled_again_in_every_size_class`.)
+        let shapes: &[(usize, usize)] = if cfg!(miri) {
+            &[(1, 0), (2, 1), (40, 7), (50, 10)]
+        } else {
+            &[(1, 0), (2, 1), (32, 0), (40, 7), (33, 0), (50, 10), (2_049, 0), (2_100, 30)]
+        };
+        for &(len, prefix) in shapes {
             let plans = |head: Mode| -> Vec<Mode> {
                 (0..len)
                     .map(|n| match n {

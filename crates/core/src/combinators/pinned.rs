@@ -393,6 +393,8 @@ mod tests {
 
     use std::pin::Pin;
 
+    use std::marker::PhantomData;
+
     use super::{InPlace, PinnedSlots, Slots};
 
     /// Records its drop, so the tests can check that every element is dropped exactly once.
@@ -753,7 +755,10 @@ mod tests {
     impl<O> Drop for Holding<O> {
         fn drop(&mut self) {
             let here = std::ptr::from_mut(self) as usize;
-            assert!(self.home == 0 || self.home == here, "moved after its first poll");
+            assert!(
+                self.home == 0 || self.home == here,
+                "moved after its first poll"
+            );
         }
     }
 
@@ -764,7 +769,10 @@ mod tests {
             // SAFETY: nothing is moved out of the pinned future; its fields are not pinned.
             let this = unsafe { self.get_unchecked_mut() };
             let here = std::ptr::from_mut(this) as usize;
-            assert!(this.home == 0 || this.home == here, "moved after its first poll");
+            assert!(
+                this.home == 0 || this.home == here,
+                "moved after its first poll"
+            );
             this.home = here;
             match this.step {
                 Step::Ready => {
@@ -802,6 +810,169 @@ mod tests {
         // The pinned cells are dropped in place before the block is freed (the `Pin` drop
         // guarantee), with the outputs each once, as a vector drops its elements.
         assert_eq!((futures.get(), outputs.get()), (4, 4));
+    }
+
+    /// Futures with their spare values (the room `MaybeDone` takes for its states) at the
+    /// start or the end of their bytes, each ready at its first poll (`Step::Ready`) or its
+    /// second (`Step::PendingOnce`) with two words `[n, !n]`, so that an output packed over
+    /// the wrong bytes shows.
+    macro_rules! laid_out {
+        ($($name:ident { $($field:ident: $ty:ty),* })*) => {$(
+            #[repr(C)]
+            struct $name {
+                $($field: $ty),*
+            }
+
+            impl Future for $name {
+                type Output = [usize; 2];
+
+                fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<[usize; 2]> {
+                    match self.step {
+                        Step::Ready => {
+                            self.step = Step::Panic;
+                            Poll::Ready([self.n, !self.n])
+                        }
+                        Step::PendingOnce => {
+                            self.step = Step::Ready;
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                        Step::Panic => panic!("polled after it finished"),
+                    }
+                }
+            }
+        )*};
+    }
+
+    /// A two-byte future ready at once with a default `T` (larger or more aligned).
+    struct Widen<T> {
+        step: Step,
+        _n: u8,
+        _output: PhantomData<fn() -> T>,
+    }
+
+    impl<T: Default> Future for Widen<T> {
+        type Output = T;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<T> {
+            assert!(matches!(self.step, Step::Ready));
+            Poll::Ready(T::default())
+        }
+    }
+
+    /// A future without spare values: its cell is larger than it.
+    struct Plain(u64);
+
+    impl Future for Plain {
+        type Output = u64;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u64> {
+            Poll::Ready(self.0)
+        }
+    }
+
+    laid_out! {
+        SpareFirst { step: Step, n: usize, _pad: usize }
+        SpareLast { n: usize, _pad: usize, step: Step }
+        SameSize { step: Step, n: usize }
+    }
+
+    #[test]
+    fn outputs_pack_wherever_the_cells_keep_their_state() {
+        use std::mem::{align_of, size_of};
+        const {
+            assert!(InPlace::<SpareFirst>::FITS && InPlace::<SpareLast>::FITS);
+            // An output as large as its future leaves its cell no room for the states.
+            assert!(size_of::<SameSize>() == size_of::<[usize; 2]>());
+            assert!(!InPlace::<SameSize>::FITS);
+        };
+        // Every other layout does not fit: outputs or futures of no size, outputs larger or
+        // more aligned than their futures, cells larger than their futures.
+        const {
+            assert!(!InPlace::<std::future::Ready<()>>::FITS);
+            assert!(!InPlace::<ReadyIn<(), ()>>::FITS);
+            assert!(!InPlace::<std::future::Pending<u8>>::FITS);
+            assert!(!InPlace::<Widen<[u8; 8]>>::FITS);
+            assert!(size_of::<Widen<u64>>() == 2 && align_of::<Widen<u64>>() == 1);
+            assert!(!InPlace::<Widen<u64>>::FITS);
+            assert!(!InPlace::<Plain>::FITS);
+            // (An `Option` keeps spare values in its tag: `ready(n)` is gathered in place.)
+            assert!(InPlace::<std::future::Ready<u64>>::FITS);
+            assert!(InPlace::<ReadyIn<(), u64>>::FITS);
+        };
+        let steps = |n: usize| {
+            if n % 3 == 1 {
+                Step::PendingOnce
+            } else {
+                Step::Ready
+            }
+        };
+        let expected: Vec<[usize; 2]> = (0..7).map(|n| [n, !n]).collect();
+        for first_waits in [false, true] {
+            let step = |n| {
+                if first_waits && n == 0 {
+                    Step::PendingOnce
+                } else {
+                    steps(n)
+                }
+            };
+            let futures: Vec<_> = (0..7)
+                .map(|n| SpareFirst {
+                    step: step(n),
+                    n,
+                    _pad: 0,
+                })
+                .collect();
+            assert_eq!(
+                futures::executor::block_on(super::super::gather(futures)),
+                expected
+            );
+            let futures: Vec<_> = (0..7)
+                .map(|n| SpareLast {
+                    n,
+                    _pad: 0,
+                    step: step(n),
+                })
+                .collect();
+            assert_eq!(
+                futures::executor::block_on(super::super::gather(futures)),
+                expected
+            );
+            let futures: Vec<_> = (0..7).map(|n| SameSize { step: step(n), n }).collect();
+            assert_eq!(
+                futures::executor::block_on(super::super::gather(futures)),
+                expected
+            );
+        }
+        // The layouts that do not fit take the joining driver: outputs of no size, larger
+        // outputs, a future of no size.
+        let units = futures::executor::block_on(super::super::gather(
+            (0..3).map(|_| std::future::ready(())),
+        ));
+        assert_eq!(units.len(), 3);
+        let large =
+            futures::executor::block_on(super::super::gather((0..3_u64).map(|n| ReadyIn {
+                step: Step::Ready,
+                _align: 0_u8,
+                value: [n; 4],
+            })));
+        assert_eq!(large, (0..3).map(|n| [n; 4]).collect::<Vec<_>>());
+        let widened: Vec<u64> =
+            futures::executor::block_on(super::super::gather((0..3).map(|_| Widen {
+                step: Step::Ready,
+                _n: 0,
+                _output: PhantomData,
+            })));
+        assert_eq!(widened, [0_u64; 3]);
+        let plain = futures::executor::block_on(super::super::gather((0..3).map(Plain)));
+        assert_eq!(plain, [0, 1, 2]);
+        let ready =
+            futures::executor::block_on(super::super::gather((0..3).map(std::future::ready)));
+        assert_eq!(ready, [0, 1, 2]);
+        let empty = futures::executor::block_on(super::super::gather(
+            (0..2).map(|_| std::future::pending::<u8>()).take(0),
+        ));
+        assert!(empty.is_empty());
     }
 
     #[test]
