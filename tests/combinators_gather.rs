@@ -20,7 +20,7 @@ use sheepdog_core::combinators::{
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
-use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live, LiveGuard};
+use sheepdog_tests::{after_yields, conformance, forever, BoxFut, CountingWaker, Live, LiveGuard};
 
 /// Tracks how many calls are running at once and the peak.
 #[derive(Default)]
@@ -44,7 +44,7 @@ impl Peak {
 }
 
 /// What a [`Stepped`] future does.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Mode {
     /// Finishes after this many self-woken `Pending`s.
     Yields(usize),
@@ -688,5 +688,84 @@ proptest! {
         limit in 1_usize..8,
     ) {
         check_order(delays, limit)?;
+    }
+}
+
+/// How a hand-driven gather ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Ready,
+    Panicked,
+    Stuck,
+    Dropped,
+}
+
+/// `gather` of [`Stepped`] futures following `modes`, polled by hand with a counting waker
+/// (only while a future woke it) and dropped after `drop_after` calls if given: the outputs
+/// in input order, a panic out of the call that polled the panicking future, no progress
+/// only with a future that never finishes, and every future and output dropped once.
+fn check_hand_driven(modes: &[Mode], drop_after: Option<usize>) -> Result<(), TestCaseError> {
+    use futures::FutureExt;
+    let live = Live::new();
+    let futures: Vec<Stepped> =
+        modes.iter().enumerate().map(|(n, &mode)| Stepped::new(&live, n, mode)).collect();
+    let (wakes, waker) = CountingWaker::new();
+    let mut cx = Context::from_waker(&waker);
+    let mut gathering = gather(futures).boxed_local();
+    let mut calls = 0;
+    let ended = loop {
+        if drop_after == Some(calls) {
+            break Ended::Dropped;
+        }
+        let before = wakes.wakes();
+        calls += 1;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gathering.poll_unpin(&mut cx))) {
+            Err(_) => break Ended::Panicked,
+            Ok(Poll::Ready(out)) => {
+                prop_assert_eq!(
+                    out.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                    (0..modes.len()).collect::<Vec<_>>()
+                );
+                break Ended::Ready;
+            }
+            Ok(Poll::Pending) if wakes.wakes() == before => break Ended::Stuck,
+            Ok(Poll::Pending) => prop_assert!(calls < 100, "no progress"),
+        }
+    };
+    drop(gathering);
+    prop_assert_eq!(live.count(), 0, "{:?} after {:?}", modes, ended);
+    let expected = if modes.iter().any(|mode| matches!(mode, Mode::Panic(_))) {
+        Ended::Panicked
+    } else if modes.iter().any(|mode| matches!(mode, Mode::Forever)) {
+        Ended::Stuck
+    } else {
+        Ended::Ready
+    };
+    if ended != Ended::Dropped {
+        prop_assert_eq!(ended, expected, "{:?}", modes);
+    }
+    Ok(())
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        6 => (0_usize..4).prop_map(Mode::Yields),
+        1 => (0_usize..3).prop_map(Mode::Panic),
+        1 => Just(Mode::Forever),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 256 }))]
+
+    /// Random patterns of ready, yielding, panicking and never-ready futures, long enough to
+    /// reach the joining driver's second size class, gathered in place by hand and dropped
+    /// after a random call (or run out).
+    #[test]
+    fn gather_in_place_any_pattern_any_drop_point(
+        modes in proptest::collection::vec(mode(), 0..48),
+        drop_after in proptest::option::of(0_usize..8),
+    ) {
+        check_hand_driven(&modes, drop_after)?;
     }
 }
