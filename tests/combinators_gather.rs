@@ -707,8 +707,11 @@ enum Ended {
 fn check_hand_driven(modes: &[Mode], drop_after: Option<usize>) -> Result<(), TestCaseError> {
     use futures::FutureExt;
     let live = Live::new();
-    let futures: Vec<Stepped> =
-        modes.iter().enumerate().map(|(n, &mode)| Stepped::new(&live, n, mode)).collect();
+    let futures: Vec<Stepped> = modes
+        .iter()
+        .enumerate()
+        .map(|(n, &mode)| Stepped::new(&live, n, mode))
+        .collect();
     let (wakes, waker) = CountingWaker::new();
     let mut cx = Context::from_waker(&waker);
     let mut gathering = gather(futures).boxed_local();
@@ -719,7 +722,9 @@ fn check_hand_driven(modes: &[Mode], drop_after: Option<usize>) -> Result<(), Te
         }
         let before = wakes.wakes();
         calls += 1;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gathering.poll_unpin(&mut cx))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gathering.poll_unpin(&mut cx)
+        })) {
             Err(_) => break Ended::Panicked,
             Ok(Poll::Ready(out)) => {
                 prop_assert_eq!(
