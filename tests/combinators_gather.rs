@@ -558,11 +558,13 @@ conformance! {
             };
             let live = Live::new();
             let make = |modes: Vec<Mode>| -> Vec<Stepped> {
-                modes.into_iter().enumerate().map(|(n, mode)| Stepped::new(&live, n, mode)).collect()
+                let futures = modes.into_iter().enumerate();
+                futures.map(|(n, mode)| Stepped::new(&live, n, mode)).collect()
             };
             for head in [Mode::Yields(1), Mode::Yields(3)] {
                 let out = gather(make(plans(head))).await;
-                assert_eq!(out.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (0..len).collect::<Vec<_>>());
+                let order: Vec<usize> = out.iter().map(|(n, _)| *n).collect();
+                assert_eq!(order, (0..len).collect::<Vec<_>>());
                 drop(out);
                 assert_eq!(live.count(), 0, "{len} futures");
             }
