@@ -812,6 +812,56 @@ mod tests {
         assert_eq!((futures.get(), outputs.get()), (4, 4));
     }
 
+    /// A future ready at once with a counted output, whose drop (when it finishes, dropped in
+    /// its cell) panics when armed.
+    struct Defused {
+        step: Step,
+        armed: bool,
+        drops: Rc<Cell<usize>>,
+        output: Option<DropCount>,
+    }
+
+    impl Drop for Defused {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+            assert!(!self.armed, "a future's drop panics");
+        }
+    }
+
+    impl Future for Defused {
+        type Output = DropCount;
+
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<DropCount> {
+            assert!(matches!(self.step, Step::Ready));
+            Poll::Ready(self.output.take().expect("polled once"))
+        }
+    }
+
+    #[test]
+    fn a_future_whose_drop_panics_as_it_finishes_leaves_its_output_to_be_dropped_once() {
+        const { assert!(InPlace::<Defused>::FITS) };
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let input: Vec<_> = [false, true, false]
+            .into_iter()
+            .map(|armed| Defused {
+                step: Step::Ready,
+                armed,
+                drops: Rc::clone(&futures),
+                output: Some(DropCount(Rc::clone(&outputs))),
+            })
+            .collect();
+        let mut block = InPlace::new(input);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = block.poll_prefix(&mut cx);
+        }));
+        assert!(panicked.is_err());
+        // The finished future's output was stored in its cell as its drop unwound.
+        assert_eq!((futures.get(), outputs.get()), (2, 0));
+        drop(block);
+        assert_eq!((futures.get(), outputs.get()), (3, 3));
+    }
+
     /// Futures with their spare values (the room `MaybeDone` takes for its states) at the
     /// start or the end of their bytes, each ready at its first poll (`Step::Ready`) or its
     /// second (`Step::PendingOnce`) with two words `[n, !n]`, so that an output packed over
