@@ -20,7 +20,7 @@ use sheepdog_core::combinators::{
 use sheepdog_core::runtime::{yield_now, Runtime};
 use sheepdog_core::testing::VirtualRuntime;
 use sheepdog_core::time;
-use sheepdog_tests::{after_yields, conformance, forever, BoxFut, Live, LiveGuard};
+use sheepdog_tests::{after_yields, conformance, forever, BoxFut, CountingWaker, Live, LiveGuard};
 
 /// Tracks how many calls are running at once and the peak.
 #[derive(Default)]
@@ -44,7 +44,7 @@ impl Peak {
 }
 
 /// What a [`Stepped`] future does.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Mode {
     /// Finishes after this many self-woken `Pending`s.
     Yields(usize),
@@ -97,6 +97,97 @@ impl Future for Stepped {
             }
         }
     }
+}
+
+/// An output whose drop panics when armed.
+struct Bomb(bool);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        assert!(!self.0, "an output's drop panics");
+    }
+}
+
+/// A future ready at once with its output, or pending for good with its address registered
+/// (as an intrusive wait list holds its waiters) until it is dropped, where it must still be.
+/// Its `Mode` field leaves `MaybeDone` room for its states, so it is gathered in place.
+struct Registered {
+    _mode: Mode,
+    ready: Option<Bomb>,
+    registry: Arc<Mutex<Vec<usize>>>,
+    at: usize,
+}
+
+impl Registered {
+    fn new(ready: Option<Bomb>, registry: &Arc<Mutex<Vec<usize>>>) -> Self {
+        Registered {
+            _mode: Mode::Forever,
+            ready,
+            registry: Arc::clone(registry),
+            at: 0,
+        }
+    }
+}
+
+impl Future for Registered {
+    type Output = Bomb;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Bomb> {
+        let this = self.get_mut();
+        if let Some(output) = this.ready.take() {
+            return Poll::Ready(output);
+        }
+        let here = std::ptr::from_mut(this) as usize;
+        if this.at == 0 {
+            this.at = here;
+            this.registry.lock().unwrap().push(here);
+        }
+        assert_eq!(this.at, here, "moved while registered");
+        Poll::Pending
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if self.at != 0 {
+            let here = std::ptr::from_mut(self) as usize;
+            assert_eq!(self.at, here, "moved while registered");
+            self.registry.lock().unwrap().retain(|&at| at != self.at);
+        }
+    }
+}
+
+/// A future pending until its waker is woken `wakes` times in all (it parks a clone of the
+/// waker of each poll in `parked`, and never wakes itself), then ready with `n`.
+struct Parked {
+    mode: Mode,
+    n: usize,
+    parked: Arc<Mutex<Vec<std::task::Waker>>>,
+}
+
+impl Future for Parked {
+    type Output = usize;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        let this = self.get_mut();
+        match this.mode {
+            Mode::Yields(0) => {
+                this.mode = Mode::Forever;
+                Poll::Ready(this.n)
+            }
+            Mode::Yields(left) => {
+                this.mode = Mode::Yields(left - 1);
+                this.parked.lock().unwrap().push(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => panic!("future {} polled after it finished", this.n),
+        }
+    }
+}
+
+/// Polls `future` once with the task's waker.
+async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    futures::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
 }
 
 conformance! {
@@ -416,6 +507,135 @@ conformance! {
         assert_eq!(live.count(), 0);
         assert!(pulled.load(Ordering::SeqCst) <= 4, "O(limit) items read, not the whole input");
     }
+
+    /// An output whose drop panics while a gather is dropped does not stop the futures still
+    /// waiting in its block from being dropped in place before the block is freed: a waiter
+    /// registered by address (as in an intrusive wait list) is gone from its list.
+    async fn gather_dropped_with_a_panicking_output_drops_its_waiting_futures(cx) {
+        let registry = Arc::new(Mutex::new(Vec::new()));
+        assert_eq!(
+            std::mem::size_of::<futures::future::MaybeDone<Registered>>(),
+            std::mem::size_of::<Registered>(),
+            "gathered in place"
+        );
+        let mut gathering = Box::pin(gather(vec![
+            Registered::new(Some(Bomb(true)), &registry),
+            Registered::new(Some(Bomb(false)), &registry),
+            Registered::new(None, &registry),
+            Registered::new(Some(Bomb(false)), &registry),
+            Registered::new(None, &registry),
+        ]));
+        assert!(poll_once(&mut gathering).await.is_pending());
+        assert_eq!(registry.lock().unwrap().len(), 2);
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(gathering)));
+        assert!(dropped.is_err(), "the output's panic propagates");
+        assert!(registry.lock().unwrap().is_empty(), "every waiter left its list");
+    }
+
+    /// In every size class of the joining driver (few, slot wakers from the first pass, slot
+    /// wakers at the third poll), behind a packed prefix or none, a first future that waits
+    /// is polled again until it finishes, the outputs come back in input order, a panic in
+    /// the joined part propagates, and a gather dropped after any of its first calls drops
+    /// every future and output once.
+    async fn gather_in_place_size_classes_and_drop_points(cx) {
+        use futures::FutureExt;
+        // (Under miri, which interprets slowly, the class above 2,048 is left to the core's
+        // unit test `a_first_future_that_waits_is_polled_again_in_every_size_class`.)
+        let shapes: &[(usize, usize)] = if cfg!(miri) {
+            &[(1, 0), (2, 1), (40, 7), (50, 10)]
+        } else {
+            &[(1, 0), (2, 1), (32, 0), (40, 7), (33, 0), (50, 10), (2_049, 0), (2_100, 30)]
+        };
+        for &(len, prefix) in shapes {
+            let plans = |head: Mode| -> Vec<Mode> {
+                (0..len)
+                    .map(|n| match n {
+                        n if n < prefix => Mode::Yields(0),
+                        n if n == prefix => head,
+                        n => Mode::Yields(n % 3),
+                    })
+                    .collect()
+            };
+            let live = Live::new();
+            let make = |modes: Vec<Mode>| -> Vec<Stepped> {
+                let futures = modes.into_iter().enumerate();
+                futures.map(|(n, mode)| Stepped::new(&live, n, mode)).collect()
+            };
+            for head in [Mode::Yields(1), Mode::Yields(3)] {
+                let out = gather(make(plans(head))).await;
+                let order: Vec<usize> = out.iter().map(|(n, _)| *n).collect();
+                assert_eq!(order, (0..len).collect::<Vec<_>>());
+                drop(out);
+                assert_eq!(live.count(), 0, "{len} futures");
+            }
+            let caught = std::panic::AssertUnwindSafe(gather(make(plans(Mode::Panic(1)))))
+                .catch_unwind()
+                .await;
+            assert!(caught.is_err(), "the panic propagates");
+            assert_eq!(live.count(), 0, "unwound");
+            for calls in 0..4 {
+                let mut modes = plans(Mode::Yields(2));
+                if len > 1 {
+                    modes[len - 1] = Mode::Forever;
+                }
+                let mut gathering = Box::pin(gather(make(modes)));
+                for _ in 0..calls {
+                    // (One future alone finishes at its third call.)
+                    if poll_once(&mut gathering).await.is_ready() {
+                        assert_eq!(len, 1);
+                        break;
+                    }
+                    yield_now().await;
+                }
+                drop(gathering);
+                assert_eq!(live.count(), 0, "{len} futures dropped after {calls} calls");
+            }
+        }
+    }
+
+    /// Wakes from another thread, for futures joined in the gather's input block, keep
+    /// arriving while the gather finishes and packs its outputs over their slots, and after
+    /// it is gone: they reach only the slot wakers' own block, and every future is polled
+    /// to its end exactly.
+    async fn gather_in_place_wakes_from_another_thread_and_after_the_end(cx) {
+        let parked = Arc::new(Mutex::new(Vec::<std::task::Waker>::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker_thread = {
+            let (parked, stop) = (Arc::clone(&parked), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut stale = Vec::new();
+                let mut rounds_after_stop = 0;
+                while rounds_after_stop < 20 {
+                    if stop.load(Ordering::SeqCst) {
+                        rounds_after_stop += 1;
+                    }
+                    let woken: Vec<std::task::Waker> = std::mem::take(&mut *parked.lock().unwrap());
+                    for waker in woken {
+                        waker.wake_by_ref();
+                        stale.push(waker);
+                    }
+                    for waker in &stale {
+                        waker.wake_by_ref();
+                    }
+                    std::thread::yield_now();
+                }
+                stale.len()
+            })
+        };
+        let len = if cfg!(miri) { 40 } else { 200 };
+        let futures: Vec<Parked> = (0..len)
+            .map(|n| Parked {
+                mode: Mode::Yields(if n % 4 == 0 { 0 } else { 1 + n % 3 }),
+                n,
+                parked: Arc::clone(&parked),
+            })
+            .collect();
+        let out = gather(futures).await;
+        assert_eq!(out, (0..len).collect::<Vec<_>>());
+        stop.store(true, Ordering::SeqCst);
+        let stale = waker_thread.join().expect("the waking thread");
+        assert!(stale > 0, "wakers were parked and woken");
+    }
 }
 
 /// Random delays on virtual time: outputs always in input order, the peak never above the
@@ -470,5 +690,89 @@ proptest! {
         limit in 1_usize..8,
     ) {
         check_order(delays, limit)?;
+    }
+}
+
+/// How a hand-driven gather ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Ready,
+    Panicked,
+    Stuck,
+    Dropped,
+}
+
+/// `gather` of [`Stepped`] futures following `modes`, polled by hand with a counting waker
+/// (only while a future woke it) and dropped after `drop_after` calls if given: the outputs
+/// in input order, a panic out of the call that polled the panicking future, no progress
+/// only with a future that never finishes, and every future and output dropped once.
+fn check_hand_driven(modes: &[Mode], drop_after: Option<usize>) -> Result<(), TestCaseError> {
+    use futures::FutureExt;
+    let live = Live::new();
+    let futures: Vec<Stepped> = modes
+        .iter()
+        .enumerate()
+        .map(|(n, &mode)| Stepped::new(&live, n, mode))
+        .collect();
+    let (wakes, waker) = CountingWaker::new();
+    let mut cx = Context::from_waker(&waker);
+    let mut gathering = gather(futures).boxed_local();
+    let mut calls = 0;
+    let ended = loop {
+        if drop_after == Some(calls) {
+            break Ended::Dropped;
+        }
+        let before = wakes.wakes();
+        calls += 1;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gathering.poll_unpin(&mut cx)
+        })) {
+            Err(_) => break Ended::Panicked,
+            Ok(Poll::Ready(out)) => {
+                prop_assert_eq!(
+                    out.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                    (0..modes.len()).collect::<Vec<_>>()
+                );
+                break Ended::Ready;
+            }
+            Ok(Poll::Pending) if wakes.wakes() == before => break Ended::Stuck,
+            Ok(Poll::Pending) => prop_assert!(calls < 100, "no progress"),
+        }
+    };
+    drop(gathering);
+    prop_assert_eq!(live.count(), 0, "{:?} after {:?}", modes, ended);
+    let expected = if modes.iter().any(|mode| matches!(mode, Mode::Panic(_))) {
+        Ended::Panicked
+    } else if modes.iter().any(|mode| matches!(mode, Mode::Forever)) {
+        Ended::Stuck
+    } else {
+        Ended::Ready
+    };
+    if ended != Ended::Dropped {
+        prop_assert_eq!(ended, expected, "{:?}", modes);
+    }
+    Ok(())
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        6 => (0_usize..4).prop_map(Mode::Yields),
+        1 => (0_usize..3).prop_map(Mode::Panic),
+        1 => Just(Mode::Forever),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 256 }))]
+
+    /// Random patterns of ready, yielding, panicking and never-ready futures, long enough to
+    /// reach the joining driver's second size class, gathered in place by hand and dropped
+    /// after a random call (or run out).
+    #[test]
+    fn gather_in_place_any_pattern_any_drop_point(
+        modes in proptest::collection::vec(mode(), 0..48),
+        drop_after in proptest::option::of(0_usize..8),
+    ) {
+        check_hand_driven(&modes, drop_after)?;
     }
 }

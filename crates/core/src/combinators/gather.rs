@@ -204,3 +204,531 @@ where
 {
     gather(futures.into_iter().map(settle)).await
 }
+
+#[cfg(test)]
+mod tests {
+    //! `gather` in its input block, driven by hand: every pattern of ready, yielding, waiting,
+    //! panicking and never-ready futures up to a small length, run to the end and dropped
+    //! after every call; and the joining driver's three size classes behind a first future
+    //! that waits. Every future and output must be dropped exactly once, no future polled
+    //! after it finished, no wake lost, and stale wakes after the gather harmless.
+
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::panic::AssertUnwindSafe;
+    use std::pin::Pin;
+    use std::rc::Rc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Once};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::gather;
+    use crate::combinators::pinned::InPlace;
+
+    /// What a [`Scripted`] future does.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Plan {
+        /// Ready after this many `Pending`s, each waking its waker at once.
+        Yields(u8),
+        /// Ready after this many `Pending`s, each woken later by the driver through the
+        /// waker the future parked.
+        Waits(u8),
+        /// Panics after this many self-woken `Pending`s.
+        Panics(u8),
+        /// Never ready, never wakes.
+        Forever,
+    }
+
+    /// The panic payload of a [`Scripted`] future (the panic hook keeps it quiet).
+    struct ScriptedPanic;
+
+    fn quiet_scripted_panics() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !info.payload().is::<ScriptedPanic>() {
+                    previous(info);
+                }
+            }));
+        });
+    }
+
+    /// What the futures of one run record.
+    #[derive(Default)]
+    struct Log {
+        /// The driver's current call to the gather's `poll`, from 1.
+        call: usize,
+        /// Per future: the last call that polled it (one call polls each future once).
+        last_call: Vec<usize>,
+        polls: Vec<usize>,
+        finished: Vec<bool>,
+        future_drops: Vec<usize>,
+        output_drops: Vec<usize>,
+        /// Wakers parked by `Waits` futures, not yet woken.
+        parked: Vec<Waker>,
+        /// Every waker ever parked, woken again once the gather is gone.
+        stale: Vec<Waker>,
+    }
+
+    /// A hand-written future following its [`Plan`]; its `Plan` leaves `MaybeDone` room for
+    /// its states, so `gather` polls it in its input vector.
+    struct Scripted {
+        plan: Plan,
+        n: usize,
+        log: Rc<RefCell<Log>>,
+        /// Where it was first polled (0 before): a future must not move once polled.
+        home: usize,
+    }
+
+    /// A counted output.
+    struct Out {
+        n: usize,
+        log: Rc<RefCell<Log>>,
+    }
+
+    impl Drop for Out {
+        fn drop(&mut self) {
+            self.log.borrow_mut().output_drops[self.n] += 1;
+        }
+    }
+
+    impl Drop for Scripted {
+        fn drop(&mut self) {
+            let here = std::ptr::from_mut(self) as usize;
+            assert!(
+                self.home == 0 || self.home == here,
+                "moved after its first poll"
+            );
+            self.log.borrow_mut().future_drops[self.n] += 1;
+        }
+    }
+
+    impl Future for Scripted {
+        type Output = Out;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Out> {
+            let this = self.get_mut();
+            let here = std::ptr::from_mut(this) as usize;
+            assert!(
+                this.home == 0 || this.home == here,
+                "moved after its first poll"
+            );
+            this.home = here;
+            let n = this.n;
+            let mut log = this.log.borrow_mut();
+            assert!(!log.finished[n], "future {n} polled after it finished");
+            log.polls[n] += 1;
+            let call = log.call;
+            assert!(
+                call == 0 || log.last_call[n] < call,
+                "future {n} polled twice in one call"
+            );
+            log.last_call[n] = log.call;
+            match this.plan {
+                Plan::Yields(0) | Plan::Waits(0) => {
+                    log.finished[n] = true;
+                    Poll::Ready(Out {
+                        n,
+                        log: Rc::clone(&this.log),
+                    })
+                }
+                Plan::Panics(0) => {
+                    drop(log);
+                    std::panic::panic_any(ScriptedPanic)
+                }
+                Plan::Yields(left) => {
+                    this.plan = Plan::Yields(left - 1);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Plan::Panics(left) => {
+                    this.plan = Plan::Panics(left - 1);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Plan::Waits(left) => {
+                    this.plan = Plan::Waits(left - 1);
+                    log.parked.push(cx.waker().clone());
+                    log.stale.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Plan::Forever => Poll::Pending,
+            }
+        }
+    }
+
+    /// The gather's task waker: records that it was woken.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// How a run ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ended {
+        /// Every output, in input order (the `n` of each).
+        Ready(Vec<usize>),
+        /// A future's panic came out of the gather's poll.
+        Panicked,
+        /// Pending with nothing woken and nothing left to wake.
+        Stuck,
+        /// Dropped by the driver after this many calls.
+        Dropped,
+    }
+
+    /// Runs `gather` over futures following `plans`, polling it only when its waker was
+    /// woken (after each call, the parked futures are woken, the latest parked first), and drops
+    /// it after `drop_after` calls if given. Checks that every future and every output was
+    /// dropped exactly once, then wakes every waker ever parked, stale by then.
+    fn drive(plans: &[Plan], drop_after: Option<usize>) -> (Ended, Vec<usize>) {
+        quiet_scripted_panics();
+        let len = plans.len();
+        let log = Rc::new(RefCell::new(Log {
+            last_call: vec![0; len],
+            polls: vec![0; len],
+            finished: vec![false; len],
+            future_drops: vec![0; len],
+            output_drops: vec![0; len],
+            ..Log::default()
+        }));
+        let futures: Vec<Scripted> = plans
+            .iter()
+            .enumerate()
+            .map(|(n, &plan)| Scripted {
+                plan,
+                n,
+                log: Rc::clone(&log),
+                home: 0,
+            })
+            .collect();
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(Arc::clone(&flag));
+        let mut cx = Context::from_waker(&waker);
+        let mut gathering = Box::pin(gather(futures));
+        let mut calls = 0;
+        let ended = loop {
+            if drop_after == Some(calls) {
+                break Ended::Dropped;
+            }
+            flag.0.store(false, Ordering::SeqCst);
+            log.borrow_mut().call = calls + 1;
+            let polled =
+                std::panic::catch_unwind(AssertUnwindSafe(|| gathering.as_mut().poll(&mut cx)));
+            calls += 1;
+            match polled {
+                Err(payload) => {
+                    assert!(payload.is::<ScriptedPanic>(), "only a future's panic");
+                    break Ended::Panicked;
+                }
+                Ok(Poll::Ready(outputs)) => {
+                    let order = outputs.iter().map(|out| out.n).collect();
+                    let finished = log.borrow().finished.iter().all(|&done| done);
+                    assert!(finished, "an output for every future");
+                    assert_eq!(
+                        log.borrow().output_drops,
+                        vec![0; len],
+                        "no output dropped before it is returned"
+                    );
+                    drop(outputs);
+                    break Ended::Ready(order);
+                }
+                Ok(Poll::Pending) => {}
+            }
+            let parked = std::mem::take(&mut log.borrow_mut().parked);
+            if parked.is_empty() && !flag.0.load(Ordering::SeqCst) {
+                break Ended::Stuck;
+            }
+            for waker in parked.into_iter().rev() {
+                waker.wake();
+            }
+            assert!(calls < 1_000, "no progress");
+        };
+        drop(gathering);
+        let record = log.borrow();
+        assert_eq!(
+            record.future_drops,
+            vec![1; len],
+            "{plans:?}, {ended:?}: every future dropped once"
+        );
+        let outputs: Vec<usize> = record
+            .finished
+            .iter()
+            .map(|&done| usize::from(done))
+            .collect();
+        assert_eq!(
+            record.output_drops, outputs,
+            "{plans:?}, {ended:?}: every output made dropped once"
+        );
+        let polls = record.polls.clone();
+        let stale: Vec<Waker> = record.stale.clone();
+        drop(record);
+        for waker in stale {
+            waker.wake();
+        }
+        (ended, polls)
+    }
+
+    /// What a run of `plans` to its end must give.
+    fn expected(plans: &[Plan]) -> Ended {
+        if plans.iter().any(|plan| matches!(plan, Plan::Panics(_))) {
+            Ended::Panicked
+        } else if plans.contains(&Plan::Forever) {
+            Ended::Stuck
+        } else {
+            Ended::Ready((0..plans.len()).collect())
+        }
+    }
+
+    /// Every sequence of `len` plans drawn from `choices`.
+    fn patterns(choices: &[Plan], len: usize) -> Vec<Vec<Plan>> {
+        let mut all = vec![Vec::new()];
+        for _ in 0..len {
+            all = all
+                .into_iter()
+                .flat_map(|prefix| {
+                    choices.iter().map(move |&plan| {
+                        let mut next = prefix.clone();
+                        next.push(plan);
+                        next
+                    })
+                })
+                .collect();
+        }
+        all
+    }
+
+    #[test]
+    fn every_pattern_runs_to_its_end_and_drops_everything_once_at_every_call() {
+        const { assert!(InPlace::<Scripted>::FITS) };
+        let (choices, longest): (&[Plan], usize) = if cfg!(miri) {
+            (
+                &[
+                    Plan::Yields(0),
+                    Plan::Yields(1),
+                    Plan::Waits(1),
+                    Plan::Panics(0),
+                    Plan::Forever,
+                ],
+                3,
+            )
+        } else {
+            (
+                &[
+                    Plan::Yields(0),
+                    Plan::Yields(1),
+                    Plan::Yields(2),
+                    Plan::Waits(1),
+                    Plan::Waits(2),
+                    Plan::Panics(0),
+                    Plan::Panics(1),
+                    Plan::Forever,
+                ],
+                4,
+            )
+        };
+        for len in 0..=longest {
+            for plans in patterns(choices, len) {
+                let (ended, _) = drive(&plans, None);
+                assert_eq!(ended, expected(&plans), "{plans:?}");
+                // Dropped before the first call, and after each call that did not end it.
+                let mut drop_after = 0;
+                loop {
+                    let (ended, _) = drive(&plans, Some(drop_after));
+                    if ended != Ended::Dropped {
+                        assert_eq!(ended, expected(&plans), "{plans:?}");
+                        break;
+                    }
+                    drop_after += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_first_future_that_waits_is_polled_again_in_every_size_class() {
+        // (futures, finished before the first that waits): the joined cells number 1, 2,
+        // 32 (few), 33 and 2,048 (slot wakers from the first pass), 2,049 and more (slot
+        // wakers at the third poll), each with and without a packed prefix.
+        // (Under miri, one shape a class and two first futures: it interprets slowly.)
+        let (shapes, heads): (&[(usize, usize)], &[Plan]) = if cfg!(miri) {
+            (
+                &[(3, 1), (40, 8), (45, 12), (2_049, 0)],
+                &[Plan::Waits(1), Plan::Panics(1)],
+            )
+        } else {
+            (
+                &[
+                    (1, 0),
+                    (3, 1),
+                    (32, 0),
+                    (40, 8),
+                    (33, 0),
+                    (45, 12),
+                    (2_048, 0),
+                    (2_050, 2),
+                    (2_049, 0),
+                    (2_100, 40),
+                ],
+                &[
+                    Plan::Waits(1),
+                    Plan::Yields(1),
+                    Plan::Waits(2),
+                    Plan::Panics(1),
+                ],
+            )
+        };
+        for &(len, prefix) in shapes {
+            for &head in heads {
+                let plans: Vec<Plan> = (0..len)
+                    .map(|n| match n {
+                        n if n < prefix => Plan::Yields(0),
+                        n if n == prefix => head,
+                        n => [
+                            Plan::Yields(0),
+                            Plan::Yields(1),
+                            Plan::Waits(1),
+                            Plan::Waits(2),
+                        ][n % 4],
+                    })
+                    .collect();
+                let (ended, polls) = drive(&plans, None);
+                assert_eq!(ended, expected(&plans), "{len} futures, head {head:?}");
+                if ended == Ended::Panicked {
+                    continue;
+                }
+                let cells = len - prefix;
+                for (n, (&plan, &polled)) in plans.iter().zip(&polls).enumerate() {
+                    let pendings = match plan {
+                        Plan::Yields(k) | Plan::Waits(k) => usize::from(k),
+                        Plan::Panics(_) | Plan::Forever => unreachable!(),
+                    };
+                    // Few cells are all polled at every call; more are polled at most three
+                    // times without a wake of their own.
+                    if cells > 32 {
+                        assert!(
+                            polled <= pendings + 3,
+                            "{len} futures, head {head:?}: future {n} polled {polled} times"
+                        );
+                    }
+                    assert!(polled > pendings, "future {n} finished");
+                }
+            }
+        }
+    }
+
+    /// A future ready at its second poll (waking itself at the first) with a byte: its
+    /// output is less aligned than it, so the outputs move to a vector of their own.
+    struct Byte {
+        plan: Plan,
+        value: u8,
+        _align: u64,
+    }
+
+    impl Future for Byte {
+        type Output = u8;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u8> {
+            let this = self.get_mut();
+            match this.plan {
+                Plan::Yields(0) => {
+                    this.plan = Plan::Forever;
+                    Poll::Ready(this.value)
+                }
+                Plan::Yields(left) => {
+                    this.plan = Plan::Yields(left - 1);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                _ => panic!("polled after it finished"),
+            }
+        }
+    }
+
+    /// Runs `future` on a thread-local executor (`futures`'), waking itself as needed.
+    fn run<T>(future: impl Future<Output = T>) -> T {
+        futures::executor::block_on(future)
+    }
+
+    #[test]
+    fn inputs_with_spare_capacity_or_not_in_a_vector_come_back_in_order() {
+        const { assert!(InPlace::<Byte>::FITS) };
+        let log = Rc::new(RefCell::new(Log {
+            finished: vec![false; 8],
+            last_call: vec![0; 8],
+            polls: vec![0; 8],
+            future_drops: vec![0; 8],
+            output_drops: vec![0; 8],
+            ..Log::default()
+        }));
+        let scripted = |n: usize, plan| Scripted {
+            plan,
+            n,
+            log: Rc::clone(&log),
+            home: 0,
+        };
+        for plan in [Plan::Yields(0), Plan::Yields(1)] {
+            log.borrow_mut().finished.fill(false);
+            // A vector with room for many more: the block becomes the outputs' vector, then
+            // is shrunk (freed and reallocated with the outputs' layouts, which miri checks).
+            let mut input = Vec::with_capacity(40);
+            input.extend((0..3).map(|n| scripted(n, plan)));
+            let outputs = run(gather(input));
+            assert_eq!(
+                outputs.iter().map(|out| out.n).collect::<Vec<_>>(),
+                [0, 1, 2]
+            );
+            assert!(outputs.capacity() <= 6, "capacity {}", outputs.capacity());
+            drop(outputs);
+            log.borrow_mut().finished.fill(false);
+            // A vector's iterator, advanced: what is left of it.
+            let mut input = (0..5)
+                .map(|n| scripted(n, plan))
+                .collect::<Vec<_>>()
+                .into_iter();
+            drop(input.next());
+            let outputs = run(gather(input));
+            assert_eq!(
+                outputs.iter().map(|out| out.n).collect::<Vec<_>>(),
+                [1, 2, 3, 4]
+            );
+            drop(outputs);
+            log.borrow_mut().finished.fill(false);
+            // Not a vector at all, and an in-place collection from a vector of another type.
+            let outputs = run(gather((0..4).map(|n| scripted(n, plan))));
+            assert_eq!(
+                outputs.iter().map(|out| out.n).collect::<Vec<_>>(),
+                [0, 1, 2, 3]
+            );
+            drop(outputs);
+            log.borrow_mut().finished.fill(false);
+            let ids: Vec<[usize; 4]> = (0..4).map(|n| [n; 4]).collect();
+            let outputs = run(gather(ids.into_iter().map(|[n, ..]| scripted(n, plan))));
+            assert_eq!(
+                outputs.iter().map(|out| out.n).collect::<Vec<_>>(),
+                [0, 1, 2, 3]
+            );
+            drop(outputs);
+            // Outputs less aligned than their futures: moved to a vector of their own.
+            let mut bytes = Vec::with_capacity(9);
+            bytes.extend((0..5).map(|value| Byte {
+                plan,
+                value,
+                _align: 0,
+            }));
+            assert_eq!(run(gather(bytes)), [0, 1, 2, 3, 4]);
+            let none: Vec<Byte> = Vec::with_capacity(4);
+            assert!(run(gather(none)).is_empty());
+            assert!(run(gather(Vec::<Scripted>::with_capacity(3))).is_empty());
+            assert!(run(gather(Vec::<Scripted>::new())).is_empty());
+        }
+        let record = log.borrow();
+        // Twice over: future 0 of the advanced iterator was dropped without an output.
+        assert_eq!(record.future_drops, [8, 8, 8, 6, 2, 0, 0, 0]);
+        assert_eq!(record.output_drops, [6, 8, 8, 6, 2, 0, 0, 0]);
+    }
+}

@@ -341,28 +341,43 @@ impl<F: Future> InPlace<F> {
 impl<F: Future> Drop for InPlace<F> {
     fn drop(&mut self) {
         let (done, cells, len) = (self.done, self.cells, self.len);
-        // Forgotten first, so that a panicking drop leaks the rest rather than dropping
-        // anything twice.
+        // Forgotten first, so that nothing is ever dropped twice.
         self.done = 0;
         self.cells = 0;
         self.len = 0;
         let base = self.buf.as_mut_ptr();
         // SAFETY: outputs `0..done`, cells `done..cells` and futures `cells..len` are
-        // initialized and owned here; each is dropped once, in place (cells may be pinned).
+        // initialized, owned here and forgotten by `self` just above; each run is dropped
+        // once, in place (cells may be pinned). Declared last, the outputs are dropped first,
+        // then the cells, then the futures; a panic in a drop still drops the rest as it
+        // unwinds, as a vector's elements are, so that every pinned cell is dropped before
+        // `buf` frees its memory (the `Pin` drop guarantee).
         unsafe {
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                base.cast::<F::Output>(),
-                done,
-            ));
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                base.add(done).cast::<MaybeDone<F>>(),
-                cells - done,
-            ));
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
-                base.add(cells),
-                len - cells,
-            ));
+            let _futures = DropRun::new(base.add(cells), len - cells);
+            let _cells = DropRun::new(base.add(done).cast::<MaybeDone<F>>(), cells - done);
+            let _outputs = DropRun::new(base.cast::<F::Output>(), done);
         }
+    }
+}
+
+/// A run of values dropped in place when it goes out of scope, unwinding included.
+struct DropRun<T>(*mut [T]);
+
+impl<T> DropRun<T> {
+    /// # Safety
+    ///
+    /// The `len` values at `first` are initialized, owned by the caller, and not used again
+    /// once the run is dropped.
+    unsafe fn new(first: *mut T, len: usize) -> Self {
+        DropRun(std::ptr::slice_from_raw_parts_mut(first, len))
+    }
+}
+
+impl<T> Drop for DropRun<T> {
+    fn drop(&mut self) {
+        // SAFETY: by `new`'s contract the values are initialized and owned by this run, which
+        // is dropped once.
+        unsafe { std::ptr::drop_in_place(self.0) }
     }
 }
 
@@ -377,6 +392,8 @@ mod tests {
     use futures::task::noop_waker_ref;
 
     use std::pin::Pin;
+
+    use std::marker::PhantomData;
 
     use super::{InPlace, PinnedSlots, Slots};
 
@@ -699,6 +716,313 @@ mod tests {
         let mut block = InPlace::new(input);
         assert!(block.poll_prefix(&mut cx).is_ready());
         assert_eq!(block.into_outputs(), vec![[0, 0], [1, 1], [2, 2]]);
+    }
+
+    /// An output whose drop panics when armed (and counts itself either way).
+    struct Bomb {
+        drops: Rc<Cell<usize>>,
+        armed: bool,
+    }
+
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+            assert!(!self.armed, "an output's drop panics");
+        }
+    }
+
+    /// A future ready at once with its output (`Step::Ready`), or pending at every poll
+    /// (`Step::PendingOnce`, never woken); it holds a counted guard until it finishes or is
+    /// dropped, and checks that it is dropped where it was first polled.
+    struct Holding<O> {
+        step: Step,
+        guard: Option<DropCount>,
+        output: Option<O>,
+        home: usize,
+    }
+
+    impl<O> Holding<O> {
+        fn new(step: Step, futures: &Rc<Cell<usize>>, output: O) -> Self {
+            Holding {
+                step,
+                guard: Some(DropCount(Rc::clone(futures))),
+                output: Some(output),
+                home: 0,
+            }
+        }
+    }
+
+    impl<O> Drop for Holding<O> {
+        fn drop(&mut self) {
+            let here = std::ptr::from_mut(self) as usize;
+            assert!(
+                self.home == 0 || self.home == here,
+                "moved after its first poll"
+            );
+        }
+    }
+
+    impl<O> Future for Holding<O> {
+        type Output = O;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<O> {
+            // SAFETY: nothing is moved out of the pinned future; its fields are not pinned.
+            let this = unsafe { self.get_unchecked_mut() };
+            let here = std::ptr::from_mut(this) as usize;
+            assert!(
+                this.home == 0 || this.home == here,
+                "moved after its first poll"
+            );
+            this.home = here;
+            match this.step {
+                Step::Ready => {
+                    this.guard = None;
+                    Poll::Ready(this.output.take().expect("polled after it finished"))
+                }
+                Step::PendingOnce => Poll::Pending,
+                Step::Panic => panic!("a holding future panics"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_output_drop_still_drops_the_pinned_cells_before_freeing_them() {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let bomb = |armed| Bomb {
+            drops: Rc::clone(&outputs),
+            armed,
+        };
+        // Two outputs packed (the first panics when dropped), one cell pending, one never
+        // polled.
+        let input = vec![
+            Holding::new(Step::Ready, &futures, bomb(true)),
+            Holding::new(Step::Ready, &futures, bomb(false)),
+            Holding::new(Step::PendingOnce, &futures, bomb(false)),
+            Holding::new(Step::Ready, &futures, bomb(false)),
+        ];
+        const { assert!(InPlace::<Holding<Bomb>>::FITS) };
+        let mut block = InPlace::new(input);
+        assert!(block.poll_prefix(&mut cx).is_pending());
+        assert_eq!((futures.get(), outputs.get()), (2, 0));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(block)));
+        assert!(panicked.is_err(), "the output's panic propagates");
+        // The pinned cells are dropped in place before the block is freed (the `Pin` drop
+        // guarantee), with the outputs each once, as a vector drops its elements.
+        assert_eq!((futures.get(), outputs.get()), (4, 4));
+    }
+
+    /// A future ready at once with a counted output, whose drop (when it finishes, dropped in
+    /// its cell) panics when armed.
+    struct Defused {
+        step: Step,
+        armed: bool,
+        drops: Rc<Cell<usize>>,
+        output: Option<DropCount>,
+    }
+
+    impl Drop for Defused {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+            assert!(!self.armed, "a future's drop panics");
+        }
+    }
+
+    impl Future for Defused {
+        type Output = DropCount;
+
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<DropCount> {
+            assert!(matches!(self.step, Step::Ready));
+            Poll::Ready(self.output.take().expect("polled once"))
+        }
+    }
+
+    #[test]
+    fn a_future_whose_drop_panics_as_it_finishes_leaves_its_output_to_be_dropped_once() {
+        const { assert!(InPlace::<Defused>::FITS) };
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let input: Vec<_> = [false, true, false]
+            .into_iter()
+            .map(|armed| Defused {
+                step: Step::Ready,
+                armed,
+                drops: Rc::clone(&futures),
+                output: Some(DropCount(Rc::clone(&outputs))),
+            })
+            .collect();
+        let mut block = InPlace::new(input);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = block.poll_prefix(&mut cx);
+        }));
+        assert!(panicked.is_err());
+        // The finished future's output was stored in its cell as its drop unwound.
+        assert_eq!((futures.get(), outputs.get()), (2, 0));
+        drop(block);
+        assert_eq!((futures.get(), outputs.get()), (3, 3));
+    }
+
+    /// Futures with their spare values (the room `MaybeDone` takes for its states) at the
+    /// start or the end of their bytes, each ready at its first poll (`Step::Ready`) or its
+    /// second (`Step::PendingOnce`) with two words `[n, !n]`, so that an output packed over
+    /// the wrong bytes shows.
+    macro_rules! laid_out {
+        ($($name:ident { $($field:ident: $ty:ty),* })*) => {$(
+            #[repr(C)]
+            struct $name {
+                $($field: $ty),*
+            }
+
+            impl Future for $name {
+                type Output = [usize; 2];
+
+                fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<[usize; 2]> {
+                    match self.step {
+                        Step::Ready => {
+                            self.step = Step::Panic;
+                            Poll::Ready([self.n, !self.n])
+                        }
+                        Step::PendingOnce => {
+                            self.step = Step::Ready;
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                        Step::Panic => panic!("polled after it finished"),
+                    }
+                }
+            }
+        )*};
+    }
+
+    /// A two-byte future ready at once with a default `T` (larger or more aligned).
+    struct Widen<T> {
+        step: Step,
+        _n: u8,
+        _output: PhantomData<fn() -> T>,
+    }
+
+    impl<T: Default> Future for Widen<T> {
+        type Output = T;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<T> {
+            assert!(matches!(self.step, Step::Ready));
+            Poll::Ready(T::default())
+        }
+    }
+
+    /// A future without spare values: its cell is larger than it.
+    struct Plain(u64);
+
+    impl Future for Plain {
+        type Output = u64;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u64> {
+            Poll::Ready(self.0)
+        }
+    }
+
+    laid_out! {
+        SpareFirst { step: Step, n: usize, _pad: usize }
+        SpareLast { n: usize, _pad: usize, step: Step }
+        SameSize { step: Step, n: usize }
+    }
+
+    #[test]
+    fn outputs_pack_wherever_the_cells_keep_their_state() {
+        use std::mem::{align_of, size_of};
+        const {
+            assert!(InPlace::<SpareFirst>::FITS && InPlace::<SpareLast>::FITS);
+            // An output as large as its future leaves its cell no room for the states.
+            assert!(size_of::<SameSize>() == size_of::<[usize; 2]>());
+            assert!(!InPlace::<SameSize>::FITS);
+        };
+        // Every other layout does not fit: outputs or futures of no size, outputs larger or
+        // more aligned than their futures, cells larger than their futures.
+        const {
+            assert!(!InPlace::<std::future::Ready<()>>::FITS);
+            assert!(!InPlace::<ReadyIn<(), ()>>::FITS);
+            assert!(!InPlace::<std::future::Pending<u8>>::FITS);
+            assert!(!InPlace::<Widen<[u8; 8]>>::FITS);
+            assert!(size_of::<Widen<u64>>() == 2 && align_of::<Widen<u64>>() == 1);
+            assert!(!InPlace::<Widen<u64>>::FITS);
+            assert!(!InPlace::<Plain>::FITS);
+            // (An `Option` keeps spare values in its tag: `ready(n)` is gathered in place.)
+            assert!(InPlace::<std::future::Ready<u64>>::FITS);
+            assert!(InPlace::<ReadyIn<(), u64>>::FITS);
+        };
+        let steps = |n: usize| {
+            if n % 3 == 1 {
+                Step::PendingOnce
+            } else {
+                Step::Ready
+            }
+        };
+        let expected: Vec<[usize; 2]> = (0..7).map(|n| [n, !n]).collect();
+        for first_waits in [false, true] {
+            let step = |n| {
+                if first_waits && n == 0 {
+                    Step::PendingOnce
+                } else {
+                    steps(n)
+                }
+            };
+            let futures: Vec<_> = (0..7)
+                .map(|n| SpareFirst {
+                    step: step(n),
+                    n,
+                    _pad: 0,
+                })
+                .collect();
+            assert_eq!(
+                futures::executor::block_on(super::super::gather(futures)),
+                expected
+            );
+            let futures: Vec<_> = (0..7)
+                .map(|n| SpareLast {
+                    n,
+                    _pad: 0,
+                    step: step(n),
+                })
+                .collect();
+            assert_eq!(
+                futures::executor::block_on(super::super::gather(futures)),
+                expected
+            );
+            let futures: Vec<_> = (0..7).map(|n| SameSize { step: step(n), n }).collect();
+            assert_eq!(
+                futures::executor::block_on(super::super::gather(futures)),
+                expected
+            );
+        }
+        // The layouts that do not fit take the joining driver: outputs of no size, larger
+        // outputs, a future of no size.
+        let units = futures::executor::block_on(super::super::gather(
+            (0..3).map(|_| std::future::ready(())),
+        ));
+        assert_eq!(units.len(), 3);
+        let large =
+            futures::executor::block_on(super::super::gather((0..3_u64).map(|n| ReadyIn {
+                step: Step::Ready,
+                _align: 0_u8,
+                value: [n; 4],
+            })));
+        assert_eq!(large, (0..3).map(|n| [n; 4]).collect::<Vec<_>>());
+        let widened: Vec<u64> =
+            futures::executor::block_on(super::super::gather((0..3).map(|_| Widen {
+                step: Step::Ready,
+                _n: 0,
+                _output: PhantomData,
+            })));
+        assert_eq!(widened, [0_u64; 3]);
+        let plain = futures::executor::block_on(super::super::gather((0..3).map(Plain)));
+        assert_eq!(plain, [0, 1, 2]);
+        let ready =
+            futures::executor::block_on(super::super::gather((0..3).map(std::future::ready)));
+        assert_eq!(ready, [0, 1, 2]);
+        let empty = futures::executor::block_on(super::super::gather(
+            (0..2).map(|_| std::future::pending::<u8>()).take(0),
+        ));
+        assert!(empty.is_empty());
     }
 
     #[test]
