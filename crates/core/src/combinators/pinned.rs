@@ -558,6 +558,19 @@ mod tests {
         assert_eq!(outputs.get(), count);
     }
 
+    /// Takes over `input` and runs the in-order pass, which must panic; returns the block as
+    /// the panic left it.
+    #[track_caller]
+    fn block_whose_prefix_panicked<F: Future>(input: Vec<F>) -> InPlace<F> {
+        let mut block = InPlace::new(input);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = block.poll_prefix(&mut cx);
+        }));
+        assert!(panicked.is_err(), "the in-order pass did not panic");
+        block
+    }
+
     /// A future of alignment `A`'s, ready at once with `value`.
     struct ReadyIn<A, T> {
         step: Step,
@@ -646,11 +659,7 @@ mod tests {
             Step::Ready,
             Step::PendingOnce,
         ]);
-        let mut block = InPlace::new(input);
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = block.poll_prefix(&mut cx);
-        }));
-        assert!(panicked.is_err());
+        let block = block_whose_prefix_panicked(input);
         assert_eq!((futures.get(), outputs.get()), (2, 0));
         // (A future that has not finished drops the output it holds.)
         drop(block);
@@ -830,7 +839,6 @@ mod tests {
     #[test]
     fn a_future_whose_drop_panics_as_it_finishes_leaves_its_output_to_be_dropped_once() {
         const { assert!(InPlace::<Defused>::FITS) };
-        let mut cx = Context::from_waker(noop_waker_ref());
         let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
         let input: Vec<_> = [false, true, false]
             .into_iter()
@@ -841,11 +849,7 @@ mod tests {
                 output: Some(DropCount(Rc::clone(&outputs))),
             })
             .collect();
-        let mut block = InPlace::new(input);
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = block.poll_prefix(&mut cx);
-        }));
-        assert!(panicked.is_err());
+        let block = block_whose_prefix_panicked(input);
         // The finished future's output was stored in its cell as its drop unwound.
         assert_eq!((futures.get(), outputs.get()), (2, 0));
         drop(block);
