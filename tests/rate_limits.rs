@@ -35,6 +35,21 @@ async fn until(condition: impl Fn() -> bool) {
     }
 }
 
+/// Yields until `n` jobs wait in `limiter`'s line.
+async fn until_queued(limiter: &RateLimiter, n: usize) {
+    until(|| limiter.statistics().queued == n).await;
+}
+
+/// One concurrency slot and a budget of `requests` a minute.
+fn one_slot_per_minute(requests: u64) -> RateLimiter {
+    RateLimiter::builder()
+        .limit_requests(requests)
+        .concurrency_limit(1)
+        .capacity_refresh_time(MINUTE)
+        .build()
+        .unwrap()
+}
+
 /// Queues three jobs behind a held slot (each counts in `ran` when it runs), and waits until
 /// all three are in line.
 async fn queue_three(
@@ -49,8 +64,7 @@ async fn queue_three(
             l.submit(0, async move { r.fetch_add(1, Ordering::SeqCst) })
                 .await
         }));
-        let l = limiter.clone();
-        until(move || l.statistics().queued == i + 1).await;
+        until_queued(limiter, i + 1).await;
     }
     tasks
 }
@@ -219,8 +233,7 @@ conformance! {
             tasks.push(cx.spawn(async move {
                 l.submit(cost, async move { o.lock().unwrap().push(i) }).await
             }));
-            let l = limiter.clone();
-            until(move || l.statistics().queued == i + 1).await;
+            until_queued(&limiter, i + 1).await;
         }
         drop(held);
         for task in tasks {
@@ -241,12 +254,10 @@ conformance! {
         let held = limiter.try_acquire(100).unwrap();
         let l = limiter.clone();
         let a = cx.spawn(async move { l.submit(300, async { "a" }).await });
-        let l = limiter.clone();
-        until(move || l.statistics().queued == 1).await;
+        until_queued(&limiter, 1).await;
         let l = limiter.clone();
         let b = cx.spawn(async move { l.submit(200, async { "b" }).await });
-        let l = limiter.clone();
-        until(move || l.statistics().queued == 2).await;
+        until_queued(&limiter, 2).await;
         assert!(matches!(
             limiter.try_submit(0, async {}).await,
             Err(RateLimitError::QueueFull { .. })
@@ -320,8 +331,7 @@ conformance! {
         let held = limiter.try_acquire(0).unwrap();
         let l = limiter.clone();
         let c = cx.spawn(async move { l.submit(100, async { "c" }).await });
-        let l = limiter.clone();
-        until(move || l.statistics().queued == 1).await;
+        until_queued(&limiter, 1).await;
         drop(held);
         assert_eq!(c.await.unwrap(), Ok("c"));
         let stats = limiter.statistics();
@@ -432,8 +442,7 @@ conformance! {
         });
         let l = limiter.clone();
         let other = cx.spawn(async move { l.submit(50, async { "after" }).await });
-        let l = limiter.clone();
-        until(move || l.statistics().queued == 1).await;
+        until_queued(&limiter, 1).await;
         // The stream still holds the only slot.
         assert_eq!(limiter.statistics().running, 1);
         finish.set();
@@ -1086,17 +1095,11 @@ proptest! {
 #[test]
 fn slot_freed_before_budget_returns() {
     let took = virtual_run(|| async {
-        let limiter = RateLimiter::builder()
-            .limit_requests(1)
-            .concurrency_limit(1)
-            .capacity_refresh_time(MINUTE)
-            .build()
-            .unwrap();
+        let limiter = one_slot_per_minute(1);
         let held = limiter.try_acquire(0).unwrap();
         let l = limiter.clone();
         let waiter = runtime::spawn(async move { l.submit(0, async { time::now() }).await });
-        let l = limiter.clone();
-        until(move || l.statistics().queued == 1).await;
+        until_queued(&limiter, 1).await;
         time::sleep(SEC).await;
         drop(held);
         let start = time::now() - SEC;
@@ -1112,12 +1115,7 @@ fn slot_freed_before_budget_returns() {
 #[test]
 fn the_flag_left_up_by_a_hand_off_strands_nobody() {
     let took = virtual_run(|| async {
-        let limiter = RateLimiter::builder()
-            .limit_requests(2)
-            .concurrency_limit(1)
-            .capacity_refresh_time(MINUTE)
-            .build()
-            .unwrap();
+        let limiter = one_slot_per_minute(2);
         let held = limiter.try_acquire(0).unwrap();
         let l = limiter.clone();
         let first = runtime::spawn(async move {
@@ -1132,8 +1130,7 @@ fn the_flag_left_up_by_a_hand_off_strands_nobody() {
             })
             .await
         });
-        let l = limiter.clone();
-        until(move || l.statistics().queued == 1).await;
+        until_queued(&limiter, 1).await;
         drop(held);
         let l = limiter.clone();
         until(move || l.statistics().admitted == 2 && l.statistics().queued == 1).await;

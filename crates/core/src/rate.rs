@@ -2480,6 +2480,26 @@ mod tests {
         future.poll(&mut Context::from_waker(Waker::noop()))
     }
 
+    /// Pins `waiter` and polls it once: it must queue.
+    #[track_caller]
+    fn queued<F: Future>(waiter: F) -> Pin<Box<F>> {
+        let mut waiter = Box::pin(waiter);
+        assert!(poll(waiter.as_mut()).is_pending(), "admitted, not queued");
+        waiter
+    }
+
+    /// One concurrency slot and budgets of `requests` and `tokens` that refill only after an
+    /// hour (so no test here sees them refill).
+    fn one_slot_with_budgets(requests: u64, tokens: u64) -> RateLimiter {
+        RateLimiter::builder()
+            .limit_requests(requests)
+            .limit_tokens(tokens)
+            .capacity_refresh_time(Duration::from_secs(3_600))
+            .concurrency_limit(1)
+            .build()
+            .unwrap()
+    }
+
     /// Poll level, no runtime and no timer (runs under miri): queueing behind the concurrency
     /// limit, hand-off on release, a dropped admitted waiter passing its slot on, `QueueFull`,
     /// and shutdown failing what waits.
@@ -2491,10 +2511,8 @@ mod tests {
             .build()
             .unwrap();
         let held = limiter.try_acquire(0).unwrap();
-        let mut a = pin!(limiter.acquire(0));
-        let mut b = pin!(limiter.try_acquire_queued(0));
-        assert!(poll(a.as_mut()).is_pending());
-        assert!(poll(b.as_mut()).is_pending());
+        let mut a = queued(limiter.acquire(0));
+        let mut b = queued(limiter.try_acquire_queued(0));
         let mut c = pin!(limiter.try_acquire_queued(0));
         assert_eq!(
             poll(c.as_mut()).map(|r| r.map(drop)),
@@ -2526,16 +2544,9 @@ mod tests {
     /// release hands it the slot and reserves its cost in one step; the books balance.
     #[test]
     fn hand_off_with_budgets_reserves_and_balances() {
-        let limiter = RateLimiter::builder()
-            .limit_requests(10)
-            .limit_tokens(100)
-            .capacity_refresh_time(Duration::from_secs(3_600))
-            .concurrency_limit(1)
-            .build()
-            .unwrap();
+        let limiter = one_slot_with_budgets(10, 100);
         let held = limiter.try_acquire(10).unwrap();
-        let mut waiter = pin!(limiter.acquire(20));
-        assert!(poll(waiter.as_mut()).is_pending());
+        let mut waiter = queued(limiter.acquire(20));
         let stats = limiter.statistics();
         assert_eq!((stats.queued, stats.tokens_left), (1, Some(90)));
         drop(held); // straight to the waiter: the slot never comes free
@@ -2568,17 +2579,10 @@ mod tests {
     /// fast paths.
     #[test]
     fn one_waiter_at_a_time_reuses_its_slot_and_reopens_the_fast_path() {
-        let limiter = RateLimiter::builder()
-            .limit_requests(1_000)
-            .limit_tokens(10_000)
-            .capacity_refresh_time(Duration::from_secs(3_600))
-            .concurrency_limit(1)
-            .build()
-            .unwrap();
+        let limiter = one_slot_with_budgets(1_000, 10_000);
         let mut held = limiter.try_acquire(1).unwrap();
         for round in 0..50 {
-            let mut waiter = pin!(limiter.acquire(1));
-            assert!(poll(waiter.as_mut()).is_pending());
+            let mut waiter = queued(limiter.acquire(1));
             drop(held);
             let Poll::Ready(Ok(permit)) = poll(waiter.as_mut()) else {
                 panic!("handed off in round {round}")
@@ -2624,8 +2628,7 @@ mod tests {
         let limiter = RateLimiter::builder().concurrency_limit(2).build().unwrap();
         let one = limiter.try_acquire(0).unwrap();
         let two = limiter.try_acquire(0).unwrap();
-        let mut waiter = pin!(limiter.acquire(0));
-        assert!(poll(waiter.as_mut()).is_pending());
+        let mut waiter = queued(limiter.acquire(0));
         drop(one); // goes through the lock, to the waiter
         assert_eq!(
             limiter.try_acquire(0).unwrap_err(),
@@ -2648,20 +2651,11 @@ mod tests {
     /// that does not fit is not handed anything (no overtaking), until the head leaves.
     #[test]
     fn a_handed_waiter_dropped_untaken_passes_on_in_order_with_mixed_costs() {
-        let limiter = RateLimiter::builder()
-            .limit_requests(100)
-            .limit_tokens(100)
-            .capacity_refresh_time(Duration::from_secs(3_600))
-            .concurrency_limit(1)
-            .build()
-            .unwrap();
+        let limiter = one_slot_with_budgets(100, 100);
         let held = limiter.try_acquire(10).unwrap();
-        let mut a = Box::pin(limiter.acquire(50));
-        let mut b = Box::pin(limiter.acquire(95));
-        let mut c = Box::pin(limiter.acquire(10));
-        for waiter in [&mut a, &mut b, &mut c] {
-            assert!(poll(waiter.as_mut()).is_pending());
-        }
+        let a = queued(limiter.acquire(50));
+        let b = queued(limiter.acquire(95));
+        let mut c = queued(limiter.acquire(10));
         drop(held); // to `a`, which does not take it
         let stats = limiter.statistics();
         assert_eq!((stats.running, stats.queued, stats.admitted), (1, 2, 2));
@@ -2716,10 +2710,7 @@ mod tests {
         ];
         let rounds = if cfg!(miri) { 20 } else { 300 };
         for round in 0..rounds {
-            let mut waiters: Vec<_> = (0..4).map(|_| Box::pin(limiter.acquire(0))).collect();
-            for waiter in &mut waiters {
-                assert!(poll(waiter.as_mut()).is_pending());
-            }
+            let mut waiters: Vec<_> = (0..4).map(|_| queued(limiter.acquire(0))).collect();
             held.clear(); // both slots handed, to the first two waiters
             let mut w3 = waiters.pop().unwrap();
             let w2 = waiters.pop().unwrap();
@@ -2762,16 +2753,12 @@ mod tests {
             .build()
             .unwrap();
         let mut permits: Vec<_> = (0..3).map(|_| limiter.try_acquire(0).unwrap()).collect();
-        let mut stuck: Vec<_> = (0..2).map(|_| Box::pin(limiter.acquire(0))).collect();
-        for waiter in &mut stuck {
-            assert!(poll(waiter.as_mut()).is_pending());
-        }
+        let stuck: Vec<_> = (0..2).map(|_| queued(limiter.acquire(0))).collect();
         let mut running = permits.pop().unwrap();
         drop(permits); // to the two stuck waiters, which never look
         let rounds = if cfg!(miri) { 20 } else { 200 };
         for round in 0..rounds {
-            let mut waiter = Box::pin(limiter.acquire(0));
-            assert!(poll(waiter.as_mut()).is_pending());
+            let mut waiter = queued(limiter.acquire(0));
             drop(running);
             let Poll::Ready(Ok(permit)) = poll(waiter.as_mut()) else {
                 panic!("handed the slot in round {round}")
@@ -2801,14 +2788,12 @@ mod tests {
             .build()
             .unwrap();
         let held = limiter.try_acquire(1).unwrap();
-        let mut first = Box::pin(limiter.acquire(2));
-        assert!(poll(first.as_mut()).is_pending());
+        let mut first = queued(limiter.acquire(2));
         drop(held);
         let Poll::Ready(Ok(permit)) = poll(first.as_mut()) else {
             panic!("handed off")
         };
-        let mut second = Box::pin(limiter.acquire(3));
-        assert!(poll(second.as_mut()).is_pending());
+        let mut second = queued(limiter.acquire(3));
         assert_eq!(limiter.lock().waiters.slab_len(), 1, "the slot was reused");
         drop(first); // finished: must not touch the slot it had
         let stats = limiter.statistics();
@@ -2819,8 +2804,7 @@ mod tests {
         };
         assert_eq!(permit.tokens(), 3);
         // Handed `Closed` and dropped untaken: its mailbox is emptied, nothing is given back.
-        let mut third = Box::pin(limiter.acquire(4));
-        assert!(poll(third.as_mut()).is_pending());
+        let third = queued(limiter.acquire(4));
         let mut shutdown = pin!(limiter.shutdown(ShutdownMode::CancelQueued));
         assert!(poll(shutdown.as_mut()).is_pending());
         drop(third);
@@ -2852,10 +2836,8 @@ mod tests {
                 .build()
                 .unwrap();
             let held = limiter.try_acquire(0).unwrap();
-            let mut a = Box::pin(limiter.acquire(0));
-            let mut b = Box::pin(limiter.acquire(0));
-            assert!(poll(a.as_mut()).is_pending());
-            assert!(poll(b.as_mut()).is_pending());
+            let a = queued(limiter.acquire(0));
+            let mut b = queued(limiter.acquire(0));
             drop(held); // to `a`, untaken
             let mut shutdown = Box::pin(limiter.shutdown(mode));
             assert!(

@@ -526,18 +526,49 @@ mod tests {
         }
     }
 
-    fn stepped(
-        step: Step,
-        n: usize,
-        futures: &Rc<Cell<usize>>,
-        outputs: &Rc<Cell<usize>>,
-    ) -> Stepped {
-        Stepped {
-            step,
-            n,
-            guard: Some(DropCount(Rc::clone(futures))),
-            output: Some(DropCount(Rc::clone(outputs))),
-        }
+    /// One [`Stepped`] future a step, numbered in order, and the counts of the drops of their
+    /// guards (the futures) and of their outputs.
+    fn stepped_input(steps: &[Step]) -> (Vec<Stepped>, Rc<Cell<usize>>, Rc<Cell<usize>>) {
+        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let input = (steps.iter().enumerate())
+            .map(|(n, &step)| Stepped {
+                step,
+                n,
+                guard: Some(DropCount(Rc::clone(&futures))),
+                output: Some(DropCount(Rc::clone(&outputs))),
+            })
+            .collect();
+        (input, futures, outputs)
+    }
+
+    /// Asserts that `gathered` holds the `count` outputs of a [`stepped_input`] in input
+    /// order, none of them dropped yet, and that dropping it drops each once.
+    #[track_caller]
+    fn assert_outputs_in_order(
+        gathered: Vec<(usize, DropCount)>,
+        count: usize,
+        outputs: &Cell<usize>,
+    ) {
+        assert_eq!(
+            gathered.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            (0..count).collect::<Vec<_>>()
+        );
+        assert_eq!(outputs.get(), 0);
+        drop(gathered);
+        assert_eq!(outputs.get(), count);
+    }
+
+    /// Takes over `input` and runs the in-order pass, which must panic; returns the block as
+    /// the panic left it.
+    #[track_caller]
+    fn block_whose_prefix_panicked<F: Future>(input: Vec<F>) -> InPlace<F> {
+        let mut block = InPlace::new(input);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = block.poll_prefix(&mut cx);
+        }));
+        assert!(panicked.is_err(), "the in-order pass did not panic");
+        block
     }
 
     /// A future of alignment `A`'s, ready at once with `value`.
@@ -559,10 +590,7 @@ mod tests {
 
     #[test]
     fn in_place_ready_futures_leave_their_outputs_in_the_block() {
-        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-        let input: Vec<_> = (0..5)
-            .map(|n| stepped(Step::Ready, n, &futures, &outputs))
-            .collect();
+        let (input, futures, outputs) = stepped_input(&[Step::Ready; 5]);
         const { assert!(InPlace::<Stepped>::FITS) };
         let block_ptr = input.as_ptr() as usize;
         let reusable = (input.capacity() * std::mem::size_of_val(&input[0]))
@@ -578,13 +606,7 @@ mod tests {
             reusable,
             "the same block"
         );
-        assert_eq!(
-            gathered.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            (0..5).collect::<Vec<_>>()
-        );
-        assert_eq!(outputs.get(), 0);
-        drop(gathered);
-        assert_eq!(outputs.get(), 5);
+        assert_outputs_in_order(gathered, 5, &outputs);
     }
 
     #[test]
@@ -592,17 +614,16 @@ mod tests {
         let mut cx = Context::from_waker(noop_waker_ref());
         // Some outputs packed before the first pending future, and none.
         for prefix in [2, 0] {
-            let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-            let input: Vec<_> = (0..6)
+            let steps: Vec<_> = (0..6)
                 .map(|n| {
-                    let step = if n == prefix || n == 4 {
+                    if n == prefix || n == 4 {
                         Step::PendingOnce
                     } else {
                         Step::Ready
-                    };
-                    stepped(step, n, &futures, &outputs)
+                    }
                 })
                 .collect();
+            let (input, futures, outputs) = stepped_input(&steps);
             let (block_ptr, slot) = (input.as_ptr() as usize, std::mem::size_of_val(&input[0]));
             let mut block = InPlace::new(input);
             assert!(block.poll_prefix(&mut cx).is_pending());
@@ -622,13 +643,7 @@ mod tests {
                 assert_eq!(futures.get(), if round == 0 { 5 } else { 6 });
             }
             let gathered = block.into_outputs();
-            assert_eq!(
-                gathered.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-                (0..6).collect::<Vec<_>>()
-            );
-            assert_eq!(outputs.get(), 0);
-            drop(gathered);
-            assert_eq!(outputs.get(), 6);
+            assert_outputs_in_order(gathered, 6, &outputs);
         }
     }
 
@@ -637,24 +652,14 @@ mod tests {
         let mut cx = Context::from_waker(noop_waker_ref());
         // A panic in the in-order pass: two outputs and three futures (the panicking one
         // included) are left, each dropped once.
-        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-        let steps = [
+        let (input, futures, outputs) = stepped_input(&[
             Step::Ready,
             Step::Ready,
             Step::Panic,
             Step::Ready,
             Step::PendingOnce,
-        ];
-        let input: Vec<_> = steps
-            .into_iter()
-            .enumerate()
-            .map(|(n, step)| stepped(step, n, &futures, &outputs))
-            .collect();
-        let mut block = InPlace::new(input);
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = block.poll_prefix(&mut cx);
-        }));
-        assert!(panicked.is_err());
+        ]);
+        let block = block_whose_prefix_panicked(input);
         assert_eq!((futures.get(), outputs.get()), (2, 0));
         // (A future that has not finished drops the output it holds.)
         drop(block);
@@ -662,19 +667,13 @@ mod tests {
 
         // Dropped while joining: an output packed, cells pending, finished (their outputs
         // held in them) and never polled, each dropped once.
-        let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-        let steps = [
+        let (input, futures, outputs) = stepped_input(&[
             Step::Ready,
             Step::PendingOnce,
             Step::Ready,
             Step::PendingOnce,
             Step::Ready,
-        ];
-        let input: Vec<_> = steps
-            .into_iter()
-            .enumerate()
-            .map(|(n, step)| stepped(step, n, &futures, &outputs))
-            .collect();
+        ]);
         let mut block = InPlace::new(input);
         assert!(block.poll_prefix(&mut cx).is_pending());
         let mut cells = block.cells();
@@ -840,7 +839,6 @@ mod tests {
     #[test]
     fn a_future_whose_drop_panics_as_it_finishes_leaves_its_output_to_be_dropped_once() {
         const { assert!(InPlace::<Defused>::FITS) };
-        let mut cx = Context::from_waker(noop_waker_ref());
         let (futures, outputs) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
         let input: Vec<_> = [false, true, false]
             .into_iter()
@@ -851,11 +849,7 @@ mod tests {
                 output: Some(DropCount(Rc::clone(&outputs))),
             })
             .collect();
-        let mut block = InPlace::new(input);
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = block.poll_prefix(&mut cx);
-        }));
-        assert!(panicked.is_err());
+        let block = block_whose_prefix_panicked(input);
         // The finished future's output was stored in its cell as its drop unwound.
         assert_eq!((futures.get(), outputs.get()), (2, 0));
         drop(block);

@@ -10,13 +10,14 @@
 //! the job whose hand-off left the `SLOW` flag up.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use crate::cancel::model::explore;
 use crate::cancel::CancelScope;
 
-use super::RateLimiter;
+use super::{OwnedPermit, RateLimiter};
 
 /// Yields a (replayably) random number of times.
 fn yield_randomly() {
@@ -24,6 +25,53 @@ fn yield_randomly() {
     for _ in 0..shuttle::rand::thread_rng().gen_range(0..24) {
         shuttle::thread::yield_now();
     }
+}
+
+/// A limiter of 100 requests and one concurrency slot, and an owned permit (one request) that
+/// holds the slot: it can move to the thread that releases it.
+fn one_slot_held() -> (Arc<RateLimiter>, OwnedPermit) {
+    let limiter = Arc::new(
+        RateLimiter::builder()
+            .limit_requests(100)
+            .concurrency_limit(1)
+            .build()
+            .expect("a valid limiter"),
+    );
+    let held = Arc::clone(&limiter)
+        .try_acquire_owned(1)
+        .expect("the slot is free");
+    (limiter, held)
+}
+
+/// Drops `held` on a new thread after yielding randomly: the release races the caller.
+fn release_on_thread(held: OwnedPermit) -> shuttle::thread::JoinHandle<()> {
+    shuttle::thread::spawn(move || {
+        yield_randomly();
+        drop(held);
+    })
+}
+
+/// Pins `waiter` and polls it once: it must queue (the slot is held).
+fn queued<F: Future>(waiter: F) -> Pin<Box<F>> {
+    let mut waiter = Box::pin(waiter);
+    let noop = &mut Context::from_waker(Waker::noop());
+    assert!(
+        waiter.as_mut().poll(noop).is_pending(),
+        "admitted, not queued"
+    );
+    waiter
+}
+
+/// Asserts that `admitted` admissions were counted, all completed, and nothing is left
+/// running or queued; returns the statistics for further checks.
+fn assert_settled(limiter: &RateLimiter, admitted: u64) -> super::RateLimiterStatistics {
+    let stats = limiter.statistics();
+    assert_eq!(
+        (stats.admitted, stats.completed, stats.running, stats.queued),
+        (admitted, admitted, 0, 0),
+        "an admission was lost or counted twice"
+    );
+    stats
 }
 
 /// One concurrency slot: the holder releases it on one thread, the waiter's scope is cancelled
@@ -41,10 +89,7 @@ fn shuttle_slot_release_versus_waiter_cancel() {
         let held = Arc::clone(&limiter)
             .try_acquire_owned(0)
             .expect("the slot is free");
-        let releaser = shuttle::thread::spawn(move || {
-            yield_randomly();
-            drop(held);
-        });
+        let releaser = release_on_thread(held);
         let scope = CancelScope::new();
         let canceller = scope.clone();
         let cancel = shuttle::thread::spawn(move || {
@@ -114,23 +159,10 @@ fn shuttle_credit_admissions_versus_collection() {
 #[test]
 fn shuttle_mailbox_take_versus_hand_off() {
     explore(|| {
-        let limiter = Arc::new(
-            RateLimiter::builder()
-                .limit_requests(100)
-                .concurrency_limit(1)
-                .build()
-                .expect("a valid limiter"),
-        );
+        let (limiter, held) = one_slot_held();
         let noop = &mut Context::from_waker(Waker::noop());
-        let held = Arc::clone(&limiter)
-            .try_acquire_owned(1)
-            .expect("the slot is free");
-        let mut waiter = Box::pin(limiter.acquire(1));
-        assert!(waiter.as_mut().poll(noop).is_pending());
-        let releaser = shuttle::thread::spawn(move || {
-            yield_randomly();
-            drop(held);
-        });
+        let mut waiter = queued(limiter.acquire(1));
+        let releaser = release_on_thread(held);
         yield_randomly();
         // `block_on`'s waker is not the one in line: a poll that finds no grant must swap it
         // in, or the hand-off wakes the old one and this hangs.
@@ -141,20 +173,14 @@ fn shuttle_mailbox_take_versus_hand_off() {
         }))
         .expect("handed the slot");
         releaser.join().unwrap();
-        let mut next = Box::pin(limiter.acquire(1));
-        assert!(next.as_mut().poll(noop).is_pending());
+        let mut next = queued(limiter.acquire(1));
         assert_eq!(limiter.lock().waiters.slab_len(), 1, "the slot was reused");
         drop(permit);
         let Poll::Ready(Ok(last)) = next.as_mut().poll(noop) else {
             panic!("handed the slot")
         };
         drop(last);
-        let stats = limiter.statistics();
-        assert_eq!(
-            (stats.admitted, stats.running, stats.queued),
-            (3, 0, 0),
-            "an admission was lost or counted twice"
-        );
+        let stats = assert_settled(&limiter, 3);
         assert_eq!(stats.requests_left, Some(97));
         polls == 1
     });
@@ -169,25 +195,10 @@ fn shuttle_mailbox_take_versus_hand_off() {
 fn shuttle_handed_waiter_dropped_versus_release_passes_on() {
     explore(|| {
         use shuttle::rand::Rng;
-        let limiter = Arc::new(
-            RateLimiter::builder()
-                .limit_requests(100)
-                .concurrency_limit(1)
-                .build()
-                .expect("a valid limiter"),
-        );
-        let noop = &mut Context::from_waker(Waker::noop());
-        let held = Arc::clone(&limiter)
-            .try_acquire_owned(1)
-            .expect("the slot is free");
-        let mut first = Box::pin(Arc::clone(&limiter).acquire_owned(1));
-        assert!(first.as_mut().poll(noop).is_pending());
-        let mut second = Box::pin(limiter.acquire(1));
-        assert!(second.as_mut().poll(noop).is_pending());
-        let releaser = shuttle::thread::spawn(move || {
-            yield_randomly();
-            drop(held);
-        });
+        let (limiter, held) = one_slot_held();
+        let mut first = queued(Arc::clone(&limiter).acquire_owned(1));
+        let mut second = queued(limiter.acquire(1));
+        let releaser = release_on_thread(held);
         let leaver = shuttle::thread::spawn(move || {
             yield_randomly();
             let noop = &mut Context::from_waker(Waker::noop());
@@ -209,13 +220,8 @@ fn shuttle_handed_waiter_dropped_versus_release_passes_on() {
         // The grant is the second's now, or on its way: it must be woken with it.
         let permit = shuttle::future::block_on(second.as_mut()).expect("handed the slot");
         drop(permit);
-        let stats = limiter.statistics();
         let admitted = 2 + u64::from(took);
-        assert_eq!(
-            (stats.admitted, stats.completed, stats.running, stats.queued),
-            (admitted, admitted, 0, 0),
-            "an admission was lost or counted twice"
-        );
+        let stats = assert_settled(&limiter, admitted);
         assert_eq!(
             stats.requests_left,
             Some(100 - admitted),
@@ -235,19 +241,9 @@ fn shuttle_handed_waiter_dropped_versus_release_passes_on() {
 #[test]
 fn shuttle_late_take_versus_slot_reuse() {
     explore(|| {
-        let limiter = Arc::new(
-            RateLimiter::builder()
-                .limit_requests(100)
-                .concurrency_limit(1)
-                .build()
-                .expect("a valid limiter"),
-        );
+        let (limiter, held) = one_slot_held();
         let noop = &mut Context::from_waker(Waker::noop());
-        let held = Arc::clone(&limiter)
-            .try_acquire_owned(1)
-            .expect("the slot is free");
-        let mut first = Box::pin(Arc::clone(&limiter).acquire_owned(1));
-        assert!(first.as_mut().poll(noop).is_pending());
+        let mut first = queued(Arc::clone(&limiter).acquire_owned(1));
         drop(held); // handed to `first`, untaken
         let taker = shuttle::thread::spawn(move || {
             yield_randomly();
@@ -266,12 +262,7 @@ fn shuttle_late_take_versus_slot_reuse() {
         let reused = limiter.lock().waiters.slab_len() == 1;
         drop(taker.join().unwrap());
         drop(shuttle::future::block_on(second.as_mut()).expect("handed the slot"));
-        let stats = limiter.statistics();
-        assert_eq!(
-            (stats.admitted, stats.completed, stats.running, stats.queued),
-            (3, 3, 0, 0),
-            "an admission was lost or counted twice"
-        );
+        let stats = assert_settled(&limiter, 3);
         assert_eq!(stats.requests_left, Some(97));
         reused
     });
@@ -285,23 +276,9 @@ fn shuttle_late_take_versus_slot_reuse() {
 fn shuttle_shutdown_versus_hand_off() {
     explore(|| {
         use shuttle::rand::Rng;
-        let limiter = Arc::new(
-            RateLimiter::builder()
-                .limit_requests(100)
-                .concurrency_limit(1)
-                .build()
-                .expect("a valid limiter"),
-        );
-        let noop = &mut Context::from_waker(Waker::noop());
-        let held = Arc::clone(&limiter)
-            .try_acquire_owned(1)
-            .expect("the slot is free");
-        let mut waiter = Box::pin(limiter.acquire(1));
-        assert!(waiter.as_mut().poll(noop).is_pending());
-        let releaser = shuttle::thread::spawn(move || {
-            yield_randomly();
-            drop(held);
-        });
+        let (limiter, held) = one_slot_held();
+        let mut waiter = queued(limiter.acquire(1));
+        let releaser = release_on_thread(held);
         let closer = {
             let limiter = Arc::clone(&limiter);
             shuttle::thread::spawn(move || {
@@ -328,13 +305,8 @@ fn shuttle_shutdown_versus_hand_off() {
         };
         releaser.join().unwrap();
         closer.join().unwrap();
-        let stats = limiter.statistics();
         let expected = 1 + u64::from(admitted);
-        assert_eq!(
-            (stats.admitted, stats.completed, stats.running, stats.queued),
-            (expected, expected, 0, 0),
-            "an admission was lost or counted twice"
-        );
+        let stats = assert_settled(&limiter, expected);
         assert_eq!(stats.requests_left, Some(100 - expected));
         assert!(stats.closed);
         admitted
@@ -348,19 +320,9 @@ fn shuttle_shutdown_versus_hand_off() {
 #[test]
 fn shuttle_flag_left_up_versus_newcomer() {
     explore(|| {
-        let limiter = Arc::new(
-            RateLimiter::builder()
-                .limit_requests(100)
-                .concurrency_limit(1)
-                .build()
-                .expect("a valid limiter"),
-        );
+        let (limiter, held) = one_slot_held();
         let noop = &mut Context::from_waker(Waker::noop());
-        let held = Arc::clone(&limiter)
-            .try_acquire_owned(1)
-            .expect("the slot is free");
-        let mut first = Box::pin(Arc::clone(&limiter).acquire_owned(1));
-        assert!(first.as_mut().poll(noop).is_pending());
+        let mut first = queued(Arc::clone(&limiter).acquire_owned(1));
         drop(held); // to `first`, emptying the line: the flag stays up
         assert!(!super::Slots::open(limiter.shared.slots.snapshot()));
         let runner = shuttle::thread::spawn(move || {
@@ -371,24 +333,19 @@ fn shuttle_flag_left_up_versus_newcomer() {
         });
         yield_randomly();
         let mut newcomer = Box::pin(limiter.acquire(1));
-        let (queued, permit) = match newcomer.as_mut().poll(noop) {
+        let (waited, permit) = match newcomer.as_mut().poll(noop) {
             Poll::Ready(admitted) => (false, admitted),
             Poll::Pending => (true, shuttle::future::block_on(newcomer.as_mut())),
         };
         let permit = permit.expect("admitted");
         runner.join().unwrap();
         drop(permit);
-        let stats = limiter.statistics();
-        assert_eq!(
-            (stats.admitted, stats.completed, stats.running, stats.queued),
-            (3, 3, 0, 0),
-            "an admission was lost or counted twice"
-        );
+        assert_settled(&limiter, 3);
         assert!(limiter.try_acquire(1).is_ok(), "the slot did not come back");
         assert!(
             super::Slots::open(limiter.shared.slots.snapshot()),
             "the flag stayed up with nobody waiting"
         );
-        queued
+        waited
     });
 }

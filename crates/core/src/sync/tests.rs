@@ -33,6 +33,20 @@ fn poll<F: Future + Unpin>(future: &mut F, waker: &Waker) -> Poll<F::Output> {
     Pin::new(future).poll(&mut Context::from_waker(waker))
 }
 
+/// Queues `request` as the rate limiter does with mailboxes: reclaims the handed slots whose
+/// grants were taken, pushes, and opens the new waiter's (empty) mailbox; returns its key.
+fn push_opened(
+    list: &mut WaitList<u32, ()>,
+    boxes: &Mailboxes,
+    request: u32,
+    waker: &Waker,
+) -> usize {
+    list.reclaim(|key| boxes.taken(key));
+    let key = list.push(request, waker);
+    boxes.open(key);
+    key
+}
+
 #[test]
 fn queue_grants_in_order_and_hands_back_what_was_abandoned() {
     let (counter, waker) = counting_waker();
@@ -65,12 +79,7 @@ fn queue_hands_grants_through_mailboxes_and_reuses_slots_once_taken() {
     let (counter, waker) = counting_waker();
     let mut list: WaitList<u32, ()> = WaitList::default();
     let boxes = Mailboxes::default();
-    let push = |list: &mut WaitList<u32, ()>, request| {
-        list.reclaim(|key| boxes.taken(key));
-        let key = list.push(request, &waker);
-        boxes.open(key);
-        key
-    };
+    let push = |list: &mut WaitList<u32, ()>, request| push_opened(list, &boxes, request, &waker);
     let a = push(&mut list, 1);
     let b = push(&mut list, 2);
     assert_eq!(boxes.take(a), None, "still waiting");
@@ -485,12 +494,7 @@ fn queue_reclaims_only_taken_handed_slots() {
     let (_counter, waker) = counting_waker();
     let mut list: WaitList<u32, ()> = WaitList::default();
     let boxes = Mailboxes::default();
-    let push = |list: &mut WaitList<u32, ()>, request| {
-        list.reclaim(|key| boxes.taken(key));
-        let key = list.push(request, &waker);
-        boxes.open(key);
-        key
-    };
+    let push = |list: &mut WaitList<u32, ()>, request| push_opened(list, &boxes, request, &waker);
     let keys: Vec<usize> = (0..4).map(|i| push(&mut list, i)).collect();
     for &key in &keys[..3] {
         let _ = list.hand(key);
@@ -556,9 +560,7 @@ fn queue_with_mailboxes_against_a_model() {
             .collect();
         match next(6) {
             0 | 1 => {
-                list.reclaim(|key| boxes.taken(key));
-                let key = list.push(arrivals, &waker);
-                boxes.open(key);
+                let key = push_opened(&mut list, &boxes, arrivals, &waker);
                 assert!(
                     live.iter().all(|&(k, ..)| k != key),
                     "step {step}: key {key} reused while its waiter may still read it"
