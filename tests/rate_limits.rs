@@ -500,17 +500,9 @@ conformance! {
     /// virtual time the runtime's clock is read precisely. Either way no interval-long window
     /// holds more than the budget, refunds settle, and the books balance.
     async fn in_runtime_no_window_over_budget(cx) {
-        const REQUESTS: u64 = 40;
-        const TOKENS: u64 = 2_000;
         let rt = runtime::current().expect("inside the runtime");
         assert_eq!(rt.system_clock(), !cx.flavor.is_virtual());
-        let interval = Duration::from_millis(60);
-        let limiter = RateLimiter::builder()
-            .limit_requests(REQUESTS)
-            .limit_tokens(TOKENS)
-            .capacity_refresh_time(interval)
-            .build()
-            .unwrap();
+        let (limiter, interval) = bracketed_limiter();
         // (called at, returned at, tokens), on the runtime's clock.
         let mut log: Vec<(Instant, Instant, u64)> = Vec::new();
         let start = time::now();
@@ -535,7 +527,7 @@ conformance! {
                 time::sleep(Duration::from_millis(1)).await;
             }
         }
-        assert_bracketed_log(&limiter, &log, interval, (REQUESTS, TOKENS));
+        assert_bracketed_log(&limiter, &log, interval);
     }
 }
 
@@ -1221,15 +1213,7 @@ fn threads_race_the_fast_paths() {
 /// most of the allowed rate is used.
 #[test]
 fn outside_a_runtime_no_window_over_budget_on_the_real_clock() {
-    const REQUESTS: u64 = 40;
-    const TOKENS: u64 = 2_000;
-    let interval = Duration::from_millis(60);
-    let limiter = RateLimiter::builder()
-        .limit_requests(REQUESTS)
-        .limit_tokens(TOKENS)
-        .capacity_refresh_time(interval)
-        .build()
-        .unwrap();
+    let (limiter, interval) = bracketed_limiter();
     // (called at, returned at, tokens)
     let mut log: Vec<(Instant, Instant, u64)> = Vec::new();
     let start = Instant::now();
@@ -1249,19 +1233,36 @@ fn outside_a_runtime_no_window_over_budget_on_the_real_clock() {
     }
     // (How much of the rate is used is measured on virtual time, not here: on the real clock
     // a loaded machine decides it.)
-    assert_bracketed_log(&limiter, &log, interval, (REQUESTS, TOKENS));
+    assert_bracketed_log(&limiter, &log, interval);
 }
 
-/// Checks a log of admissions, each as (called at, returned at, tokens settled), made back to
-/// back over ten intervals and all released: no run of them that certainly fell within one
-/// interval (from just before the first call to just after the last returned) holds more than
-/// the `(requests, tokens)` budgets, the budget came back at least once, and the books balance.
+/// The request and token budgets of the bracketed-log tests, per interval.
+const BRACKETED_BUDGETS: (u64, u64) = (40, 2_000);
+
+/// The limiter of the bracketed-log tests ([`BRACKETED_BUDGETS`] every 60 ms), and its interval.
+fn bracketed_limiter() -> (RateLimiter, Duration) {
+    let interval = Duration::from_millis(60);
+    let (requests, tokens) = BRACKETED_BUDGETS;
+    let limiter = RateLimiter::builder()
+        .limit_requests(requests)
+        .limit_tokens(tokens)
+        .capacity_refresh_time(interval)
+        .build()
+        .unwrap();
+    (limiter, interval)
+}
+
+/// Checks a log of admissions by a [`bracketed_limiter`], each as (called at, returned at,
+/// tokens settled), made back to back over ten intervals and all released: no run of them
+/// that certainly fell within one interval (from just before the first call to just after the
+/// last returned) holds more than the [`BRACKETED_BUDGETS`], the budget came back at least
+/// once, and the books balance.
 fn assert_bracketed_log(
     limiter: &RateLimiter,
     log: &[(Instant, Instant, u64)],
     interval: Duration,
-    (requests, tokens): (u64, u64),
 ) {
+    let (requests, tokens) = BRACKETED_BUDGETS;
     for (k, &(first_called, ..)) in log.iter().enumerate() {
         let within = log[k..]
             .iter()
