@@ -8,7 +8,7 @@ use std::task::Poll;
 use futures::future::poll_fn;
 
 use super::inflight::{Feed, Source};
-use super::join::Join;
+use super::join::{shrunk, Join};
 use super::outcome::{settle, Outcome};
 use super::pinned::InPlace;
 
@@ -114,15 +114,6 @@ where
         poll_fn(|cx| join.poll(cx, |_| false)).await;
     }
     shrunk(block.into_outputs())
-}
-
-/// `outputs`, shrunk if its block has room for more than twice as many (futures much larger
-/// than their outputs), so that a gather never returns much more memory than its outputs take.
-fn shrunk<T>(mut outputs: Vec<T>) -> Vec<T> {
-    if outputs.capacity() / 2 > outputs.len() {
-        outputs.shrink_to_fit();
-    }
-    outputs
 }
 
 /// Runs every future concurrently and returns their values in input order, or the first

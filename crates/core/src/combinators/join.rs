@@ -94,15 +94,21 @@ impl<F: Future> Join<F> {
     /// is more than twice the outputs (futures much larger than their outputs), the vector is
     /// shrunk, so a gather never returns much more memory than its outputs take.
     pub(crate) fn into_outputs(self) -> Vec<F::Output> {
-        let mut outputs = self
-            .cells
-            .into_outputs()
-            .expect("every future has finished");
-        if outputs.capacity() / 2 > outputs.len() {
-            outputs.shrink_to_fit();
-        }
-        outputs
+        shrunk(
+            self.cells
+                .into_outputs()
+                .expect("every future has finished"),
+        )
     }
+}
+
+/// `outputs`, shrunk if its block has room for more than twice as many (futures much larger
+/// than their outputs), so that a gather never returns much more memory than its outputs take.
+pub(crate) fn shrunk<T>(mut outputs: Vec<T>) -> Vec<T> {
+    if outputs.capacity() / 2 > outputs.len() {
+        outputs.shrink_to_fit();
+    }
+    outputs
 }
 
 impl<'a, F: Future> Join<F, PinnedCells<'a, MaybeDone<F>>> {
